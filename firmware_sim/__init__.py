@@ -1,0 +1,1 @@
+"""Foreshock firmware_sim package."""

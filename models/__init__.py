@@ -1,0 +1,1 @@
+"""Foreshock models package."""

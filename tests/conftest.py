@@ -1,0 +1,154 @@
+"""Shared fixtures: a real mosquitto broker, real PostgreSQL, and the shared bearing data.
+
+Nothing here mocks Foreshock code. When a required component is missing the fixture fails
+the test (it never skips), except for ``shared_data`` outside CI.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = ROOT.parent / "shared" / "data"
+CONF_TEMPLATE = Path(__file__).with_name("mosquitto.conf.in")
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout_s}s")
+
+
+class Mosquitto:
+    """A real mosquitto process on a free loopback port that tests may stop and restart."""
+
+    def __init__(self, workdir: Path, conf_text: str | None = None) -> None:
+        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        if not Path(exe).exists():
+            pytest.fail("mosquitto is not installed: the tests need a real broker "
+                        "(apt-get install mosquitto mosquitto-clients)")
+        self.exe = exe
+        self.host = "127.0.0.1"
+        self.port = free_port()
+        self.workdir = workdir
+        self.conf = workdir / f"mosquitto-{self.port}.conf"
+        text = conf_text if conf_text is not None else CONF_TEMPLATE.read_text()
+        self.conf.write_text(text.format(port=self.port, workdir=workdir))
+        self.log = workdir / f"mosquitto-{self.port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    def start(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            return
+        logf = open(self.log, "ab")  # noqa: SIM115 - owned by the process
+        self.proc = subprocess.Popen([self.exe, "-c", str(self.conf)], stdout=logf, stderr=logf)
+        try:
+            wait_port(self.port)
+        except TimeoutError:
+            self.stop()
+            pytest.fail(f"mosquitto did not start; log: {self.log.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@pytest.fixture(scope="session")
+def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    """One broker for the session. Tests that cut the broker use ``mosquitto_private``."""
+    broker = Mosquitto(tmp_path_factory.mktemp("mosquitto"))
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def mosquitto_private(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A broker of the test's own, free to stop, kill and restart."""
+    broker = Mosquitto(tmp_path)
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def make_mosquitto(tmp_path: Path) -> Iterator[object]:
+    """Factory for a broker from a custom config text (``{port}`` and ``{workdir}`` filled)."""
+    brokers: list[Mosquitto] = []
+
+    def make(conf_text: str) -> Mosquitto:
+        broker = Mosquitto(tmp_path, conf_text)
+        broker.start()
+        brokers.append(broker)
+        return broker
+
+    yield make
+    for b in brokers:
+        b.stop()
+
+
+@pytest.fixture
+def postgres_dsn() -> Iterator[str]:
+    """A fresh PostgreSQL database on the local server, dropped afterwards."""
+    psycopg = pytest.importorskip("psycopg") if not IN_CI else __import__("psycopg")
+    base = os.environ.get("FORESHOCK_TEST_PG", "host=127.0.0.1 port=5432 user=postgres")
+    name = f"fs_test_{uuid.uuid4().hex[:10]}"
+    try:
+        with psycopg.connect(f"{base} dbname=postgres", autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL is not reachable ({base}): {exc}")
+    yield f"{base} dbname={name}"
+    with psycopg.connect(f"{base} dbname=postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data``. Skips outside CI when absent (a public clone); fails in CI."""
+    if not (SHARED_DATA / "cwru").is_dir():
+        if IN_CI:
+            pytest.fail(f"shared data not found at {SHARED_DATA} (required when CI=true)")
+        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    return SHARED_DATA
