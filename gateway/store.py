@@ -1,0 +1,355 @@
+"""The gateway's telemetry store: one interface, SQLite (default) and PostgreSQL behind it.
+
+``open_store(url)`` takes ``sqlite:///path/to/file.db`` (or a bare path) or
+``postgresql://user@host/db`` (also a libpq ``key=value`` string). Both backends run the same
+SQL and the same migrations (:mod:`gateway.schema`) and pass the same contract suite.
+
+Writes happen in one transaction per MQTT message (:meth:`Store.store_batch`). Duplicates
+are dropped by the database itself: ``INSERT ... ON CONFLICT DO NOTHING RETURNING seq`` on
+the unique key ``(device, boot_id, seq)``, so two gateway instances racing on the same
+records still store each once and each count what they inserted. Reads serve the fleet
+view and exports. Failures raise :class:`~foreshock.errors.StoreError`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from foreshock.errors import StoreError
+from foreshock.messages import Batch, Record
+from gateway import gaps as gapmath
+from gateway.schema import LATEST_VERSION, MIGRATIONS, MIGRATIONS_TABLE
+from gateway.store_sql import DeviceUpdates, device_updates, upsert_device_sql
+
+log = logging.getLogger(__name__)
+INSERT_CHUNK = 500  # rows per INSERT statement: under SQLite's and PostgreSQL's bind limits
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    """What one batch did to the store."""
+
+    inserted: int
+    duplicates: int
+    new_alerts: tuple[Record, ...] = ()
+    opened_gaps: tuple[tuple[int, int], ...] = ()
+
+
+@dataclass(frozen=True)
+class StoredRecord:
+    site: str
+    device: str
+    boot_id: str
+    seq: int
+    kind: str
+    ts: float
+    received_ts: float
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Gap:
+    site: str
+    device: str
+    boot_id: str
+    first_seq: int
+    last_seq: int
+    detected_ts: float
+
+    @property
+    def missing(self) -> int:
+        return self.last_seq - self.first_seq + 1
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """One row of the fleet registry. ``None`` means not reported yet."""
+
+    site: str
+    device: str
+    online: bool | None = None
+    boot_id: str | None = None
+    state_ts: float | None = None
+    last_seen_ts: float | None = None
+    agent_version: str | None = None
+    model_name: str | None = None
+    model_version: str | None = None
+    outbox_depth: int | None = None
+    health_ts: float | None = None
+    last_alert_ts: float | None = None
+    last_alert_incident: str | None = None
+    last_alert_status: str | None = None
+    last_alert_severity: str | None = None
+    data_quality: str | None = None
+    data_quality_ts: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Dialect:
+    name: str
+    placeholder: str
+    id_column: str
+    json_type: str
+    real_type: str
+    lock_suffix: str
+    greatest: str
+
+    def sql(self, text: str) -> str:
+        filled = text.replace("{id}", self.id_column).replace("{json}", self.json_type)
+        filled = filled.replace("{real}", self.real_type).replace("{greatest}", self.greatest)
+        return filled.replace("?", self.placeholder)
+
+
+SQLITE = Dialect("sqlite", "?", "INTEGER PRIMARY KEY AUTOINCREMENT", "TEXT", "REAL", "",
+                 "max")
+POSTGRES = Dialect("postgresql", "%s", "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+                   "JSONB", "DOUBLE PRECISION", " FOR UPDATE", "GREATEST")
+
+
+class Store:
+    """The store interface. Subclasses provide a connection and a transaction."""
+
+    dialect: Dialect = SQLITE
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+
+    # --- backend hooks -------------------------------------------------------------------
+    @contextmanager
+    def _tx(self) -> Iterator[Any]:  # pragma: no cover - overridden
+        raise NotImplementedError
+        yield None
+
+    def _json(self, value: Any) -> Any:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+    def close(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    # --- helpers -------------------------------------------------------------------------
+    def _exec(self, cur: Any, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        cur.execute(self.dialect.sql(sql), tuple(params))
+        return list(cur.fetchall()) if cur.description else []
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._tx() as cur:
+            return self._exec(cur, sql, params)
+
+    def migrate(self) -> int:
+        """Apply missing migrations; return the schema version."""
+        with self._tx() as cur:
+            self._exec(cur, MIGRATIONS_TABLE)
+        for version, statements in MIGRATIONS:
+            with self._tx() as cur:
+                done = self._exec(cur, "SELECT 1 FROM schema_migrations WHERE version = ?",
+                                  (version,))
+                if done:
+                    continue
+                for statement in statements:
+                    self._exec(cur, statement)
+                self._exec(cur, "INSERT INTO schema_migrations (version, applied_ts) "
+                           "VALUES (?, ?)", (version, _now()))
+                log.info("store schema migrated to version %d", version)
+        return self.schema_version()
+
+    def schema_version(self) -> int:
+        rows = self._query("SELECT max(version) FROM schema_migrations")
+        return int(rows[0][0] or 0)
+
+    # --- writes --------------------------------------------------------------------------
+    def store_batch(self, batch: Batch, received_ts: float) -> StoreResult:
+        """Store a validated batch in one transaction; duplicates are dropped and counted."""
+        try:
+            with self._tx() as cur:
+                inserted = self._insert_records(cur, batch, received_ts)
+                fresh = [r for r in batch.records if r.seq in inserted]
+                opened = self._update_gaps(cur, batch, sorted(inserted), received_ts)
+                if batch.kind == "alert" and fresh:
+                    self._insert_alerts(cur, batch, fresh, received_ts)
+                self._upsert_device(cur, device_updates(batch, fresh, received_ts))
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise StoreError(f"cannot store batch from {batch.device}: {exc}") from exc
+        alerts = tuple(fresh) if batch.kind == "alert" else ()
+        return StoreResult(len(inserted), len(batch.records) - len(inserted), alerts, opened)
+
+    def _insert_records(self, cur: Any, batch: Batch, received_ts: float) -> set[int]:
+        inserted: set[int] = set()
+        cols = "(site, device, boot_id, seq, kind, ts, received_ts, body)"
+        for start in range(0, len(batch.records), INSERT_CHUNK):
+            chunk = batch.records[start:start + INSERT_CHUNK]
+            params: list[Any] = []
+            for r in chunk:
+                params += [batch.site, batch.device, batch.boot_id, r.seq, batch.kind, r.ts,
+                           received_ts, self._json(r.body)]
+            values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
+            rows = self._exec(cur, f"INSERT INTO records {cols} VALUES {values} "
+                              "ON CONFLICT (device, boot_id, seq) DO NOTHING RETURNING seq",
+                              params)
+            inserted.update(int(row[0]) for row in rows)
+        return inserted
+
+    def _update_gaps(self, cur: Any, batch: Batch, seqs: list[int],
+                     received_ts: float) -> tuple[tuple[int, int], ...]:
+        key = (batch.device, batch.boot_id)
+        self._exec(cur, "INSERT INTO boots (site, device, boot_id, first_seen_ts, last_seen_ts) "
+                   "VALUES (?, ?, ?, ?, ?) ON CONFLICT (device, boot_id) DO NOTHING",
+                   (batch.site, *key, received_ts, received_ts))
+        first, top = self._exec(cur, "SELECT first_seq, max_seq FROM boots WHERE device = ? "
+                                "AND boot_id = ?" + self.dialect.lock_suffix, key)[0]
+        if not seqs:
+            return ()
+        old = [(int(a), int(b), float(t)) for a, b, t in self._exec(
+            cur, "SELECT first_seq, last_seq, detected_ts FROM gaps WHERE device = ? "
+            "AND boot_id = ?", key)]
+        upd = gapmath.update(first, top, [(a, b) for a, b, _ in old], seqs)
+        self._exec(cur, "UPDATE boots SET first_seq = ?, max_seq = ?, last_seen_ts = ? "
+                   "WHERE device = ? AND boot_id = ?",
+                   (upd.first_seq, upd.max_seq, received_ts, *key))
+        if set(upd.gaps) != {(a, b) for a, b, _ in old}:
+            self._exec(cur, "DELETE FROM gaps WHERE device = ? AND boot_id = ?", key)
+            for a, b in upd.gaps:
+                detected = gapmath.origin((a, b), old) or received_ts
+                self._exec(cur, "INSERT INTO gaps (site, device, boot_id, first_seq, last_seq, "
+                           "detected_ts) VALUES (?, ?, ?, ?, ?, ?)",
+                           (batch.site, *key, a, b, detected))
+        return upd.opened
+
+    def _insert_alerts(self, cur: Any, batch: Batch, fresh: list[Record],
+                       received_ts: float) -> None:
+        for r in fresh:
+            b = r.body
+            self._exec(cur, "INSERT INTO alerts (site, device, boot_id, seq, ts, received_ts, "
+                       "incident, status, severity, channel, anomaly_score, threshold, fault, "
+                       "zone, explanation, model) VALUES "
+                       "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                       "ON CONFLICT (device, boot_id, seq) DO NOTHING",
+                       (batch.site, batch.device, batch.boot_id, r.seq, r.ts, received_ts,
+                        b["incident"], b["status"], b["severity"], b["channel"],
+                        b["anomaly_score"], b["threshold"], b["fault"], b["zone"],
+                        self._json(b["explanation"]), self._json(b["model"])))
+
+    def _upsert_device(self, cur: Any, updates: DeviceUpdates) -> None:
+        sql, params = upsert_device_sql(updates)
+        self._exec(cur, sql, params)
+
+    def store_state(self, state: dict[str, Any], received_ts: float) -> None:
+        """Apply a decoded ``state`` message (birth or last will) to the fleet registry.
+
+        A stale last will (offline for an older boot while a newer boot is online) is
+        ignored, because shared subscriptions do not order messages across instances.
+        """
+        site, device = str(state.get("site", "")), str(state["device"])
+        model = state.get("model") if isinstance(state.get("model"), dict) else {}
+        with self._tx() as cur:
+            rows = self._exec(cur, "SELECT online, boot_id, state_ts FROM devices WHERE "
+                              "site = ? AND device = ?", (site, device))
+            if rows and not state["online"] and rows[0][0] and rows[0][1] != state["boot_id"] \
+                    and float(rows[0][2] or 0) > float(state["ts"]):
+                log.info("ignoring stale offline state of %s boot %s", device, state["boot_id"])
+                return
+            updates = DeviceUpdates(site, device, received_ts, {
+                "online": bool(state["online"]), "boot_id": str(state["boot_id"]),
+                "state_ts": float(state["ts"]),
+                "agent_version": state.get("agent_version"),
+                "model_name": (model or {}).get("name"),
+                "model_version": (model or {}).get("version")})
+            self._upsert_device(cur, updates)
+
+    # --- reads ---------------------------------------------------------------------------
+    def devices(self, site: str | None = None) -> list[DeviceInfo]:
+        names = [f.name for f in DeviceInfo.__dataclass_fields__.values() if f.name != "extra"]
+        where, params = (" WHERE site = ?", [site]) if site else ("", [])
+        rows = self._query(f"SELECT {', '.join(names)} FROM devices{where} "
+                           "ORDER BY site, device", params)
+        out = []
+        for row in rows:
+            values = dict(zip(names, row, strict=True))
+            if values["online"] is not None:
+                values["online"] = bool(values["online"])
+            out.append(DeviceInfo(**values))
+        return out
+
+    def records(self, device: str | None = None, kind: str | None = None,
+                since: float | None = None, until: float | None = None,
+                limit: int | None = None) -> list[StoredRecord]:
+        """Stored records ordered by device time, filtered by device, kind and ts range."""
+        where, params = _filters(device=device, kind=kind, since=since, until=until)
+        tail = f" LIMIT {int(limit)}" if limit else ""
+        rows = self._query("SELECT site, device, boot_id, seq, kind, ts, received_ts, body "
+                           f"FROM records{where} ORDER BY ts, device, boot_id, seq{tail}",
+                           params)
+        return [StoredRecord(row[0], row[1], row[2], int(row[3]), row[4], float(row[5]),
+                             float(row[6]), _obj(row[7])) for row in rows]
+
+    def alerts(self, device: str | None = None, since: float | None = None,
+               until: float | None = None) -> list[dict[str, Any]]:
+        """Stored alerts (one dict per alert record, explanation included), oldest first."""
+        cols = ("site", "device", "boot_id", "seq", "ts", "received_ts", "incident", "status",
+                "severity", "channel", "anomaly_score", "threshold", "fault", "zone",
+                "explanation", "model")
+        where, params = _filters(device=device, since=since, until=until)
+        rows = self._query(f"SELECT {', '.join(cols)} FROM alerts{where} ORDER BY ts, seq",
+                           params)
+        out = [dict(zip(cols, row, strict=True)) for row in rows]
+        for a in out:
+            a["explanation"], a["model"] = _obj(a["explanation"]), _obj(a["model"])
+        return out
+
+    def gaps(self, device: str | None = None) -> list[Gap]:
+        where, params = _filters(device=device)
+        rows = self._query("SELECT site, device, boot_id, first_seq, last_seq, detected_ts "
+                           f"FROM gaps{where} ORDER BY device, boot_id, first_seq", params)
+        return [Gap(*row) for row in rows]
+
+    def count(self, table: str = "records") -> int:
+        if table not in ("records", "alerts", "gaps", "devices", "boots"):
+            raise ValueError(f"unknown table {table!r}")
+        return int(self._query(f"SELECT count(*) FROM {table}")[0][0])
+
+
+def _filters(**kw: Any) -> tuple[str, list[Any]]:
+    clauses, params = [], []
+    for key, value in kw.items():
+        if value is None:
+            continue
+        op = {"since": "ts >= ?", "until": "ts < ?"}.get(key, f"{key} = ?")
+        clauses.append(op)
+        params.append(value)
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def _obj(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _now() -> float:
+    import time
+
+    return time.time()
+
+
+def open_store(url: str) -> Store:
+    """Open (and migrate) the store at ``url``; raises StoreError naming the problem."""
+    from gateway.store_backends import PostgresStore, SqliteStore
+
+    if url.startswith(("postgresql://", "postgres://")) or "dbname=" in url:
+        store: Store = PostgresStore(url)
+    elif url.startswith("sqlite:///"):
+        store = SqliteStore(url.removeprefix("sqlite:///"))
+    elif url.startswith("sqlite:") or "://" in url:
+        raise StoreError(f"store url {url!r} is not supported",
+                         hint="use sqlite:///path/to/gateway.db or postgresql://user@host/db")
+    else:
+        store = SqliteStore(url)
+    if store.migrate() != LATEST_VERSION:
+        raise StoreError(f"store {url} schema is newer than this gateway understands")
+    return store

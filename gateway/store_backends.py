@@ -1,0 +1,106 @@
+"""The two store backends: SQLite in WAL mode through sqlite-utils, and PostgreSQL.
+
+SQLite serialises writers with ``BEGIN IMMEDIATE`` and runs ``synchronous=FULL`` so a
+commit survives power loss before the gateway acknowledges the MQTT message. PostgreSQL
+locks the boot row (``SELECT ... FOR UPDATE``) so gap bookkeeping stays exact when several
+gateway instances write records of one device at once.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from foreshock.errors import StoreError
+from gateway.store import POSTGRES, SQLITE, Store
+
+BUSY_TIMEOUT_MS = 10_000
+
+
+class SqliteStore(Store):
+    """A store in one SQLite file (WAL). Safe to call from several threads."""
+
+    dialect = SQLITE
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__()
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(str(self.path), isolation_level=None,
+                                   check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
+            self.db = sqlite_utils.Database(conn)
+            self.db.enable_wal()
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open SQLite store {self.path}: {exc}",
+                             hint="check the path and its permissions") from None
+        self.conn = conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[Any]:
+        with self._lock:
+            cur = self.conn.cursor()
+            try:
+                cur.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StoreError(f"SQLite store {self.path} is busy or broken: {exc}") from None
+            try:
+                yield cur
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            else:
+                cur.execute("COMMIT")
+            finally:
+                cur.close()
+
+    def journal_mode(self) -> str:
+        return str(self.conn.execute("PRAGMA journal_mode").fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self.conn.close()
+
+
+class PostgresStore(Store):
+    """A store in a PostgreSQL database (psycopg 3)."""
+
+    dialect = POSTGRES
+
+    def __init__(self, dsn: str) -> None:
+        super().__init__()
+        try:
+            import psycopg
+            from psycopg.types.json import Jsonb
+        except ImportError:
+            raise StoreError("PostgreSQL store needs psycopg",
+                             hint="pip install 'foreshock[postgres]'") from None
+        self._jsonb = Jsonb
+        self.dsn = dsn
+        try:
+            self.conn = psycopg.connect(dsn, autocommit=True)
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot connect to PostgreSQL store: {exc}".strip(),
+                             hint="check the postgresql:// url, the server and its "
+                                  "pg_hba.conf") from None
+
+    def _json(self, value: Any) -> Any:
+        json.dumps(value, allow_nan=False)  # same rule as SQLite: no NaN in stored JSON
+        return self._jsonb(value)
+
+    @contextmanager
+    def _tx(self) -> Iterator[Any]:
+        with self._lock, self.conn.transaction(), self.conn.cursor() as cur:
+            yield cur
+
+    def close(self) -> None:
+        with self._lock:
+            self.conn.close()
