@@ -1,0 +1,160 @@
+"""Feature engine: geometry, spec contract, extraction behaviour, resampling, baseline."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from agent.features import (
+    BEARINGS,
+    DEFAULT_SPEC,
+    SNAPSHOT_SPEC,
+    Baseline,
+    FeatureSpec,
+    bearing,
+    extract,
+    iso_zone,
+    resample,
+)
+from foreshock.errors import ConfigError, DataError
+
+FS = DEFAULT_SPEC.sample_rate_hz
+N = DEFAULT_SPEC.window_samples
+
+
+def col(spec: FeatureSpec, feats: np.ndarray, name: str) -> np.ndarray:
+    return feats[:, spec.feature_names.index(name)]
+
+
+def test_skf6205_matches_published_cwru_orders() -> None:
+    orders = bearing("SKF-6205").orders()
+    assert orders["bpfi"] == pytest.approx(5.4152, abs=5e-4)
+    assert orders["bpfo"] == pytest.approx(3.5848, abs=5e-4)
+    assert orders["ftf"] == pytest.approx(0.39828, abs=5e-4)
+    assert orders["bsf"] == pytest.approx(2.357, abs=1e-3)
+
+
+def test_skf6203_matches_published_cwru_orders() -> None:
+    orders = bearing("SKF-6203").orders()
+    assert orders["bpfi"] == pytest.approx(4.9469, abs=5e-4)
+    assert orders["bpfo"] == pytest.approx(3.0530, abs=5e-4)
+    assert orders["ftf"] == pytest.approx(0.3817, abs=5e-4)
+    assert orders["bsf"] == pytest.approx(1.9937, abs=1e-3)
+
+
+def test_unknown_bearing_names_the_known_ones() -> None:
+    with pytest.raises(ConfigError, match="SKF-6205"):
+        bearing("nope")
+    assert {"SKF-6205", "SKF-6203", "FEMTO"} <= set(BEARINGS)
+
+
+def test_iso_zone_boundaries() -> None:
+    assert iso_zone(0.5, "group2-rigid") == "A"
+    assert iso_zone(1.4, "group2-rigid") == "B"
+    assert iso_zone(3.0, "group2-rigid") == "C"
+    assert iso_zone(9.0, "group2-rigid") == "D"
+    assert iso_zone(9.0, "group1-flexible") == "C"
+    with pytest.raises(ConfigError, match="machine_class"):
+        iso_zone(1.0, "group9")
+
+
+def test_spec_round_trip_and_stable_hash() -> None:
+    for spec in (DEFAULT_SPEC, SNAPSHOT_SPEC):
+        again = FeatureSpec.from_dict(spec.to_dict())
+        assert again == spec and again.hash == spec.hash
+        assert again.feature_names == spec.feature_names
+    assert DEFAULT_SPEC.hash != SNAPSHOT_SPEC.hash
+    other_machine = dataclasses.replace(DEFAULT_SPEC, bearing="SKF-6203", nominal_rpm=1500.0)
+    assert other_machine.hash == DEFAULT_SPEC.hash
+    assert dataclasses.replace(DEFAULT_SPEC, n_log_bands=6).hash != DEFAULT_SPEC.hash
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("window_samples", 7), ("overlap", 1.0), ("bearing", "nope"), ("sample_rate_hz", "fast"),
+    ("machine_class", "x"), ("velocity_band_hz", [10.0, 1e6]), ("colour", "red"),
+])
+def test_spec_from_dict_names_the_bad_key(key: str, value: object) -> None:
+    data = DEFAULT_SPEC.to_dict()
+    data[key] = value
+    with pytest.raises(ConfigError, match=key if key != "bearing" else "bearing"):
+        FeatureSpec.from_dict(data)
+
+
+def test_extract_shape_dtype_and_finite() -> None:
+    rng = np.random.default_rng(1)
+    windows = rng.standard_normal((5, N)).astype(np.float32)
+    for rpm in (1797.0, 0.0, np.array([0, 1800, 1750, -3, np.nan])):
+        feats = extract(DEFAULT_SPEC, windows, rpm)
+        assert feats.shape == (5, len(DEFAULT_SPEC.feature_names))
+        assert feats.dtype == np.float32
+        assert np.isfinite(feats).all()
+
+
+def test_unknown_rpm_gives_documented_neutral_values() -> None:
+    windows = np.random.default_rng(2).standard_normal((2, N)).astype(np.float32)
+    feats = extract(DEFAULT_SPEC, windows, 0.0)
+    for name in DEFAULT_SPEC.feature_names:
+        if name.startswith("env_") and name.endswith("_snr"):
+            assert np.all(col(DEFAULT_SPEC, feats, name) == 1.0), name
+        if name.startswith("order_"):
+            assert np.all(col(DEFAULT_SPEC, feats, name) == 0.0), name
+
+
+def test_zero_window_is_finite() -> None:
+    feats = extract(DEFAULT_SPEC, np.zeros((1, N), np.float32), 1800.0)
+    assert np.isfinite(feats).all()
+    assert col(DEFAULT_SPEC, feats, "rms_g")[0] == 0.0
+
+
+def test_wrong_window_length_is_a_data_error() -> None:
+    with pytest.raises(DataError, match=str(N)):
+        extract(DEFAULT_SPEC, np.zeros((2, 100), np.float32), 0.0)
+
+
+def test_velocity_of_a_known_tone() -> None:
+    # 1 g peak at 100 Hz -> velocity amplitude g / (2 pi f) m/s; RMS = that / sqrt 2
+    t = np.arange(N) / FS
+    f_hz = 100.0
+    window = np.sin(2 * np.pi * f_hz * t).astype(np.float32)[None, :]
+    vel = col(DEFAULT_SPEC, extract(DEFAULT_SPEC, window, 0.0), "vel_rms_mm_s")[0]
+    expected = 9.80665 / (2 * np.pi * f_hz) / np.sqrt(2) * 1000.0
+    assert vel == pytest.approx(expected, rel=0.02)
+
+
+def test_order_amplitude_of_a_1x_tone() -> None:
+    t = np.arange(N) / FS
+    window = (0.3 * np.sin(2 * np.pi * 30.0 * t)).astype(np.float32)[None, :]
+    feats = extract(DEFAULT_SPEC, window, 1800.0)
+    assert col(DEFAULT_SPEC, feats, "order_1x_g")[0] == pytest.approx(0.3, rel=0.2)
+    assert col(DEFAULT_SPEC, feats, "order_2x_g")[0] < 0.01
+
+
+def test_resample_keeps_a_tone_and_length() -> None:
+    fs_in, fs_out = 12000.0, 12800.0
+    t = np.arange(12000) / fs_in
+    x = np.sin(2 * np.pi * 250.0 * t).astype(np.float32)
+    y = resample(x, fs_in, fs_out)
+    assert y.dtype == np.float32 and y.shape == (12800,)
+    t_out = np.arange(12800) / fs_out
+    np.testing.assert_allclose(y, np.sin(2 * np.pi * 250.0 * t_out), atol=1e-3)
+    with pytest.raises(DataError):
+        resample(x, 0.0, 1.0)
+
+
+def test_baseline_robust_z_and_round_trip() -> None:
+    rng = np.random.default_rng(3)
+    values = rng.normal(10.0, 2.0, size=(400, 2))
+    values[:, 1] = 5.0                                   # constant feature
+    values[:20, 0] = 1000.0                              # run-in outliers
+    base = Baseline.fit(values, ["a", "b"])
+    assert base.median[0] == pytest.approx(10.0, abs=0.5)
+    assert base.scale[0] == pytest.approx(2.0, rel=0.2)
+    z = base.z(np.array([[14.0, 5.0], [6.0, 5.01]]))
+    assert z[0, 0] == pytest.approx(2.0, abs=0.5) and z[1, 0] < 0
+    assert abs(z[1, 1]) < 1.0                            # floor: 0.2 % change is not news
+    again = Baseline.from_dict(base.to_dict())
+    np.testing.assert_array_equal(again.z(values), base.z(values))
+    with pytest.raises(ConfigError, match="scale"):
+        Baseline.from_dict({**base.to_dict(), "scale": [1.0]})
