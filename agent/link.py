@@ -1,0 +1,415 @@
+"""The device's MQTT link: paho-mqtt 2, batches from the outbox, acks on PUBACK only.
+
+One supervisor thread owns the connection: it connects (MQTT 5, falling back to 3.1.1 when
+the broker refuses the protocol), runs the network loop, and after a loss waits an
+exponential backoff with jitter before a fresh client reconnects. Every connection starts
+with a retained ``state`` birth message (online, boot id, agent and model versions); the
+retained last will says ``online: false``.
+
+:meth:`Link.drain` (called from the agent's loop, one caller at a time) reads pending
+records class by class (alerts first), packs them into :class:`~foreshock.messages.Batch`
+messages bounded by ``batch_max_records`` and ``batch_max_bytes``, publishes them with
+QoS 1 inside a window of ``max_inflight`` messages, and acks exactly the row ids of a
+message once its PUBACK arrives. A disconnect forgets everything in flight without
+acking; the next drain on the next connection sends those rows again (at-least-once; the
+gateway drops duplicates by ``(device, boot_id, seq)``).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+
+from foreshock import __version__, topics
+from foreshock.errors import ConfigError
+from foreshock.messages import Batch, dumps, state_message
+
+from .outbox import DRAIN_ORDER, Outbox
+
+log = logging.getLogger(__name__)
+
+UNSUPPORTED_PROTOCOL: Final = 132  # CONNACK reason code (3.1.1 return code 1 maps here)
+BATCH_ENVELOPE_BYTES: Final = 512
+CommandCallback = Callable[[str, bytes], None]
+
+
+@dataclass(frozen=True)
+class LinkConfig:
+    """Where and how the link connects. ``broker_url`` is ``mqtt://`` or ``mqtts://host:port``."""
+
+    broker_url: str
+    site: str
+    device_id: str
+    client_id: str = ""
+    keepalive_s: int = 30
+    tls_ca_path: str | None = None
+    tls_cert_path: str | None = None
+    tls_key_path: str | None = None
+    max_inflight: int = 16
+    batch_max_records: int = 1000
+    batch_max_bytes: int = 256 * 1024
+    backoff_min_s: float = 0.5
+    backoff_max_s: float = 60.0
+    connect_timeout_s: float = 10.0
+    protocol: Literal["auto", "5", "3.1.1"] = "auto"
+
+    def __post_init__(self) -> None:
+        topics.check_id(self.site, "site")
+        topics.check_id(self.device_id, "device_id")
+        url = urlsplit(self.broker_url)
+        if url.scheme not in ("mqtt", "mqtts") or not url.hostname:
+            raise ConfigError(f"broker_url {self.broker_url!r} is invalid: use "
+                              "mqtt://host:port or mqtts://host:port")
+        try:
+            _ = url.port
+        except ValueError:
+            raise ConfigError(f"broker_url {self.broker_url!r} has a bad port") from None
+        checks = {"keepalive_s": self.keepalive_s >= 5, "max_inflight": self.max_inflight >= 1,
+                  "batch_max_records": 1 <= self.batch_max_records <= 10_000,
+                  "batch_max_bytes": self.batch_max_bytes > BATCH_ENVELOPE_BYTES,
+                  "backoff_min_s": 0 < self.backoff_min_s <= self.backoff_max_s,
+                  "protocol": self.protocol in ("auto", "5", "3.1.1")}
+        for key, ok in checks.items():
+            if not ok:
+                raise ConfigError(f"link {key}={getattr(self, key)!r} is out of range")
+        if (self.tls_cert_path is None) != (self.tls_key_path is None):
+            raise ConfigError("link tls_cert_path and tls_key_path must be given together")
+
+    @property
+    def host(self) -> str:
+        return str(urlsplit(self.broker_url).hostname)
+
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.broker_url).scheme == "mqtts"
+
+    @property
+    def port(self) -> int:
+        return urlsplit(self.broker_url).port or (8883 if self.tls else 1883)
+
+
+@dataclass
+class _Inflight:
+    kind: str
+    row_ids: list[int]
+
+
+class Link:
+    """MQTT connection of one device. ``start()`` it, ``drain(outbox)`` often, ``stop()``."""
+
+    def __init__(self, config: LinkConfig, *, boot_id: str, agent_version: str = __version__,
+                 model: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.boot_id = boot_id
+        self.agent_version = agent_version
+        self._model = dict(model or {})
+        self._client: mqtt.Client | None = None
+        self._gen = 0
+        self._current: tuple[int, mqtt.Client | None] = (0, None)
+        self._connected_once = False
+        self._connack_seen = False
+        self._silent_tries = 0
+        self._connected = threading.Event()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._acks: queue.SimpleQueue[tuple[int, int, bool]] = queue.SimpleQueue()
+        self._inflight: dict[tuple[int, int], _Inflight] = {}
+        self._cursor: dict[str, int] = {}
+        self._cursor_gen = -1
+        self._drain_lock = threading.Lock()
+        self._stats_lock = threading.Lock()
+        self._stats = dict.fromkeys(
+            ("published_msgs", "published_records", "acked_records", "reconnects", "connects",
+             "connect_failures", "rejected_msgs", "command_errors"), 0)
+        self._protocol = (MQTTProtocolVersion.MQTTv311 if config.protocol == "3.1.1"
+                          else MQTTProtocolVersion.MQTTv5)
+        self._command_cb: CommandCallback | None = None
+        self._rng = random.Random()
+        self._thread: threading.Thread | None = None
+        self._topic_state = topics.state(config.site, config.device_id)
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the supervisor thread; it connects and reconnects until :meth:`stop`."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._supervise, name="foreshock-link",
+                                            daemon=True)
+            self._thread.start()
+
+    def wait_connected(self, timeout_s: float) -> bool:
+        return self._connected.wait(timeout_s)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    @property
+    def protocol(self) -> str:
+        """The MQTT version in use or next to try: ``"5"`` or ``"3.1.1"``."""
+        return "5" if self._protocol == MQTTProtocolVersion.MQTTv5 else "3.1.1"
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Mark the device offline (retained state), disconnect cleanly, join the thread."""
+        self._stop.set()
+        client = self._client
+        if client is not None and self.connected:
+            info = client.publish(self._topic_state, self._state(online=False), qos=1,
+                                  retain=True)
+            try:
+                info.wait_for_publish(min(timeout_s, 2.0))
+            except (RuntimeError, ValueError):
+                pass
+            client.disconnect()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+
+    def stats(self) -> dict[str, int]:
+        with self._stats_lock:
+            return dict(self._stats)
+
+    def _count(self, name: str, n: int = 1) -> None:
+        with self._stats_lock:
+            self._stats[name] += n
+
+    def set_model(self, model: dict[str, str]) -> None:
+        """Record the running model (name, version) and republish the retained state."""
+        self._model = dict(model)
+        client = self._client
+        if client is not None and self.connected:
+            client.publish(self._topic_state, self._state(online=True), qos=1, retain=True)
+
+    def subscribe_commands(self, callback: CommandCallback) -> None:
+        """Deliver every command, model offer and model chunk as ``callback(topic, payload)``.
+
+        The callback runs on the network thread: keep it short (queue the work)."""
+        self._command_cb = callback
+        client = self._client
+        if client is not None and self.connected:
+            self._subscribe(client)
+
+    def _subscribe(self, client: mqtt.Client) -> None:
+        site, dev = self.config.site, self.config.device_id
+        client.subscribe([(topics.commands(site, dev), 1), (topics.model_offer(site, dev), 1),
+                          (topics.model_chunk(site, dev), 1)])
+
+    def _state(self, *, online: bool) -> bytes:
+        return state_message(self.config.site, self.config.device_id, online=online,
+                             boot_id=self.boot_id, ts=time.time(),
+                             agent_version=self.agent_version, model=self._model)
+
+    # -- connection supervisor -----------------------------------------------------------
+    def _new_client(self) -> mqtt.Client:
+        cfg = self.config
+        v5 = self._protocol == MQTTProtocolVersion.MQTTv5
+        client = mqtt.Client(CallbackAPIVersion.VERSION2,
+                             client_id=cfg.client_id or f"foreshock-{cfg.site}-{cfg.device_id}",
+                             protocol=self._protocol, clean_session=None if v5 else True,
+                             reconnect_on_failure=False)
+        client.connect_timeout = cfg.connect_timeout_s
+        client.max_inflight_messages_set(cfg.max_inflight)
+        client.will_set(self._topic_state, self._state(online=False), qos=1, retain=True)
+        if cfg.tls:
+            client.tls_set(ca_certs=cfg.tls_ca_path, certfile=cfg.tls_cert_path,
+                           keyfile=cfg.tls_key_path)
+        gen = self._gen + 1
+        client.on_connect = lambda c, _u, _f, rc, _p: self._on_connect(c, gen, rc)
+        client.on_disconnect = lambda c, _u, _f, rc, _p: self._on_disconnect(c, gen, rc)
+        client.on_publish = lambda _c, _u, mid, rc, _p: self._on_publish(gen, mid, rc)
+        client.on_message = self._on_message
+        self._gen, self._client = gen, client
+        self._current = (gen, client)
+        return client
+
+    def _supervise(self) -> None:
+        attempt = 0
+        while not self._stop.is_set():
+            client = self._new_client()
+            got_connack = self._run_connection(client)
+            if got_connack and self._connected_once:
+                attempt = 0
+            if self._stop.is_set():
+                break
+            if not got_connack and self.config.protocol == "auto":
+                self._toggle_protocol_on_silence()
+            delay = min(self.config.backoff_max_s, self.config.backoff_min_s * 2 ** attempt)
+            attempt = min(attempt + 1, 30)
+            self._stop.wait(self._rng.uniform(delay / 2, delay))
+
+    def _run_connection(self, client: mqtt.Client) -> bool:
+        """Connect and run the network loop until the connection ends; True if CONNACKed."""
+        self._connack_seen = False
+        cfg = self.config
+        try:
+            if self._protocol == MQTTProtocolVersion.MQTTv5:
+                client.connect(cfg.host, cfg.port, cfg.keepalive_s, clean_start=True)
+            else:
+                client.connect(cfg.host, cfg.port, cfg.keepalive_s)
+        except (OSError, ValueError) as exc:
+            self._count("connect_failures")
+            log.info("MQTT connect to %s failed: %s", cfg.broker_url, exc)
+            return False
+        deadline = time.monotonic() + cfg.connect_timeout_s
+        rc = MQTTErrorCode.MQTT_ERR_SUCCESS
+        while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and not self._stop.is_set():
+            rc = client.loop(timeout=0.05)
+            if not self._connack_seen and time.monotonic() > deadline:
+                log.info("MQTT broker %s sent no CONNACK in %.1f s", cfg.broker_url,
+                         cfg.connect_timeout_s)
+                client.disconnect()
+                break
+        if self._stop.is_set() and client.is_connected():
+            for _ in range(40):  # let stop() flush its offline message and DISCONNECT
+                if client.loop(timeout=0.05) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    break
+        self._mark_down()
+        return self._connack_seen
+
+    def _toggle_protocol_on_silence(self) -> None:
+        """A broker that closes on an MQTT 5 CONNECT without answering may be 3.1.1 only."""
+        self._silent_tries += 1
+        if self._silent_tries % 2 == 0:
+            self._protocol = (MQTTProtocolVersion.MQTTv311
+                              if self._protocol == MQTTProtocolVersion.MQTTv5
+                              else MQTTProtocolVersion.MQTTv5)
+
+    def _mark_down(self) -> None:
+        if self._connected.is_set():
+            log.warning("MQTT link to %s lost", self.config.broker_url)
+        self._connected.clear()
+        self._wake.set()
+
+    def _on_connect(self, client: mqtt.Client, gen: int, rc: Any) -> None:
+        self._connack_seen = True
+        if rc.is_failure:
+            self._count("connect_failures")
+            if rc.value == UNSUPPORTED_PROTOCOL and self.config.protocol == "auto":
+                self._protocol = MQTTProtocolVersion.MQTTv311
+                log.info("broker refused MQTT 5; falling back to 3.1.1")
+            else:
+                log.warning("MQTT broker %s refused the connection: %s",
+                            self.config.broker_url, rc)
+            client.disconnect()
+            return
+        self._silent_tries = 0
+        self._count("connects")
+        if self._connected_once:
+            self._count("reconnects")
+        self._connected_once = True
+        client.publish(self._topic_state, self._state(online=True), qos=1, retain=True)
+        if self._command_cb is not None:
+            self._subscribe(client)
+        if gen == self._gen:
+            self._connected.set()
+            self._wake.set()
+        log.info("MQTT link up to %s (MQTT %s)", self.config.broker_url, self.protocol)
+
+    def _on_disconnect(self, client: mqtt.Client, gen: int, rc: Any) -> None:
+        if gen == self._gen:
+            self._connected.clear()
+            self._wake.set()
+
+    def _on_publish(self, gen: int, mid: int, rc: Any) -> None:
+        self._acks.put((gen, mid, bool(getattr(rc, "is_failure", False))))
+        self._wake.set()
+
+    def _on_message(self, _client: mqtt.Client, _userdata: Any,
+                    msg: mqtt.MQTTMessage) -> None:
+        callback = self._command_cb
+        if callback is None:
+            return
+        try:
+            callback(msg.topic, bytes(msg.payload))
+        except Exception:
+            self._count("command_errors")
+            log.exception("command callback failed for %s", msg.topic)
+
+    # -- draining the outbox ---------------------------------------------------------------
+    def drain(self, outbox: Outbox, *, timeout_s: float | None = None) -> int:
+        """Publish pending records until none is left and every message is acked, the link
+        drops, or ``timeout_s`` passes. Returns how many records the broker acknowledged
+        (and the outbox deleted) during this call. Not connected: returns 0 at once."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        acked = 0
+        with self._drain_lock:
+            while True:
+                self._wake.clear()
+                acked += self._settle(outbox)
+                gen, client = self._current
+                if not self.connected or client is None:
+                    self._forget(-1)
+                    return acked
+                if self._cursor_gen != gen:
+                    self._forget(gen)
+                sent = self._fill(outbox, gen, client)
+                if not sent and not self._inflight:
+                    return acked
+                left_s = 0.2 if deadline is None else deadline - time.monotonic()
+                if left_s <= 0:
+                    return acked
+                self._wake.wait(min(left_s, 0.2))
+
+    def _forget(self, gen: int) -> None:
+        """A new connection (or none): what was in flight is neither acked nor resent now;
+        the cursors restart so the next drain sends every unacked row again."""
+        if self._inflight:
+            log.info("%d messages were in flight when the link changed; they will be resent",
+                     len(self._inflight))
+        self._inflight.clear()
+        self._cursor.clear()
+        self._cursor_gen = gen
+
+    def _settle(self, outbox: Outbox) -> int:
+        rows: list[int] = []
+        while True:
+            try:
+                gen, mid, failed = self._acks.get_nowait()
+            except queue.Empty:
+                break
+            item = self._inflight.pop((gen, mid), None)
+            if item is None:
+                continue
+            if failed:
+                self._count("rejected_msgs")
+                log.warning("broker rejected a %s batch; it is resent after a reconnect",
+                            item.kind)
+            else:
+                rows.extend(item.row_ids)
+        if rows:
+            outbox.ack(rows)
+            self._count("acked_records", len(rows))
+        return len(rows)
+
+    def _fill(self, outbox: Outbox, gen: int, client: mqtt.Client) -> int:
+        cfg, sent = self.config, 0
+        while len(self._inflight) < cfg.max_inflight:
+            for kind in DRAIN_ORDER:
+                boot, rows = outbox.pending_batch(
+                    kind, cfg.batch_max_records, after=self._cursor.get(kind, 0),
+                    max_bytes=cfg.batch_max_bytes - BATCH_ENVELOPE_BYTES)
+                if rows:
+                    break
+            else:
+                return sent
+            batch = Batch(cfg.site, cfg.device_id, boot, kind, tuple(r for _, r in rows),
+                          sent_ts=time.time())
+            info = client.publish(topics.record(cfg.site, cfg.device_id, kind),
+                                  dumps(batch.to_json()), qos=1)
+            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                return sent
+            self._inflight[(gen, info.mid)] = _Inflight(kind, [i for i, _ in rows])
+            self._cursor[kind] = rows[-1][0]
+            self._count("published_msgs")
+            self._count("published_records", len(rows))
+            sent += 1
+        return sent
