@@ -1,0 +1,218 @@
+"""The processing core shared by the live agent and ``foreshock agent replay``.
+
+``Pipeline.process(windows)`` takes a batch of windows and returns, per window, its
+features, score, fault guess, telemetry body and any alert, plus the events of the batch.
+It owns the feature spec, the detector, the per-stream baselines and the decider. No I/O
+and no clock: the service around it reads, stores and publishes.
+
+Model choice: an explicit ``detector`` (with ``input_features``, default all features), else
+a verified ``bundle`` (:class:`agent.inference.LoadedBundle`), else the bundle configured in
+``model.bundle`` (verified with ``model.trusted_keys``), else the model-free
+:class:`agent.inference.ZScoreDetector`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from agent import features as fx
+from agent.config import AgentConfig
+from agent.decision import Decider, Observation
+from agent.inference import Detector, LoadedBundle, ZScoreDetector, load_bundle
+from agent.window import Window
+
+log = logging.getLogger(__name__)
+FloatArray = npt.NDArray[np.float32]
+Lap = Callable[[str, float], float]
+
+
+@dataclass(frozen=True, eq=False)
+class WindowResult:
+    """What the pipeline made of one window. ``anomaly`` is NaN while commissioning."""
+
+    index: int
+    window: Window
+    features: FloatArray
+    anomaly: float
+    fault: str
+    fault_probability: float
+    commissioning: bool
+    threshold: float
+    zone: str
+    telemetry: dict[str, Any]
+    alert: dict[str, Any] | None = None
+    explanation: dict[str, Any] | None = None
+
+
+@dataclass
+class StepOutput:
+    results: list[WindowResult] = field(default_factory=list)
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _no_lap(stage: str, since: float) -> float:
+    return time.perf_counter()
+
+
+class Pipeline:
+    """Features, scores and decisions for batches of windows; see the module doc."""
+
+    def __init__(self, config: AgentConfig, *, detector: Detector | None = None,
+                 bundle: LoadedBundle | None = None,
+                 input_features: Sequence[str] | None = None) -> None:
+        self.config = config
+        self.bundle = bundle
+        if detector is None and bundle is None and config.model.bundle is not None:
+            self.bundle = load_bundle(
+                config.model.bundle, list(config.model.trusted_keys), self._spec_hashes(),
+                backend=config.model.backend)
+        self.spec = self._make_spec()
+        names = self.spec.feature_names
+        self.detector, inputs = self._make_detector(detector, input_features, names)
+        self.input_index = np.asarray(self.spec.index(list(inputs)), dtype=np.intp)
+        thresholds = self.bundle.thresholds if self.bundle else {}
+        self.decider = Decider(
+            config.decision, names, score_fn=self._score_raw, model=self.model_info,
+            machine_class=self.spec.machine_class, orders=self._orders(),
+            bundle_threshold=float(thresholds.get("anomaly", 0.0)),
+            defect_snr_min=config.decision.defect_snr_min)
+        self._names = {n: i for i, n in enumerate(names)}
+
+    # -- construction --------------------------------------------------------------------
+    @staticmethod
+    def _spec_hashes() -> list[str]:
+        return [fx.DEFAULT_SPEC.hash, fx.SNAPSHOT_SPEC.hash]
+
+    def _make_spec(self) -> fx.FeatureSpec:
+        base = fx.DEFAULT_SPEC
+        if self.bundle is not None and self.bundle.feature_spec:
+            base = fx.FeatureSpec.from_dict(self.bundle.feature_spec)
+        f = self.config.features
+        return dataclasses.replace(base, bearing=f.bearing, machine_class=f.machine_class,
+                                   nominal_rpm=f.rpm)
+
+    def _make_detector(self, detector: Detector | None, inputs: Sequence[str] | None,
+                       names: tuple[str, ...]) -> tuple[Detector, tuple[str, ...]]:
+        if detector is not None:
+            chosen = tuple(inputs or getattr(detector, "input_features", None) or names)
+            return detector, chosen
+        if self.bundle is not None:
+            return self.bundle.detector, self.bundle.input_features
+        return ZScoreDetector(len(names)), names
+
+    def _orders(self) -> dict[str, float]:
+        f = self.config.features
+        if f.bpfo > 0:
+            return {"bpfo": f.bpfo, "bpfi": f.bpfi, "bsf": f.bsf, "ftf": f.ftf}
+        return fx.bearing(self.spec.bearing).orders()
+
+    @property
+    def model_info(self) -> dict[str, str]:
+        if self.bundle is not None:
+            return self.bundle.model_info
+        name = getattr(self.detector, "name", type(self.detector).__name__)
+        return {"name": str(name), "version": str(getattr(self.detector, "version", "0.0.0"))}
+
+    def _score_raw(self, baseline: fx.Baseline, values: FloatArray) -> FloatArray:
+        z = baseline.z(values)[:, self.input_index]
+        return self.detector.score(z.astype(np.float32)).anomaly
+
+    def rebaseline(self, channel: int | None = None) -> None:
+        keys = [k for k in list(self.decider._streams)
+                if channel is None or (isinstance(k, tuple) and k[1] == channel)]
+        for key in keys:
+            self.decider.rebaseline(key)
+
+    def streams(self) -> dict[str, Any]:
+        out = {}
+        for key, s in self.decider._streams.items():
+            out[_key_text(key)] = {
+                "commissioning": s.baseline is None, "threshold": s.threshold,
+                "commission_windows": len(s.rows),
+                "incident": None if s.incident is None else {
+                    "id": s.incident.id, "severity": s.incident.severity,
+                    "raised_ts": s.incident.raised_s}}
+        return out
+
+    # -- processing ----------------------------------------------------------------------
+    def process(self, windows: Sequence[Window], lap: Lap = _no_lap) -> StepOutput:
+        t = time.perf_counter()
+        x = fx.extract(self.spec, np.stack([w.samples for w in windows]), self._rpm(windows))
+        x = np.asarray(x, dtype=np.float32)
+        t = lap("features", t)
+        out = StepOutput()
+        keys = [(w.device_id, w.channel) for w in windows]
+        live = []
+        for i, (w, key) in enumerate(zip(windows, keys, strict=True)):
+            if self.decider.baseline(key) is None:
+                event = self.decider.commission(key, x[i], w.end_s)
+                if event is not None:
+                    event["detail"]["channel"] = w.channel
+                    out.events.append(event)
+            else:
+                live.append(i)
+        z = np.zeros((len(windows), x.shape[1]), np.float32)
+        for key in {keys[i] for i in live}:
+            idx = [i for i in live if keys[i] == key]
+            z[idx] = self.decider.baseline(key).z(x[idx])
+        scores = self.detector.score(z[live][:, self.input_index]) if live else None
+        t = lap("inference", t)
+        pos = {i: j for j, i in enumerate(live)}
+        for i, w in enumerate(windows):
+            j = pos.get(i)
+            out.results.append(self._decide(i, w, keys[i], x[i], z[i] if j is not None else None,
+                                            scores, j, out))
+        lap("decision", t)
+        return out
+
+    def _rpm(self, windows: Sequence[Window]) -> FloatArray:
+        fixed = self.config.features.rpm
+        return np.asarray([w.rpm if w.rpm > 0 else fixed for w in windows], dtype=np.float32)
+
+    def _decide(self, i: int, w: Window, key: Hashable, x: FloatArray, z: FloatArray | None,
+                scores: Any, j: int | None, out: StepOutput) -> WindowResult:
+        if j is None or scores is None:
+            anomaly, fault, prob = math.nan, "unknown", 0.0
+        else:
+            anomaly = float(scores.anomaly[j])
+            fault, prob = scores.fault(j)
+        rpm = w.rpm if w.rpm > 0 else self.config.features.rpm
+        alert = None
+        if j is not None:
+            obs = Observation(w.channel, w.end_s, x, z, anomaly, fault, prob, rpm)
+            alert = self.decider.decide(key, obs)
+        if alert is not None:
+            out.alerts.append(alert)
+        zone, velocity = self.decider.zone(x)
+        threshold = self.decider.threshold(key)
+        telemetry = {
+            "channel": w.channel, "window_ts": w.end_s,
+            "anomaly_score": 0.0 if math.isnan(anomaly) else anomaly, "fault": fault,
+            "fault_probability": prob, "rms_g": self._value(x, "rms_g"),
+            "velocity_rms_mm_s": 0.0 if math.isnan(velocity) else velocity, "zone": zone,
+            "commissioning": j is None, "threshold": threshold, "rpm": rpm,
+            "sensor": w.device_id,
+        }
+        return WindowResult(i, w, x, anomaly, fault, prob, j is None, threshold, zone,
+                            telemetry, alert, alert["explanation"] if alert else None)
+
+    def _value(self, x: FloatArray, name: str) -> float:
+        i = self._names.get(name)
+        v = float(x[i]) if i is not None else 0.0
+        return v if math.isfinite(v) else 0.0
+
+
+def _key_text(key: Hashable) -> str:
+    if isinstance(key, tuple):
+        return "/".join(str(k) for k in key)
+    return str(key)

@@ -1,0 +1,205 @@
+"""Frames to fixed-length windows, one stream per (device, channel).
+
+``Windower(spec).push(frame)`` returns the windows that ``frame`` completed. Windows have
+``spec.window_samples`` samples at ``spec.sample_rate_hz``; consecutive windows of a stream
+overlap by ``spec.overlap`` (a fraction in [0, 1)). When a stream's rate differs from the
+spec rate, each window is cut at the stream's own rate (``window_samples * rate /
+spec_rate`` samples) and resampled with :func:`agent.features.resample`, so windows always
+cover the same time span and the model sees the rate it was trained on.
+
+Every frame is checked, and what the checks find is counted in ``counters``:
+
+- ``seq_gaps`` / ``missing_frames``: the sequence number jumped forward. Samples were lost,
+  so the stream's buffer is **reset**: a window never spans a gap (it would show a step
+  that is not in the machine). ``resets`` counts every reset.
+- ``duplicates``: the frame repeats the last sequence number; dropped.
+- ``out_of_order``: the frame is older than the last accepted one; dropped (its window has
+  moved on, and inserting it would reorder samples).
+- ``rate_changes``: the sample rate differs from the stream's previous frames; the buffer
+  is reset and the stream continues at the new rate.
+- ``dropped_streams``: frames of a new stream beyond ``max_streams``; dropped.
+
+Sequence numbers are u32 and wrap; a difference of less than 2**31 forward is a gap,
+anything else is backwards. Buffers are bounded: a stream holds at most one window plus one
+frame of samples.
+
+Pure: no I/O, no clock; times come from the frames' ``timestamp_us``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from foreshock.wire import Frame
+
+log = logging.getLogger(__name__)
+
+SEQ_MOD = 2**32
+COUNTERS = ("frames", "samples", "windows", "seq_gaps", "missing_frames", "duplicates",
+            "out_of_order", "rate_changes", "resets", "dropped_streams", "non_finite")
+
+
+class WindowSpec(Protocol):
+    """What the windower needs of a :class:`agent.features.FeatureSpec`."""
+
+    @property
+    def sample_rate_hz(self) -> float: ...
+
+    @property
+    def window_samples(self) -> int: ...
+
+    @property
+    def overlap(self) -> float: ...
+
+
+@dataclass(frozen=True, eq=False)
+class Window:
+    """``samples`` float32[window_samples] in g at ``sample_rate_hz`` (the spec rate).
+
+    ``start_us`` is the time of the first sample; ``rpm`` the latest shaft speed reported
+    by the stream's frames (0 = unknown); ``source_rate_hz`` the stream's own rate.
+    """
+
+    device_id: str
+    channel: int
+    start_us: int
+    samples: npt.NDArray[np.float32]
+    rpm: float
+    sample_rate_hz: float
+    source_rate_hz: float = 0.0
+
+    @property
+    def duration_s(self) -> float:
+        return self.samples.size / self.sample_rate_hz
+
+    @property
+    def end_s(self) -> float:
+        """Time just after the last sample, Unix seconds."""
+        return self.start_us / 1e6 + self.duration_s
+
+
+@dataclass
+class _Stream:
+    rate_hz: float
+    last_seq: int
+    start_us: int = 0
+    buf: npt.NDArray[np.float32] = field(default_factory=lambda: np.zeros(0, np.float32))
+    rpm: float = 0.0
+
+    def reset(self) -> None:
+        self.buf = np.zeros(0, np.float32)
+
+
+class Windower:
+    """Cuts frames into overlapping windows per (device, channel); see the module doc."""
+
+    def __init__(self, spec: WindowSpec, *, max_streams: int = 64) -> None:
+        if not 0.0 <= float(spec.overlap) < 1.0:
+            raise ValueError(f"overlap {spec.overlap!r} must be in [0, 1)")
+        if spec.window_samples < 8 or spec.sample_rate_hz <= 0:
+            raise ValueError("window_samples must be >= 8 and sample_rate_hz > 0")
+        self.spec = spec
+        self.max_streams = max_streams
+        self.hop_samples = max(1, round(spec.window_samples * (1.0 - float(spec.overlap))))
+        self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+        self._streams: dict[tuple[str, int], _Stream] = {}
+
+    @property
+    def streams(self) -> int:
+        return len(self._streams)
+
+    def push(self, frame: Frame) -> list[Window]:
+        """Accept one frame; return the windows it completed (often none)."""
+        self.counters["frames"] += 1
+        key = (frame.device_id, frame.channel)
+        stream = self._streams.get(key)
+        if stream is None:
+            if len(self._streams) >= self.max_streams:
+                self.counters["dropped_streams"] += 1
+                return []
+            stream = _Stream(frame.sample_rate_hz, frame.seq, frame.timestamp_us)
+            self._streams[key] = stream
+        elif not self._check(stream, frame):
+            return []
+        stream.last_seq = frame.seq
+        return self._append(key, stream, frame)
+
+    def _check(self, stream: _Stream, frame: Frame) -> bool:
+        """Sequence and rate checks; False means drop the frame."""
+        step = (frame.seq - stream.last_seq) % SEQ_MOD
+        if step == 0:
+            self.counters["duplicates"] += 1
+            return False
+        if step >= SEQ_MOD // 2:
+            self.counters["out_of_order"] += 1
+            return False
+        if step > 1:
+            self.counters["seq_gaps"] += 1
+            self.counters["missing_frames"] += step - 1
+            self._reset(stream)
+        if not np.isclose(frame.sample_rate_hz, stream.rate_hz, rtol=1e-6):
+            self.counters["rate_changes"] += 1
+            self._reset(stream)
+            stream.rate_hz = frame.sample_rate_hz
+        return True
+
+    def _reset(self, stream: _Stream) -> None:
+        if stream.buf.size:
+            self.counters["resets"] += 1
+        stream.reset()
+
+    def _span(self, rate_hz: float) -> tuple[int, int]:
+        """(window, hop) in samples at the stream's own rate."""
+        ratio = rate_hz / float(self.spec.sample_rate_hz)
+        if np.isclose(ratio, 1.0, rtol=1e-9):
+            return self.spec.window_samples, self.hop_samples
+        return (max(8, round(self.spec.window_samples * ratio)),
+                max(1, round(self.hop_samples * ratio)))
+
+    def _append(self, key: tuple[str, int], stream: _Stream, frame: Frame) -> list[Window]:
+        samples = frame.samples
+        if not np.all(np.isfinite(samples)):
+            self.counters["non_finite"] += 1
+            samples = np.nan_to_num(samples, nan=0.0, posinf=0.0, neginf=0.0)
+        if stream.buf.size == 0:
+            stream.start_us = frame.timestamp_us
+        stream.buf = np.concatenate((stream.buf, samples))
+        self.counters["samples"] += samples.size
+        if frame.rpm > 0:
+            stream.rpm = frame.rpm
+        win, hop = self._span(stream.rate_hz)
+        out: list[Window] = []
+        while stream.buf.size >= win:
+            out.append(self._cut(key, stream, stream.buf[:win]))
+            stream.buf = stream.buf[hop:].copy()
+            stream.start_us += round(hop * 1e6 / stream.rate_hz)
+        self.counters["windows"] += len(out)
+        return out
+
+    def _cut(self, key: tuple[str, int], stream: _Stream,
+             chunk: npt.NDArray[np.float32]) -> Window:
+        target = float(self.spec.sample_rate_hz)
+        if chunk.size == self.spec.window_samples:
+            samples = chunk.astype(np.float32, copy=True)
+        else:
+            samples = _fit(_resample(chunk, stream.rate_hz, target), self.spec.window_samples)
+        return Window(key[0], key[1], stream.start_us, samples, float(stream.rpm), target,
+                      stream.rate_hz)
+
+
+def _resample(x: npt.NDArray[np.float32], from_hz: float, to_hz: float) -> npt.NDArray[np.float32]:
+    from agent.features import resample
+
+    return np.asarray(resample(x, from_hz, to_hz), dtype=np.float32)
+
+
+def _fit(x: npt.NDArray[np.float32], n: int) -> npt.NDArray[np.float32]:
+    """Trim or edge-pad to exactly ``n`` samples (resampling may round by one)."""
+    if x.size >= n:
+        return x[:n].copy()
+    return np.pad(x, (0, n - x.size), mode="edge")
