@@ -1,0 +1,102 @@
+"""Gateway configuration: one frozen dataclass, loaded from the ``[gateway]`` TOML table.
+
+See ``gateway/gateway.toml.sample`` for every key with its default and meaning. A config
+key, its field and its CLI option share one name. Validation happens here, at load, and
+fails with one :class:`~foreshock.errors.ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from foreshock import topics
+from foreshock.config import check_range, from_table, read_toml
+from foreshock.errors import ConfigError
+
+BROKER_SCHEMES = ("mqtt", "mqtts")
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    host: str
+    port: int
+    tls: bool
+    username: str | None
+    password: str | None
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """Everything one gateway instance needs. Defaults suit one site on one machine."""
+
+    broker_url: str = "mqtt://127.0.0.1:1883"
+    site: str = "+"
+    db_url: str = "sqlite:///gateway.db"
+    share_group: str = "foreshock-gateway"
+    client_id: str = ""
+    username: str = ""
+    password: str = ""
+    tls_ca_file: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    keepalive_s: int = 30
+    session_expiry_s: int = 3600
+    connect_timeout_s: float = 10.0
+    republish_alerts: bool = True
+    invalid_log_interval_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.site != "+":
+            topics.check_id(self.site, "site")
+        topics.check_id(self.share_group, "share_group")
+        broker(self.broker_url)
+        if not self.db_url:
+            raise ConfigError("db_url is empty; use sqlite:///path or postgresql://...")
+        check_range("keepalive_s", self.keepalive_s, 5, 3600)
+        check_range("session_expiry_s", self.session_expiry_s, 0, 2**32 - 1)
+        check_range("connect_timeout_s", self.connect_timeout_s, 0.1, 600)
+        check_range("invalid_log_interval_s", self.invalid_log_interval_s, 0, 86400)
+
+    @classmethod
+    def for_site(cls, broker_url: str, site: str, db_url: str, **overrides: Any) -> GatewayConfig:
+        """A config for the demo and tests: one site, one broker, one store."""
+        return cls(broker_url=broker_url, site=site, db_url=db_url, **overrides)
+
+    @classmethod
+    def load(cls, path: Path | str) -> GatewayConfig:
+        """Read the ``[gateway]`` table of a TOML file."""
+        data = read_toml(path)
+        table = data.get("gateway")
+        if table is None:
+            raise ConfigError(f"config file {path} has no [gateway] table",
+                              hint="start from gateway/gateway.toml.sample")
+        return from_table(cls, table, "gateway")
+
+    def effective_client_id(self) -> str:
+        """``client_id`` or ``foreshock-gw-<host>-<pid>`` (stable ids keep MQTT sessions)."""
+        if self.client_id:
+            return self.client_id
+        return f"foreshock-gw-{socket.gethostname()[:20]}-{os.getpid()}"
+
+    def with_(self, **changes: Any) -> GatewayConfig:
+        return replace(self, **changes)
+
+
+def broker(url: str) -> BrokerAddress:
+    """Parse ``mqtt://[user[:pass]@]host[:port]`` (``mqtts://`` for TLS)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"broker_url = {url!r} is invalid: {exc}") from None
+    if parts.scheme not in BROKER_SCHEMES or not parts.hostname:
+        raise ConfigError(f"broker_url = {url!r} is invalid; use mqtt://host:1883 or "
+                          "mqtts://host:8883")
+    tls = parts.scheme == "mqtts"
+    return BrokerAddress(parts.hostname, port or (8883 if tls else 1883), tls,
+                         parts.username, parts.password)

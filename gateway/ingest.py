@@ -1,0 +1,139 @@
+"""Turn one MQTT message into stored records: validate, store, count (no MQTT here).
+
+:class:`Ingestor` is what the gateway's MQTT callback calls for each message. A payload
+that does not match its schema (foreshock.messages), or whose site, device or kind
+disagrees with its topic, is counted per device and logged at most once per
+``invalid_log_interval_s`` per device; it never raises. A store failure raises
+:class:`~foreshock.errors.StoreError` so the caller leaves the message unacknowledged.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from foreshock import messages, topics
+from foreshock.errors import MessageError
+from foreshock.messages import Record
+from gateway.store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IngestStats:
+    """Counters since start. ``gaps`` counts sequence ranges found missing."""
+
+    messages: int = 0
+    records_stored: int = 0
+    duplicates_dropped: int = 0
+    invalid: int = 0
+    gaps: int = 0
+    alerts_published: int = 0
+    store_errors: int = 0
+    invalid_by_device: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result of one message: new alerts to re-publish (with the batch's site)."""
+
+    valid: bool
+    site: str = ""
+    device: str = ""
+    new_alerts: tuple[Record, ...] = ()
+    boot_id: str = ""
+
+
+class Ingestor:
+    """Validates and stores messages; thread-safe counters."""
+
+    def __init__(self, store: Store, invalid_log_interval_s: float = 60.0) -> None:
+        self.store = store
+        self.invalid_log_interval_s = invalid_log_interval_s
+        self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter()
+        self._invalid: Counter[str] = Counter()
+        self._last_log: dict[str, float] = {}
+        self._suppressed: Counter[str] = Counter()
+
+    def handle(self, topic: str, payload: bytes, received_ts: float | None = None) -> Outcome:
+        """Validate and store one message. Raises StoreError only when the store fails."""
+        now = time.time() if received_ts is None else received_ts
+        self._count("messages")
+        try:
+            site, device, kind = topics.parse(topic)
+        except ValueError as exc:
+            self._reject("?", str(exc))
+            return Outcome(False)
+        try:
+            if kind == "state":
+                return self._state(site, device, payload, now)
+            if kind in topics.RECORD_KINDS:
+                return self._batch(site, device, kind, payload, now)
+            if kind == "model/status":  # handled by the rollout manager's hook
+                messages.loads(payload)
+                return Outcome(True, site, device)
+            raise MessageError(f"topic kind {kind!r} is not ingested")
+        except MessageError as exc:
+            self._reject(device, str(exc))
+            return Outcome(False, site, device)
+
+    def _state(self, site: str, device: str, payload: bytes, now: float) -> Outcome:
+        state = messages.decode_state(payload)
+        if state["device"] != device or state.get("site", site) != site:
+            raise MessageError(f"state for {state.get('site')}/{state['device']} "
+                               f"on the topic of {site}/{device}")
+        self.store.store_state({**state, "site": site}, now)
+        return Outcome(True, site, device)
+
+    def _batch(self, site: str, device: str, kind: str, payload: bytes,
+               now: float) -> Outcome:
+        batch = messages.decode_batch(payload)
+        if (batch.site, batch.device, batch.kind) != (site, device, kind):
+            raise MessageError(f"batch of {batch.kind} from {batch.site}/{batch.device} "
+                               f"on the {kind} topic of {site}/{device}")
+        try:
+            result = self.store.store_batch(batch, now)
+        except Exception:
+            self._count("store_errors")
+            raise
+        with self._lock:
+            self._counts["records_stored"] += result.inserted
+            self._counts["duplicates_dropped"] += result.duplicates
+            self._counts["gaps"] += len(result.opened_gaps)
+        for first, last in result.opened_gaps:
+            log.info("device %s boot %s: records %d..%d missing", device, batch.boot_id,
+                     first, last)
+        return Outcome(True, site, device, result.new_alerts, batch.boot_id)
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self._counts[key] += n
+
+    def count_published(self, n: int = 1) -> None:
+        self._count("alerts_published", n)
+
+    def _reject(self, device: str, reason: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._counts["invalid"] += 1
+            self._invalid[device] += 1
+            last = self._last_log.get(device)
+            if last is not None and now - last < self.invalid_log_interval_s:
+                self._suppressed[device] += 1
+                return
+            self._last_log[device] = now
+            suppressed, self._suppressed[device] = self._suppressed[device], 0
+        more = f" ({suppressed} more since the last report)" if suppressed else ""
+        log.warning("invalid message from device %s dropped: %s%s", device, reason, more)
+
+    def stats(self) -> IngestStats:
+        with self._lock:
+            c = self._counts
+            return IngestStats(c["messages"], c["records_stored"], c["duplicates_dropped"],
+                               c["invalid"], c["gaps"], c["alerts_published"],
+                               c["store_errors"], dict(self._invalid))

@@ -1,0 +1,169 @@
+"""The gateway service: an MQTT 5 client that ingests device topics into the store.
+
+Record topics (telemetry, alert, event, health, model/status) are subscribed as shared
+subscriptions ``$share/<share_group>/...``, so several instances split the load and each
+message reaches one of them. ``state`` is subscribed without sharing: shared subscriptions
+get no retained messages, and every instance wants the fleet's current state at start
+(store_state is idempotent).
+
+Delivery is at least once end to end: the client runs with paho's ``manual_ack`` and
+acknowledges a QoS 1 message only after the store transaction for it committed. If the
+store fails the message stays unacknowledged and the broker delivers it again when the
+session resumes (``clean_start`` false, ``session_expiry_s``); the database drops the
+copies it already has.
+
+Each newly stored alert is re-published, QoS 1, as a one-record ``foreshock.batch/1``
+alert batch on ``topics.control_alert(site)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from foreshock import messages, topics
+from foreshock.errors import LinkError, StoreError
+from gateway.config import GatewayConfig, broker
+from gateway.ingest import Ingestor, IngestStats, Outcome
+from gateway.store import Store, open_store
+
+log = logging.getLogger(__name__)
+SHARED_KINDS = ("telemetry", "alert", "event", "health", "model/status")
+
+
+class Gateway:
+    """One gateway instance: ``start()``, ``stats()``, ``stop()``.
+
+    ``on_message`` hooks (callables taking topic and payload) let the rollout manager
+    observe model status messages without a second MQTT connection.
+    """
+
+    def __init__(self, config: GatewayConfig, store: Store | None = None) -> None:
+        self.config = config
+        self._own_store = store is None
+        self.store = store if store is not None else open_store(config.db_url)
+        self.ingestor = Ingestor(self.store, config.invalid_log_interval_s)
+        self.client = self._make_client()
+        self._subscribed = threading.Event()
+        self._started = False
+        self.hooks: list[Any] = []
+
+    def _make_client(self) -> mqtt.Client:
+        cfg = self.config
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cfg.effective_client_id(),
+                             protocol=mqtt.MQTTv5, manual_ack=True)
+        addr = broker(cfg.broker_url)
+        username = cfg.username or addr.username
+        if username:
+            client.username_pw_set(username, cfg.password or addr.password)
+        if addr.tls or cfg.tls_ca_file:
+            client.tls_set(ca_certs=cfg.tls_ca_file or None,
+                           certfile=cfg.tls_cert_file or None,
+                           keyfile=cfg.tls_key_file or None, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        client.on_disconnect = self._on_disconnect
+        client.reconnect_delay_set(1, 30)
+        return client
+
+    def subscriptions(self) -> list[str]:
+        """The topic filters this instance subscribes to."""
+        site, group = self.config.site, self.config.share_group
+        return [topics.device_filter("state", site),
+                *(topics.device_filter(kind, site, group) for kind in SHARED_KINDS)]
+
+    def start(self) -> None:
+        """Connect, subscribe, and return once the broker granted the subscriptions."""
+        addr = broker(self.config.broker_url)
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self.config.session_expiry_s
+        try:
+            self.client.connect(addr.host, addr.port, self.config.keepalive_s,
+                                clean_start=False, properties=props)
+        except OSError as exc:
+            raise LinkError(f"cannot connect to broker {self.config.broker_url}: {exc}",
+                            hint="check broker_url and that the broker is running") from None
+        self.client.loop_start()
+        self._started = True
+        if not self._subscribed.wait(self.config.connect_timeout_s):
+            self.stop()
+            raise LinkError(f"broker {self.config.broker_url} did not accept the "
+                            f"subscriptions within {self.config.connect_timeout_s:g} s")
+        log.info("gateway %s ingesting %s into %s", self.config.effective_client_id(),
+                 self.config.site, self.config.db_url.split("@")[-1])
+
+    def stop(self) -> None:
+        """Disconnect and close the store (if the gateway opened it)."""
+        if self._started:
+            self.client.disconnect()
+            self.client.loop_stop()
+            self._started = False
+        if self._own_store:
+            self.store.close()
+            self._own_store = False
+
+    def stats(self) -> IngestStats:
+        return self.ingestor.stats()
+
+    def __enter__(self) -> Gateway:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- paho callbacks (network thread) --------------------------------------------------
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
+                    properties: Any) -> None:
+        if reason.is_failure:
+            log.error("broker refused the gateway: %s", reason)
+            return
+        client.subscribe([(f, SubscribeOptions(qos=1)) for f in self.subscriptions()])
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any,
+                      properties: Any) -> None:
+        failed = [str(r) for r in reasons if r.is_failure]
+        if failed:
+            log.error("broker refused subscriptions: %s", ", ".join(failed))
+            return
+        self._subscribed.set()
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
+                       properties: Any) -> None:
+        if self._started and reason.is_failure:
+            log.warning("disconnected from broker (%s); reconnecting", reason)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any,
+                    msg: mqtt.MQTTMessage) -> None:
+        try:
+            outcome = self.ingestor.handle(msg.topic, bytes(msg.payload), time.time())
+        except StoreError as exc:
+            log.error("store failed, message left unacknowledged for redelivery: %s", exc)
+            return
+        for hook in self.hooks:
+            try:
+                hook(msg.topic, msg.payload)
+            except Exception:
+                log.exception("message hook failed on %s", msg.topic)
+        if outcome.new_alerts and self.config.republish_alerts:
+            self._republish(outcome)
+        if msg.qos > 0:
+            client.ack(msg.mid, msg.qos)
+
+    def _republish(self, outcome: Outcome) -> None:
+        for record in outcome.new_alerts:
+            batch = messages.Batch(outcome.site, outcome.device, outcome.boot_id, "alert",
+                                   (record,), time.time())
+            self.client.publish(topics.control_alert(outcome.site),
+                                messages.encode_batch(batch), qos=1)
+        self.ingestor.count_published(len(outcome.new_alerts))

@@ -1,0 +1,202 @@
+"""Gateway ingest against a real mosquitto: shared subscriptions, replay, bad payloads."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from foreshock import messages, topics
+from foreshock.errors import ConfigError
+from foreshock.messages import Batch, Record
+from gateway.config import GatewayConfig
+from gateway.service import Gateway
+from gateway.store import open_store
+
+T0 = 1_764_250_000.0
+
+
+def telemetry(seq: int) -> Record:
+    return Record(seq, T0 + seq, {
+        "channel": 0, "window_ts": T0 + seq, "anomaly_score": 0.1, "fault": "normal",
+        "fault_probability": 0.9, "rms_g": 0.2, "velocity_rms_mm_s": 1.1, "zone": "A"})
+
+
+def alert(seq: int) -> Record:
+    return Record(seq, T0 + seq, {
+        "incident": "inc-9", "status": "raised", "severity": "warning", "channel": 1,
+        "anomaly_score": 3.5, "threshold": 3.0, "fault": "inner_race", "zone": "B",
+        "explanation": {"defect": "bpfi", "z": 6.1}, "model": {"name": "m", "version": "1.0.0"}})
+
+
+class Device:
+    """A plain paho client publishing like an agent would (QoS 1, waits for PUBACK)."""
+
+    def __init__(self, broker_url: str, site: str, device: str, boot: str = "boot-1") -> None:
+        host, port = broker_url.removeprefix("mqtt://").split(":")
+        self.site, self.device, self.boot = site, device, boot
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5,
+                                  client_id=f"dev-{uuid.uuid4().hex[:8]}")
+        self.client.connect(host, int(port))
+        self.client.loop_start()
+
+    def send(self, kind: str, records: list[Record]) -> None:
+        batch = Batch(self.site, self.device, self.boot, kind, tuple(records), time.time())
+        self.raw(topics.record(self.site, self.device, kind), messages.encode_batch(batch))
+
+    def raw(self, topic: str, payload: bytes) -> None:
+        info = self.client.publish(topic, payload, qos=1)
+        info.wait_for_publish(10)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def wait_for(check: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+@pytest.fixture
+def site() -> str:
+    return f"s{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def gateways() -> Iterator[list[Gateway]]:
+    started: list[Gateway] = []
+    yield started
+    for g in started:
+        g.stop()
+
+
+def start(gws: list[Gateway], cfg: GatewayConfig) -> Gateway:
+    g = Gateway(cfg)
+    g.start()
+    gws.append(g)
+    return g
+
+
+def test_two_instances_on_a_shared_subscription_store_each_message_once(
+        mosquitto: Any, site: str, tmp_path: Path, gateways: list[Gateway]) -> None:
+    db = f"sqlite:///{tmp_path / 'gw.db'}"
+    a = start(gateways, GatewayConfig.for_site(mosquitto.url, site, db, client_id=f"{site}-a"))
+    b = start(gateways, GatewayConfig.for_site(mosquitto.url, site, db, client_id=f"{site}-b"))
+    dev = Device(mosquitto.url, site, "pump-1")
+    n_messages = 40
+    for m in range(n_messages):
+        dev.send("telemetry", [telemetry(m * 10 + i) for i in range(10)])
+    dev.close()
+    wait_for(lambda: a.stats().messages + b.stats().messages >= n_messages)
+    time.sleep(0.3)  # a second delivery, if any, would land now
+    sa, sb = a.stats(), b.stats()
+    assert sa.messages + sb.messages == n_messages
+    assert sa.messages > 0 and sb.messages > 0, "the broker should split the load"
+    assert sa.records_stored + sb.records_stored == n_messages * 10
+    assert sa.duplicates_dropped + sb.duplicates_dropped == 0
+    store = open_store(db)
+    assert store.count() == n_messages * 10 and store.gaps() == []
+    store.close()
+
+
+def test_backlog_replay_after_broker_outage_adds_no_duplicates(
+        mosquitto_private: Any, site: str, tmp_path: Path, gateways: list[Gateway]) -> None:
+    db = f"sqlite:///{tmp_path / 'gw.db'}"
+    gw = start(gateways, GatewayConfig.for_site(mosquitto_private.url, site, db))
+    dev = Device(mosquitto_private.url, site, "fan-3")
+    for start_seq in range(0, 50, 10):
+        dev.send("telemetry", [telemetry(i) for i in range(start_seq, start_seq + 10)])
+    wait_for(lambda: gw.stats().records_stored == 50)
+    dev.close()
+    mosquitto_private.kill()
+    mosquitto_private.start()
+    gw._subscribed.clear()
+    wait_for(gw._subscribed.is_set, 15)
+    # the agent did not see PUBACKs for 30..49 before the outage, so it sends them again
+    dev = Device(mosquitto_private.url, site, "fan-3")
+    for start_seq in range(30, 100, 10):
+        dev.send("telemetry", [telemetry(i) for i in range(start_seq, start_seq + 10)])
+    dev.close()
+    wait_for(lambda: gw.stats().messages == 12)
+    stats = gw.stats()
+    assert stats.records_stored == 100 and stats.duplicates_dropped == 20
+    assert gw.store.count() == 100 and gw.store.gaps() == []
+
+
+def test_invalid_payloads_are_counted_and_the_gateway_keeps_running(
+        mosquitto: Any, site: str, tmp_path: Path, gateways: list[Gateway]) -> None:
+    gw = start(gateways, GatewayConfig.for_site(mosquitto.url, site,
+                                                f"sqlite:///{tmp_path / 'gw.db'}"))
+    dev = Device(mosquitto.url, site, "press-1")
+    tele = topics.record(site, "press-1", "telemetry")
+    good = Batch(site, "press-1", "b", "telemetry", (telemetry(1),)).to_json()
+    dev.raw(tele, b"\x00\xffnot json")
+    dev.raw(tele, b"[1, 2]")
+    dev.raw(tele, messages.dumps({**good, "schema": "foreshock.batch/9"}))
+    dev.raw(tele, messages.dumps({**good, "records": [{"seq": 1, "ts": 1.0, "body": {}}]}))
+    dev.raw(tele, messages.dumps({**good, "device": "someone-else"}))
+    dev.raw(topics.record(site, "press-1", "alert"), messages.dumps(good))  # kind mismatch
+    dev.raw(topics.state(site, "press-1"), b'{"schema": "foreshock.state/1"}')
+    dev.send("telemetry", [telemetry(2)])
+    wait_for(lambda: gw.stats().records_stored == 1)
+    stats = gw.stats()
+    assert stats.invalid == 7 and stats.invalid_by_device == {"press-1": 7}
+    assert stats.messages == 8
+    dev.close()
+
+
+def test_alerts_republished_on_control_topic_and_state_tracked(
+        mosquitto: Any, site: str, tmp_path: Path, gateways: list[Gateway]) -> None:
+    gw = start(gateways, GatewayConfig.for_site(mosquitto.url, site,
+                                                f"sqlite:///{tmp_path / 'gw.db'}"))
+    seen: list[bytes] = []
+    host, port = mosquitto.url.removeprefix("mqtt://").split(":")
+    room = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    room.on_message = lambda c, u, m: seen.append(bytes(m.payload))
+    room.connect(host, int(port))
+    room.subscribe(topics.control_alert(site), qos=1)
+    room.loop_start()
+    time.sleep(0.3)
+    dev = Device(mosquitto.url, site, "gear-2")
+    dev.raw(topics.state(site, "gear-2"), messages.state_message(
+        site, "gear-2", online=True, boot_id="boot-1", ts=time.time(), agent_version="0.1.0",
+        model={"name": "m", "version": "1.0.0"}))
+    dev.send("alert", [alert(5), alert(6)])
+    dev.send("alert", [alert(5)])  # a duplicate is not re-published
+    wait_for(lambda: len(seen) == 2)
+    time.sleep(0.3)
+    room.loop_stop()
+    room.disconnect()
+    dev.close()
+    assert len(seen) == 2
+    first = messages.decode_batch(seen[0])
+    assert first.device == "gear-2" and first.records[0].body["explanation"]["defect"] == "bpfi"
+    assert gw.stats().alerts_published == 2
+    fleet = gw.store.devices(site)
+    assert fleet[0].online is True and fleet[0].last_alert_incident == "inc-9"
+
+
+def test_config_loads_from_toml_and_rejects_bad_keys(tmp_path: Path) -> None:
+    sample = Path(__file__).resolve().parent.parent / "gateway" / "gateway.toml.sample"
+    cfg = GatewayConfig.load(sample)
+    assert cfg.share_group == "foreshock-gateway"
+    bad = tmp_path / "gw.toml"
+    bad.write_text('[gateway]\nbroker_url = "mqtt://h:1883"\nsite = "bad site"\n')
+    with pytest.raises(ConfigError, match="site"):
+        GatewayConfig.load(bad)
+    bad.write_text('[gateway]\nbrokr_url = "mqtt://h"\n')
+    with pytest.raises(ConfigError, match="brokr_url"):
+        GatewayConfig.load(bad)
+    with pytest.raises(ConfigError, match="broker_url"):
+        GatewayConfig.for_site("http://x", "plant1", "sqlite:///x.db")
