@@ -211,7 +211,8 @@ class Outbox:
         try:
             yield conn
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # SQLite rolls back by itself on SQLITE_FULL and IOERR
+                conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
 
@@ -254,7 +255,7 @@ class Outbox:
                 break
             except OutboxError as exc:
                 retry = len(self.recovered) > recovered or (
-                    "full" in str(exc) and self._make_room(kind))
+                    "full" in str(exc) and self._make_room(kind, nbytes))
                 if attempt == 2 or not retry:
                     raise
         self._added(kind, 1, nbytes)
@@ -293,13 +294,16 @@ class Outbox:
             if time.monotonic() - self._last_housekeeping > self.config.housekeeping_interval_s:
                 self.expire()
 
-    def _make_room(self, kind: str) -> bool:
-        """The file is full: drop a tenth of the telemetry so an alert still fits."""
+    def _make_room(self, kind: str, nbytes: int) -> bool:
+        """The file is full: drop the oldest telemetry (a tenth, at least 64 KiB) so an
+        alert, event or health record still fits."""
         if kind == "telemetry" or self._depth["telemetry"][0] == 0:
             return False
-        rows = max(1, self._depth["telemetry"][0] // 10)
-        log.warning("outbox file full: dropping %d oldest telemetry rows for a %s", rows, kind)
-        self._delete_oldest("telemetry", rows)
+        over = max(self._depth["telemetry"][1] // 10, 16 * nbytes, 64 * 1024)
+        log.warning("outbox file full: dropping %d bytes of the oldest telemetry for a %s",
+                    over, kind)
+        with self._guard("evict telemetry"):
+            self._drop_oldest_bytes("telemetry", over)
         return True
 
     # -- eviction ----------------------------------------------------------------------
@@ -349,13 +353,6 @@ class Outbox:
                     "DELETE FROM records WHERE kind = ? AND id <= ? RETURNING nbytes",
                     (kind, last_id))]
                 self._removed(conn, kind, "dropped_by_policy", sizes)
-
-    def _delete_oldest(self, kind: str, rows: int) -> None:
-        with self._guard(f"evict {kind}"), self._tx() as conn:
-            sizes = [r[0] for r in conn.execute(
-                "DELETE FROM records WHERE id IN (SELECT id FROM records WHERE kind = ? "
-                "ORDER BY id LIMIT ?) RETURNING nbytes", (kind, rows))]
-            self._removed(conn, kind, "dropped_by_policy", sizes)
 
     def expire(self, now: float | None = None) -> int:
         """Delete records older than their class TTL (by record ts); alerts never expire."""
