@@ -92,6 +92,31 @@ class DeviceInfo:
 
 
 @dataclass(frozen=True)
+class RolloutRow:
+    rollout_id: str
+    bundle_name: str
+    bundle_version: str
+    target: str
+    canary: int
+    abort_on_pct: float
+    state: str
+    created_ts: float
+    updated_ts: float
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RolloutDevice:
+    rollout_id: str
+    site: str
+    device: str
+    status: str
+    detail: dict[str, Any]
+    updated_ts: float
+    bundle_version: str
+
+
+@dataclass(frozen=True)
 class Dialect:
     name: str
     placeholder: str
@@ -309,6 +334,46 @@ class Store:
         rows = self._query("SELECT site, device, boot_id, first_seq, last_seq, detected_ts "
                            f"FROM gaps{where} ORDER BY device, boot_id, first_seq", params)
         return [Gap(*row) for row in rows]
+
+    # --- rollouts ------------------------------------------------------------------------
+    def save_rollout(self, rollout: RolloutRow) -> None:
+        """Insert or update a rollout (bundle, target, canary, threshold, state)."""
+        r = rollout
+        with self._tx() as cur:
+            self._exec(cur, "INSERT INTO rollouts (rollout_id, bundle_name, bundle_version, "
+                       "target, canary, abort_on_pct, state, created_ts, updated_ts, detail) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (rollout_id) DO "
+                       "UPDATE SET state = excluded.state, updated_ts = excluded.updated_ts, "
+                       "detail = excluded.detail",
+                       (r.rollout_id, r.bundle_name, r.bundle_version, r.target, r.canary,
+                        r.abort_on_pct, r.state, r.created_ts, r.updated_ts,
+                        self._json(r.detail)))
+
+    def rollouts(self) -> list[RolloutRow]:
+        rows = self._query("SELECT rollout_id, bundle_name, bundle_version, target, canary, "
+                           "abort_on_pct, state, created_ts, updated_ts, detail FROM rollouts "
+                           "ORDER BY created_ts")
+        return [RolloutRow(row[0], row[1], row[2], row[3], int(row[4]), float(row[5]), row[6],
+                           float(row[7]), float(row[8]), _obj(row[9])) for row in rows]
+
+    def set_rollout_device(self, rollout_id: str, site: str, device: str, status: str,
+                           detail: dict[str, Any], ts: float) -> None:
+        with self._tx() as cur:
+            self._exec(cur, "INSERT INTO rollout_devices (rollout_id, site, device, status, "
+                       "detail, updated_ts) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (rollout_id, "
+                       "site, device) DO UPDATE SET status = excluded.status, "
+                       "detail = excluded.detail, updated_ts = excluded.updated_ts",
+                       (rollout_id, site, device, status, self._json(detail), ts))
+
+    def rollout_devices(self, rollout_id: str | None = None) -> list[RolloutDevice]:
+        """Per-device rollout status, oldest update first (all rollouts when no id)."""
+        where, params = (" WHERE d.rollout_id = ?", [rollout_id]) if rollout_id else ("", [])
+        rows = self._query("SELECT d.rollout_id, d.site, d.device, d.status, d.detail, "
+                           "d.updated_ts, r.bundle_version FROM rollout_devices d JOIN "
+                           f"rollouts r ON r.rollout_id = d.rollout_id{where} "
+                           "ORDER BY d.updated_ts", params)
+        return [RolloutDevice(row[0], row[1], row[2], row[3], _obj(row[4]), float(row[5]),
+                              row[6]) for row in rows]
 
     def count(self, table: str = "records") -> int:
         if table not in ("records", "alerts", "gaps", "devices", "boots"):

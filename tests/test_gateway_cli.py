@@ -1,0 +1,94 @@
+"""``foreshock gateway fleet`` and ``export`` on a real SQLite store, through the root CLI."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from foreshock.messages import Batch, Record
+from gateway.fleet import age, parse_time
+from gateway.store import RolloutRow, open_store
+
+T0 = 1_764_250_000.0
+
+
+def fill(db: str) -> None:
+    store = open_store(db)
+    tele = [Record(i, T0 + i, {"channel": 0, "window_ts": T0 + i, "anomaly_score": i / 10,
+                               "fault": "normal", "fault_probability": 0.9, "rms_g": 0.2,
+                               "velocity_rms_mm_s": 1.0, "zone": "A", "extra": {"k": 1}})
+            for i in range(10)]
+    store.store_batch(Batch("plant1", "pump-1", "b1", "telemetry", tuple(tele)), T0 + 20)
+    alert = Record(11, T0 + 11, {"incident": "i1", "status": "raised", "severity": "alarm",
+                                 "channel": 0, "anomaly_score": 5.0, "threshold": 3.0,
+                                 "fault": "ball", "zone": "C", "explanation": {"bsf": 4.0},
+                                 "model": {"name": "m", "version": "1.0.0"}})
+    store.store_batch(Batch("plant1", "pump-1", "b1", "alert", (alert,)), T0 + 21)
+    store.store_state({"site": "plant1", "device": "pump-1", "online": True, "boot_id": "b1",
+                       "ts": T0, "agent_version": "0.1.0",
+                       "model": {"name": "m", "version": "1.0.0"}}, T0 + 22)
+    store.save_rollout(RolloutRow("r1", "m", "1.1.0", "plant1", 1, 20.0, "canary", T0, T0))
+    store.set_rollout_device("r1", "plant1", "pump-1", "shadow", {}, T0 + 23)
+    store.close()
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "foreshock.cli", *args], capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_fleet_table_shows_registry_and_rollout(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'gw.db'}"
+    fill(db)
+    res = cli("gateway", "fleet", "--db", db)
+    assert res.returncode == 0, res.stderr
+    assert "pump-1" in res.stdout and "online" in res.stdout
+    assert "1.1.0 shadow" in res.stdout and "alarm raised i1" in res.stdout
+
+
+def test_export_csv_telemetry_and_alerts(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'gw.db'}"
+    fill(db)
+    out = tmp_path / "t.csv"
+    res = cli("gateway", "export", "--db", db, "--device", "pump-1", "--kind", "telemetry",
+              "--since", str(T0 + 2), "--until", str(T0 + 5), "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    rows = list(csv.DictReader(out.open()))
+    assert [int(r["seq"]) for r in rows] == [2, 3, 4]
+    assert float(rows[0]["anomaly_score"]) == pytest.approx(0.2)
+    assert rows[0]["extra"] == '{"k": 1}'
+    res = cli("gateway", "export", "--db", db, "--device", "pump-1", "--kind", "alerts",
+              "--out", str(tmp_path / "a.csv"))
+    assert res.returncode == 0, res.stderr
+    alerts = list(csv.DictReader((tmp_path / "a.csv").open()))
+    assert alerts[0]["explanation"] == '{"bsf": 4.0}'
+
+
+def test_export_errors_are_one_line(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'gw.db'}"
+    fill(db)
+    res = cli("gateway", "export", "--db", db, "--device", "pump-1", "--kind", "raw",
+              "--out", str(tmp_path / "x"))
+    assert res.returncode == 2 and res.stderr.startswith("error: --kind 'raw'")
+    assert "Traceback" not in res.stderr
+    res = cli("gateway", "export", "--db", db, "--device", "pump-1", "--since", "yesterday",
+              "--out", str(tmp_path / "x"))
+    assert res.returncode == 2 and "--since 'yesterday'" in res.stderr
+    res = cli("gateway", "export", "--db", db, "--device", "pump-1", "--format", "parquet",
+              "--out", str(tmp_path / "x.parquet"))
+    if importlib.util.find_spec("pyarrow") is None:
+        assert res.returncode == 2 and "pyarrow" in res.stderr and "parquet" in res.stderr
+        assert len(res.stderr.strip().splitlines()) == 2  # error line and hint
+    else:
+        assert res.returncode == 0, res.stderr
+
+
+def test_time_parsing_and_age() -> None:
+    assert parse_time("2026-11-27T00:00:00", "since") == parse_time("1795737600", "since")
+    assert parse_time(None, "since") is None
+    assert age(100.0, 10.0) == "2m" and age(100.0, 95.0) == "5s" and age(1.0, None) == "?"
