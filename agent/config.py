@@ -47,8 +47,11 @@ class FeaturesConfig:
 
     ``bearing`` names a catalogue bearing; ``bpfo``/``bpfi``/``bsf``/``ftf`` (all > 0)
     override it with custom defect orders. ``rpm`` > 0 is used when frames carry no speed.
+    ``spec``: ``default`` (0.32 s windows at 12.8 kHz, continuous streams) or ``snapshot``
+    (0.1 s at 25.6 kHz, for short snapshots such as FEMTO's).
     """
 
+    spec: Literal["default", "snapshot"] = "default"
     bearing: str = "SKF-6205"
     machine_class: str = "group2-rigid"
     rpm: float = 0.0
@@ -75,12 +78,13 @@ class FeaturesConfig:
 class ModelConfig:
     """``bundle``: a bundle directory; empty means the shipped default bundle, if any.
 
-    ``trusted_keys``: PEM public keys allowed to sign bundles. ``backend``: onnx or tflite.
+    ``trusted_keys``: PEM public keys allowed to sign bundles. ``backend``: onnx (the bundle's
+    default, usually int8), onnx-fp32, or tflite.
     """
 
     bundle: Path | None = None
     trusted_keys: tuple[Path, ...] = ()
-    backend: Literal["onnx", "tflite"] = "onnx"
+    backend: Literal["onnx", "onnx-fp32", "tflite"] = "onnx"
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,12 @@ Per stream (``key``, normally ``(device_id, channel)``):
    ``min_commission_windows``) are the machine's normal: their features fit
    :class:`agent.features.Baseline` (median and scaled MAD). No alerts meanwhile.
 2. **Threshold.** ``decision.threshold`` if set (> 0); otherwise the commissioning windows
-   are scored against the fresh baseline and the threshold is their
-   ``threshold_quantile`` quantile times ``threshold_margin`` — never below the bundle's
-   own ``anomaly`` threshold when it ships one. So the machine's own score spread sets
-   the bar, and a noisy machine does not alert on its usual noise.
+   are scored against the fresh baseline and the threshold is
+   ``max(floor, quantile(scores, q) * factor + margin)`` with the bundle's
+   ``thresholds.anomaly`` floor and ``adapt`` rule when it ships them, else
+   ``q = decision.threshold_quantile``, ``factor = decision.threshold_margin``,
+   ``margin = 0``. So the machine's own score spread sets the bar, and a noisy machine
+   does not alert on its usual noise.
 3. **Debouncing and hysteresis.** An incident is *raised* when at least ``k`` of the last
    ``n`` windows score above the threshold. It is *cleared* when ``n`` consecutive windows
    score below ``threshold * clear_ratio``. In between, no new incident starts.
@@ -94,8 +96,8 @@ class Decider:
 
     def __init__(self, config: DecisionConfig, feature_names: Sequence[str], *,
                  score_fn: ScoreFn, model: dict[str, str], machine_class: str = "group2-rigid",
-                 orders: dict[str, float] | None = None, bundle_threshold: float = 0.0,
-                 defect_snr_min: float = 3.0) -> None:
+                 orders: dict[str, float] | None = None, floor: float = 0.0,
+                 adapt: dict[str, float] | None = None) -> None:
         self.config = config
         self.names = tuple(feature_names)
         self._index = {n: i for i, n in enumerate(self.names)}
@@ -103,8 +105,11 @@ class Decider:
         self.model = dict(model)
         self.machine_class = machine_class
         self.orders = dict(orders or {})
-        self.bundle_threshold = float(bundle_threshold)
-        self.defect_snr_min = defect_snr_min
+        self.floor = float(floor)
+        rule = adapt or {}
+        self.rule = (rule.get("quantile", config.threshold_quantile),
+                     rule.get("factor", config.threshold_margin), rule.get("margin", 0.0))
+        self.defect_snr_min = config.defect_snr_min
         self._streams: dict[Hashable, _Stream] = {}
 
     # -- commissioning -------------------------------------------------------------------
@@ -147,10 +152,11 @@ class Decider:
             return float(self.config.threshold), "config"
         scores = np.asarray(self.score_fn(baseline, values), dtype=np.float64)
         scores = scores[np.isfinite(scores)]
-        q = float(np.quantile(scores, self.config.threshold_quantile)) if scores.size else 0.0
-        own = max(q * self.config.threshold_margin, 1e-6)
-        if self.bundle_threshold > own:
-            return self.bundle_threshold, "bundle"
+        quantile, factor, margin = self.rule
+        q = float(np.quantile(scores, quantile)) if scores.size else 0.0
+        own = max(q * factor + margin, 1e-6)
+        if self.floor > own:
+            return self.floor, "bundle"
         return own, "commissioning"
 
     def rebaseline(self, key: Hashable | None = None) -> None:

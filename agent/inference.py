@@ -165,18 +165,53 @@ class TfliteDetector:
 
 @dataclass(frozen=True, eq=False)
 class LoadedBundle:
-    """A verified bundle and its running detector."""
+    """A verified bundle and its running detector.
+
+    ``thresholds`` is the manifest's ``thresholds`` table as shipped (see docs/bundle.md);
+    :attr:`anomaly_floor`, :attr:`adapt` and :attr:`fault_min_probability` read it.
+    """
 
     manifest: fsbundle.Manifest
     detector: Detector
     input_features: tuple[str, ...]
     labels: tuple[str, ...]
-    thresholds: dict[str, float]
+    thresholds: dict[str, Any]
     feature_spec: dict[str, Any]
 
     @property
     def model_info(self) -> dict[str, str]:
         return {"name": self.manifest.name, "version": self.manifest.version}
+
+    @property
+    def anomaly_floor(self) -> float:
+        """The bundle's anomaly threshold (a floor for the commissioning threshold)."""
+        value = self.thresholds.get("anomaly", 0.0)
+        if isinstance(value, dict):
+            value = value.get("value", value.get("adapt", {}).get("floor", 0.0))
+        return _number(value, "thresholds.anomaly")
+
+    @property
+    def adapt(self) -> dict[str, float]:
+        """``quantile``, ``factor``, ``margin`` of the commissioning rule, if shipped."""
+        anomaly = self.thresholds.get("anomaly")
+        rule = anomaly.get("adapt") if isinstance(anomaly, dict) else None
+        if not isinstance(rule, dict):
+            return {}
+        return {k: _number(rule[k], f"thresholds.anomaly.adapt.{k}")
+                for k in ("quantile", "factor", "margin") if k in rule}
+
+    @property
+    def fault_min_probability(self) -> float:
+        fault = self.thresholds.get("fault")
+        if isinstance(fault, dict) and "min_probability" in fault:
+            return _number(fault["min_probability"], "thresholds.fault.min_probability")
+        return 0.5
+
+
+def _number(value: Any, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BundleError(f"manifest {key} = {value!r} is not a number")
+    return float(value)
 
 
 def trusted(keys: Sequence[Path | bytes | Ed25519PublicKey]) -> list[Ed25519PublicKey]:
@@ -208,9 +243,11 @@ def load_bundle(path: Path | str, trusted_keys: Sequence[Path | bytes | Ed25519P
         if unknown or not inputs:
             raise BundleError(f"bundle {manifest.name}: input_features {unknown or '[]'} "
                               "are not features this agent computes")
-    labels = tuple(det.get("labels", LABELS))
+    labels = tuple(str(x) for x in det.get("labels", LABELS))
     detector = _make_detector(manifest, det, labels, backend)
-    thresholds = {str(k): float(v) for k, v in dict(det.get("thresholds", {})).items()}
+    thresholds = manifest.data.get("thresholds", det.get("thresholds", {}))
+    if not isinstance(thresholds, dict):
+        raise BundleError(f"bundle {manifest.name}: thresholds must be an object")
     spec = manifest.data["feature_spec"]
     log.info("loaded model bundle %s %s (%s)", manifest.name, manifest.version, backend)
     return LoadedBundle(manifest, detector, inputs, labels, thresholds,
@@ -225,18 +262,28 @@ def _detector_section(manifest: fsbundle.Manifest) -> dict[str, Any]:
     return det
 
 
+def _output_name(outputs: Any, key: str) -> str:
+    """``outputs.<key>`` may be a name or ``{"name": ...}``; default: the key itself."""
+    value = outputs.get(key, key) if isinstance(outputs, dict) else key
+    if isinstance(value, dict):
+        value = value.get("name", key)
+    return str(value)
+
+
+MODEL_FILE_KEYS = {"onnx": ("file", "onnx"), "onnx-fp32": ("fp32_file", "file"),
+                   "tflite": ("tflite_file", "tflite")}
+
+
 def _make_detector(manifest: fsbundle.Manifest, det: dict[str, Any],
                    labels: tuple[str, ...], backend: str) -> Detector:
     outputs = det.get("outputs", {})
-    names = {"anomaly_output": str(outputs.get("anomaly", ANOMALY_OUTPUT)),
-             "probability_output": str(outputs.get("probabilities", PROBABILITY_OUTPUT))
-             } if isinstance(outputs, dict) else {}
-    files = det.get("files", det)
-    key = {"onnx": ("onnx", "model", "file"), "tflite": ("tflite",)}.get(backend)
-    if key is None:
-        raise BundleError(f"unknown backend {backend!r}; use onnx or tflite")
-    name = next((files[k] for k in key if isinstance(files, dict) and k in files), None)
-    if not isinstance(name, str):
+    names = {"anomaly_output": _output_name(outputs, ANOMALY_OUTPUT),
+             "probability_output": _output_name(outputs, PROBABILITY_OUTPUT)}
+    keys = MODEL_FILE_KEYS.get(backend)
+    if keys is None:
+        raise BundleError(f"unknown backend {backend!r}; use one of {sorted(MODEL_FILE_KEYS)}")
+    name = next((det[k] for k in keys if isinstance(det.get(k), str)), None)
+    if name is None:
         raise BundleError(f"bundle {manifest.name}: no {backend} model file in models.detector")
     model_path = manifest.file(name)
     if backend == "tflite":

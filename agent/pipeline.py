@@ -80,12 +80,12 @@ class Pipeline:
         names = self.spec.feature_names
         self.detector, inputs = self._make_detector(detector, input_features, names)
         self.input_index = np.asarray(self.spec.index(list(inputs)), dtype=np.intp)
-        thresholds = self.bundle.thresholds if self.bundle else {}
+        b = self.bundle
+        self.fault_min_probability = b.fault_min_probability if b else 0.5
         self.decider = Decider(
             config.decision, names, score_fn=self._score_raw, model=self.model_info,
             machine_class=self.spec.machine_class, orders=self._orders(),
-            bundle_threshold=float(thresholds.get("anomaly", 0.0)),
-            defect_snr_min=config.decision.defect_snr_min)
+            floor=b.anomaly_floor if b else 0.0, adapt=b.adapt if b else None)
         self._names = {n: i for i, n in enumerate(names)}
 
     # -- construction --------------------------------------------------------------------
@@ -94,7 +94,7 @@ class Pipeline:
         return [fx.DEFAULT_SPEC.hash, fx.SNAPSHOT_SPEC.hash]
 
     def _make_spec(self) -> fx.FeatureSpec:
-        base = fx.DEFAULT_SPEC
+        base = fx.SNAPSHOT_SPEC if self.config.features.spec == "snapshot" else fx.DEFAULT_SPEC
         if self.bundle is not None and self.bundle.feature_spec:
             base = fx.FeatureSpec.from_dict(self.bundle.feature_spec)
         f = self.config.features
@@ -189,7 +189,7 @@ class Pipeline:
         rpm = w.rpm if w.rpm > 0 else self.config.features.rpm
         alert = None
         if j is not None:
-            obs = Observation(w.channel, w.end_s, x, z, anomaly, fault, prob, rpm)
+            obs = Observation(w.channel, w.end_s, x, z, anomaly, *self._fault(scores, j), rpm)
             alert = self.decider.decide(key, obs)
         if alert is not None:
             out.alerts.append(alert)
@@ -205,6 +205,19 @@ class Pipeline:
         }
         return WindowResult(i, w, x, anomaly, fault, prob, j is None, threshold, zone,
                             telemetry, alert, alert["explanation"] if alert else None)
+
+    def _fault(self, scores: Any, j: int) -> tuple[str, float]:
+        """For alerts: the most probable non-normal label if its probability reaches the
+        bundle's ``thresholds.fault.min_probability``, else ``unknown``."""
+        probs = np.asarray(scores.probabilities[j], dtype=np.float64)
+        labels = list(scores.labels)
+        if "normal" in labels and len(labels) > 1:
+            probs = probs.copy()
+            probs[labels.index("normal")] = -1.0
+        k = int(np.argmax(probs))
+        if probs[k] >= self.fault_min_probability:
+            return labels[k], float(probs[k])
+        return "unknown", float(max(probs[k], 0.0))
 
     def _value(self, x: FloatArray, name: str) -> float:
         i = self._names.get(name)
