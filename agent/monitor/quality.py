@@ -1,0 +1,449 @@
+"""Data integrity per sensor channel: is this window fit to be scored?
+
+Two calls, both pure (times come from the frames and the windows):
+
+- ``DataQualityMonitor.observe_frame(frame)`` for every decoded frame, before the windower
+  sees it. It reads what the windower later hides: non-finite raw samples (the windower
+  zeroes them), int16 samples at full scale (``raw`` at -32768 or 32767), sequence gaps, and
+  the observed sample rate from the frames' timestamps against the declared rate.
+- ``DataQualityMonitor.check(samples, meta) -> Quality`` for every window (``check_batch``
+  for ``[n, w]``). It runs the sample checks on the window and adds what the frames since the
+  stream's previous window showed.
+
+Checks (figures in each :class:`Issue`; limits in :class:`QualityConfig`):
+
+=============  ======================================================  ========
+check          fires when                                              blocking
+=============  ======================================================  ========
+empty          the window has no samples                               yes
+non_finite     any NaN/inf in the window or in its frames' raw data    yes
+clipping       samples at int16 full scale, or a pile-up of samples    yes
+               at the window's extreme value (a plateau)
+flatline       standard deviation below ``flat_std_g``, or most        yes
+               consecutive samples equal (a stuck sensor)
+spikes         isolated samples far beyond the robust scale (median    yes
+               and MAD) whose neighbours are ordinary; bearing impacts
+               ring over several samples and are not counted
+rate_drift     observed frame rate off the declared rate by more       yes
+               than ``rate_tolerance``
+seq_gaps       frames were lost since the stream's previous window     no
+=============  ======================================================  ========
+
+``Quality.scoreable`` is false when a blocking issue was found: the service must not score
+that window. Each (device, channel) runs a small state machine: it turns ``bad`` after
+``bad_after`` consecutive windows with issues and back to ``ok`` after ``good_after`` clean
+windows, and only those two transitions produce a ``data_quality`` event body in
+``Quality.events``; a steady state produces nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from foreshock.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+SEQ_MOD = 2**32
+CHECKS = ("empty", "non_finite", "clipping", "flatline", "spikes", "rate_drift", "seq_gaps")
+NON_BLOCKING = frozenset({"seq_gaps"})
+MAD_TO_SD = 1.4826
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    """Limits of the integrity checks. Defaults suit accelerometers in g."""
+
+    flat_std_g: float = 1e-6
+    repeat_fraction: float = 0.95
+    clip_min_samples: int = 3
+    clip_min_fraction: float = 0.002
+    clip_pileup_ratio: float = 3.0
+    full_scale_fraction: float = 0.999
+    spike_sigma: float = 12.0
+    spike_isolation: float = 0.3
+    spike_neighbours: int = 3
+    rate_tolerance: float = 0.02
+    rate_min_span_s: float = 1.0
+    rate_frames: int = 64
+    time_step_s: float = 0.5
+    bad_after: int = 2
+    good_after: int = 3
+
+    def __post_init__(self) -> None:
+        for name in ("flat_std_g", "clip_pileup_ratio", "spike_sigma", "rate_tolerance",
+                     "rate_min_span_s", "time_step_s"):
+            if not float(getattr(self, name)) > 0:
+                raise ConfigError(f"monitor.{name} = {getattr(self, name)!r} must be > 0")
+        for name in ("repeat_fraction", "clip_min_fraction", "full_scale_fraction",
+                     "spike_isolation"):
+            if not 0.0 < float(getattr(self, name)) <= 1.0:
+                raise ConfigError(f"monitor.{name} = {getattr(self, name)!r} must be in (0, 1]")
+        for name in ("clip_min_samples", "spike_neighbours", "bad_after", "good_after"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"monitor.{name} = {getattr(self, name)!r} must be >= 1")
+        if self.rate_frames < 2:
+            raise ConfigError(f"monitor.rate_frames = {self.rate_frames!r} must be >= 2")
+
+
+@dataclass(frozen=True)
+class WindowMeta:
+    """What the checker needs to know about a window besides its samples.
+
+    ``at_s``: device time of the window (Unix s). ``full_scale_g``: int16 full scale in g
+    (32767 x scale) if the sensor sends int16, else 0 (then frames observed through
+    ``observe_frame`` supply it). ``observed_rate_hz``: a rate measured elsewhere, 0 = use the
+    frames' timestamps. ``missing_frames``: frames lost before this window as counted by the
+    caller, added to what ``observe_frame`` counted.
+    """
+
+    device_id: str = ""
+    channel: int = 0
+    at_s: float = 0.0
+    sample_rate_hz: float = 0.0
+    full_scale_g: float = 0.0
+    observed_rate_hz: float = 0.0
+    missing_frames: int = 0
+
+    @classmethod
+    def of(cls, window: WindowLike, **extra: Any) -> WindowMeta:
+        """Meta of an :class:`agent.window.Window` (duck-typed)."""
+        return cls(window.device_id, window.channel, window.start_us / 1e6,
+                   float(window.source_rate_hz or window.sample_rate_hz), **extra)
+
+
+class WindowLike(Protocol):
+    device_id: str
+    channel: int
+    start_us: int
+    sample_rate_hz: float
+    source_rate_hz: float
+
+
+class FrameLike(Protocol):
+    device_id: str
+    channel: int
+    seq: int
+    timestamp_us: int
+    sample_rate_hz: float
+    scale: float
+
+    @property
+    def raw(self) -> npt.NDArray[Any]: ...
+
+    @property
+    def count(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One failed check: ``value`` measured against ``limit`` (units in ``unit``)."""
+
+    check: str
+    value: float
+    limit: float
+    unit: str = ""
+
+    @property
+    def blocking(self) -> bool:
+        return self.check not in NON_BLOCKING
+
+    def to_json(self) -> dict[str, Any]:
+        return {"check": self.check, "value": _num(self.value), "limit": _num(self.limit),
+                "unit": self.unit}
+
+
+@dataclass(frozen=True)
+class Quality:
+    """Verdict on one window. ``events``: data_quality event bodies to put in the outbox."""
+
+    device_id: str
+    channel: int
+    issues: tuple[Issue, ...] = ()
+    events: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not self.issues
+
+    @property
+    def scoreable(self) -> bool:
+        return not any(i.blocking for i in self.issues)
+
+    @property
+    def checks(self) -> tuple[str, ...]:
+        return tuple(i.check for i in self.issues)
+
+
+@dataclass
+class _Stream:
+    """Per-(device, channel) state: frame evidence since the last window, rate, verdicts."""
+
+    last_seq: int | None = None
+    full_scale_g: float = 0.0
+    non_finite: int = 0
+    saturated: int = 0
+    missing_frames: int = 0
+    declared_hz: float = 0.0
+    marks: deque[tuple[float, int]] = field(default_factory=deque)
+    total_samples: int = 0
+    bad: bool = False
+    run: int = 0
+    since_s: float = 0.0
+    bad_windows: int = 0
+    last_issues: tuple[Issue, ...] = ()
+
+
+class DataQualityMonitor:
+    """Integrity checks and per-channel state; see the module docstring."""
+
+    def __init__(self, config: QualityConfig | None = None, *, max_streams: int = 256) -> None:
+        self.config = config or QualityConfig()
+        self.max_streams = max_streams
+        self._streams: dict[tuple[str, int], _Stream] = {}
+        self.counters: dict[str, int] = {"windows_checked": 0, "windows_bad": 0,
+                                         "windows_unscoreable": 0, "dq_events": 0,
+                                         "dq_dropped_streams": 0, "time_steps": 0}
+        self.counters.update({f"dq_{c}": 0 for c in CHECKS})
+
+    def _stream(self, device_id: str, channel: int) -> _Stream | None:
+        key = (device_id, int(channel))
+        stream = self._streams.get(key)
+        if stream is None:
+            if len(self._streams) >= self.max_streams:
+                self.counters["dq_dropped_streams"] += 1
+                return None
+            stream = self._streams[key] = _Stream()
+        return stream
+
+    def observe_frame(self, frame: FrameLike) -> None:
+        """Record one frame's raw evidence (non-finite, saturation, gaps, timing)."""
+        stream = self._stream(frame.device_id, frame.channel)
+        if stream is None:
+            return
+        raw = np.asarray(frame.raw)
+        if raw.dtype == np.int16:
+            stream.full_scale_g = 32767.0 * float(frame.scale)
+            stream.saturated += int(np.count_nonzero((raw == 32767) | (raw == -32768)))
+        else:
+            stream.non_finite += int(raw.size - np.count_nonzero(np.isfinite(raw)))
+        if stream.last_seq is not None:
+            step = (int(frame.seq) - stream.last_seq) % SEQ_MOD
+            if 1 < step < SEQ_MOD // 2:
+                stream.missing_frames += step - 1
+                stream.marks.clear()
+        stream.last_seq = int(frame.seq)
+        self._observe_rate(stream, frame.timestamp_us / 1e6, int(frame.count),
+                           float(frame.sample_rate_hz))
+
+    def _observe_rate(self, stream: _Stream, ts_s: float, count: int, rate_hz: float) -> None:
+        marks = stream.marks
+        if rate_hz != stream.declared_hz:
+            marks.clear()
+            stream.declared_hz = rate_hz
+        if marks:
+            last_ts, last_total = marks[-1]
+            expected = last_ts + (stream.total_samples - last_total) / rate_hz
+            if abs(ts_s - expected) > self.config.time_step_s:
+                self.counters["time_steps"] += 1
+                marks.clear()
+        marks.append((ts_s, stream.total_samples))
+        stream.total_samples += count
+        while len(marks) > self.config.rate_frames:
+            marks.popleft()
+
+    def observed_rate_hz(self, device_id: str, channel: int) -> float:
+        """Rate measured from frame timestamps over the recent frames; 0 if too short."""
+        stream = self._streams.get((device_id, int(channel)))
+        if stream is None or len(stream.marks) < 2:
+            return 0.0
+        (t0, n0), (t1, n1) = stream.marks[0], stream.marks[-1]
+        if t1 - t0 < self.config.rate_min_span_s:
+            return 0.0
+        return (n1 - n0) / (t1 - t0)
+
+    def check(self, samples: npt.ArrayLike, meta: WindowMeta) -> Quality:
+        """Check one window of samples (float32[n]); never raises on odd values."""
+        x = np.asarray(samples, dtype=np.float64).reshape(1, -1)
+        return self._verdict(meta, sample_issues(x, self._full_scale(meta), self.config)[0])
+
+    def check_batch(self, windows: npt.ArrayLike, metas: list[WindowMeta]) -> list[Quality]:
+        """Check ``[n, w]`` windows in one vectorised pass; ``metas`` has n entries."""
+        x = np.asarray(windows, dtype=np.float64)
+        x = x.reshape(len(metas), -1) if x.size else np.zeros((len(metas), 0))
+        full = [self._full_scale(m) for m in metas]
+        per_row = sample_issues(x, full, self.config)
+        return [self._verdict(m, issues) for m, issues in zip(metas, per_row, strict=True)]
+
+    def _full_scale(self, meta: WindowMeta) -> float:
+        if meta.full_scale_g > 0:
+            return meta.full_scale_g
+        stream = self._streams.get((meta.device_id, int(meta.channel)))
+        return stream.full_scale_g if stream else 0.0
+
+    def _verdict(self, meta: WindowMeta, found: list[Issue]) -> Quality:
+        issues = self._frame_issues(meta, found)
+        self.counters["windows_checked"] += 1
+        for issue in issues:
+            self.counters[f"dq_{issue.check}"] += 1
+        if issues:
+            self.counters["windows_bad"] += 1
+        if any(i.blocking for i in issues):
+            self.counters["windows_unscoreable"] += 1
+        stream = self._stream(meta.device_id, meta.channel)
+        events = self._transition(stream, meta, issues) if stream else []
+        return Quality(meta.device_id, int(meta.channel), tuple(issues), tuple(events))
+
+    def _frame_issues(self, meta: WindowMeta, found: list[Issue]) -> list[Issue]:
+        """Add what the frames since the previous window showed; reset that evidence."""
+        stream = self._streams.get((meta.device_id, int(meta.channel)))
+        issues = list(found)
+        missing = int(meta.missing_frames)
+        if stream is not None:
+            if stream.non_finite and not any(i.check == "non_finite" for i in issues):
+                issues.append(Issue("non_finite", stream.non_finite, 0, "samples"))
+            if stream.saturated >= self.config.clip_min_samples and not any(
+                    i.check == "clipping" for i in issues):
+                issues.append(Issue("clipping", stream.saturated,
+                                    self.config.clip_min_samples, "samples at full scale"))
+            missing += stream.missing_frames
+            stream.non_finite = stream.saturated = stream.missing_frames = 0
+        rate = meta.observed_rate_hz or self.observed_rate_hz(meta.device_id, meta.channel)
+        if rate > 0 and meta.sample_rate_hz > 0:
+            off = abs(rate / meta.sample_rate_hz - 1.0)
+            if off > self.config.rate_tolerance:
+                issues.append(Issue("rate_drift", off, self.config.rate_tolerance,
+                                    f"fraction (observed {rate:.6g} Hz)"))
+        if missing > 0:
+            issues.append(Issue("seq_gaps", missing, 0, "frames"))
+        return sorted(issues, key=lambda i: CHECKS.index(i.check))
+
+    def _transition(self, stream: _Stream, meta: WindowMeta,
+                    issues: list[Issue]) -> list[dict[str, Any]]:
+        """Hysteresis: bad after ``bad_after`` windows with issues, ok after ``good_after``."""
+        cfg = self.config
+        flipped = bool(issues) != stream.bad
+        stream.run = stream.run + 1 if flipped else 0
+        if stream.bad:
+            stream.bad_windows += bool(issues)
+        if issues:
+            stream.last_issues = tuple(issues)
+        if not flipped or stream.run < (cfg.good_after if stream.bad else cfg.bad_after):
+            return []
+        stream.bad, stream.run = not stream.bad, 0
+        detail: dict[str, Any] = {
+            "device_id": meta.device_id, "channel": int(meta.channel),
+            "state": "bad" if stream.bad else "ok", "window_ts": _num(meta.at_s),
+            "issues": [i.to_json() for i in stream.last_issues],
+        }
+        if stream.bad:
+            stream.since_s, stream.bad_windows = meta.at_s, cfg.bad_after
+        else:
+            detail.update(bad_since_ts=_num(stream.since_s), bad_windows=stream.bad_windows)
+        log.info("channel %s/%s data quality %s: %s", meta.device_id, meta.channel,
+                 detail["state"], ", ".join(i.check for i in stream.last_issues))
+        self.counters["dq_events"] += 1
+        return [{"type": "data_quality", "detail": detail}]
+
+    def states(self) -> dict[str, str]:
+        """``{"device/channel": "ok" | "bad"}`` for every stream seen."""
+        return {f"{d}/{c}": "bad" if s.bad else "ok" for (d, c), s in self._streams.items()}
+
+
+def sample_issues(x: npt.NDArray[np.float64], full_scale_g: float | list[float],
+                  cfg: QualityConfig) -> list[list[Issue]]:
+    """Run the sample checks on each row of ``x`` (float64 ``[n, w]``)."""
+    n = x.shape[0]
+    full = np.broadcast_to(np.asarray(full_scale_g, dtype=np.float64), (n,))
+    finite = np.isfinite(x)
+    all_finite = finite.all(axis=1)
+    out: list[list[Issue]] = [[] for _ in range(n)]
+    if x.shape[1] == 0:
+        return [[Issue("empty", 0, 1, "samples")] for _ in range(n)]
+    clean = np.flatnonzero(all_finite)
+    if clean.size:
+        for row, issues in zip(clean, _row_checks(x[clean], full[clean], cfg), strict=True):
+            out[row] = issues
+    for row in np.flatnonzero(~all_finite):
+        bad = int(x.shape[1] - np.count_nonzero(finite[row]))
+        rest = x[row][finite[row]]
+        out[row] = [Issue("non_finite", bad, 0, "samples")]
+        if rest.size:
+            out[row] += _row_checks(rest.reshape(1, -1), full[row:row + 1], cfg)[0]
+    return out
+
+
+def _row_checks(x: npt.NDArray[np.float64], full: npt.NDArray[np.float64],
+                cfg: QualityConfig) -> list[list[Issue]]:
+    """Clipping, flatline and spike checks on finite rows, vectorised over rows."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        sd = np.std(x, axis=1)
+        repeats = (np.mean(np.diff(x, axis=1) == 0, axis=1) if x.shape[1] > 1
+                   else np.ones(x.shape[0]))
+        med = np.median(x, axis=1, keepdims=True)
+        dev = np.abs(x - med)
+        scale = MAD_TO_SD * np.median(dev, axis=1)
+    out: list[list[Issue]] = []
+    for i in range(x.shape[0]):
+        issues: list[Issue] = []
+        if not sd[i] >= cfg.flat_std_g:
+            issues.append(Issue("flatline", float(sd[i]), cfg.flat_std_g, "g sd"))
+        elif repeats[i] >= cfg.repeat_fraction:
+            issues.append(Issue("flatline", float(repeats[i]), cfg.repeat_fraction,
+                                "fraction repeated"))
+        else:
+            clip = _clipping(x[i], float(full[i]), cfg)
+            if clip is not None:
+                issues.append(clip)
+            spikes = _spikes(dev[i], float(scale[i]), cfg)
+            if spikes:
+                issues.append(Issue("spikes", spikes, cfg.spike_sigma, "isolated samples"))
+        out.append(issues)
+    return out
+
+
+def _clipping(row: npt.NDArray[np.float64], full_scale_g: float,
+              cfg: QualityConfig) -> Issue | None:
+    if full_scale_g > 0:
+        at_full = int(np.count_nonzero(np.abs(row) >= cfg.full_scale_fraction * full_scale_g))
+        if at_full >= cfg.clip_min_samples:
+            return Issue("clipping", at_full, cfg.clip_min_samples, "samples at full scale")
+    need = max(cfg.clip_min_samples, cfg.clip_min_fraction * row.size)
+    worst = 0
+    for signed in (row, -row):
+        top = float(signed.max())
+        tol = 1e-6 * max(abs(top), 1e-30)
+        at_top = signed >= top - tol
+        n_top = int(np.count_nonzero(at_top))
+        if n_top < need:
+            continue
+        below = signed[~at_top]
+        n_next = int(np.count_nonzero(below == below.max())) if below.size else 0
+        if n_top >= cfg.clip_pileup_ratio * max(n_next, 1):
+            worst = max(worst, n_top)
+    return Issue("clipping", worst, need, "samples at the extreme") if worst else None
+
+
+def _spikes(dev: npt.NDArray[np.float64], scale: float, cfg: QualityConfig) -> int:
+    """Count samples beyond ``spike_sigma`` robust sd whose neighbours stay small."""
+    if not scale > 0:
+        return 0
+    cand = np.flatnonzero(dev > cfg.spike_sigma * scale)
+    if cand.size == 0 or cand.size > dev.size // 4:
+        return 0
+    k = cfg.spike_neighbours
+    padded = np.concatenate((np.zeros(k), dev, np.zeros(k)))
+    offsets = np.r_[-k:0, 1:k + 1]
+    neighbours = padded[cand[:, None] + k + offsets[None, :]].max(axis=1)
+    return int(np.count_nonzero(neighbours < cfg.spike_isolation * dev[cand]))
+
+
+def _num(value: float) -> float | None:
+    v = float(value)
+    return v if np.isfinite(v) else None
