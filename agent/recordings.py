@@ -138,7 +138,7 @@ def _npz(p: Path, rate: float | None) -> Recording:
             raise DataError(f"{p}: not a FEMTO .npz (no acc_mg array)")
         acc = np.asarray(z["acc_mg"], np.float32) / 1000.0
         t_s = np.asarray(z["t_s"], np.float64) if "t_s" in z else np.arange(len(acc)) * 10.0
-        fs = float(rate or (z["sample_rate_hz"] if "sample_rate_hz" in z else 25_600.0))
+        fs = float(rate or z.get("sample_rate_hz", 25_600.0))
     m = re.search(r"Bearing(\d)_", p.name)
     rpm = FEMTO_RPM.get(m[1], 0.0) if m else 0.0
     if acc.ndim != 3:
