@@ -11,7 +11,7 @@ import os
 import socket
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from foreshock import topics
@@ -38,6 +38,7 @@ class GatewayConfig:
     site: str = "+"
     db_url: str = "sqlite:///gateway.db"
     share_group: str = "foreshock-gateway"
+    protocol: Literal["5", "3.1.1"] = "5"
     client_id: str = ""
     username: str = ""
     password: str = ""
@@ -53,7 +54,9 @@ class GatewayConfig:
     def __post_init__(self) -> None:
         if self.site != "+":
             topics.check_id(self.site, "site")
-        topics.check_id(self.share_group, "share_group")
+        if self.share_group:
+            topics.check_id(self.share_group, "share_group")
+
         broker(self.broker_url)
         if not self.db_url:
             raise ConfigError("db_url is empty; use sqlite:///path or postgresql://...")

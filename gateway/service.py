@@ -60,7 +60,8 @@ class Gateway:
     def _make_client(self) -> mqtt.Client:
         cfg = self.config
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cfg.effective_client_id(),
-                             protocol=mqtt.MQTTv5, manual_ack=True)
+                             protocol=mqtt.MQTTv311 if cfg.protocol == "3.1.1"
+                             else mqtt.MQTTv5, manual_ack=True)
         addr = broker(cfg.broker_url)
         username = cfg.username or addr.username
         if username:
@@ -85,11 +86,14 @@ class Gateway:
     def start(self) -> None:
         """Connect, subscribe, and return once the broker granted the subscriptions."""
         addr = broker(self.config.broker_url)
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = self.config.session_expiry_s
         try:
-            self.client.connect(addr.host, addr.port, self.config.keepalive_s,
-                                clean_start=False, properties=props)
+            if self.config.protocol == "3.1.1":
+                self.client.connect(addr.host, addr.port, self.config.keepalive_s)
+            else:
+                props = Properties(PacketTypes.CONNECT)
+                props.SessionExpiryInterval = self.config.session_expiry_s
+                self.client.connect(addr.host, addr.port, self.config.keepalive_s,
+                                    clean_start=False, properties=props)
         except OSError as exc:
             raise LinkError(f"cannot connect to broker {self.config.broker_url}: {exc}",
                             hint="check broker_url and that the broker is running") from None
