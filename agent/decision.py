@@ -17,8 +17,9 @@ Per stream (``key``, normally ``(device_id, channel)``):
 3. **Debouncing and hysteresis.** An incident is *raised* when at least ``k`` of the last
    ``n`` windows score above the threshold. It is *cleared* when ``n`` consecutive windows
    score below ``threshold * clear_ratio``. In between, no new incident starts.
-4. **Updates.** An open incident is re-sent as *updated* when its severity changes, and at
-   most every ``update_interval_s`` otherwise. One incident per episode, never one per
+4. **Updates.** An open incident is re-sent as *updated* when its severity changes while
+   the score is above the threshold (a recovering machine is not re-sent on its way down),
+   and every ``update_interval_s`` otherwise. One incident per episode, never one per
    window.
 5. **Severity** is the worse of the score's (ratio to threshold: < 1.5 warning, < 3 alarm,
    else critical) and the ISO 10816 zone's (C alarm, D critical). A cleared record has
@@ -186,7 +187,8 @@ class Decider:
             s.recent.clear()
             return body
         severity = self.severity(obs.anomaly / s.threshold, self.zone(obs.features))
-        if severity != inc.severity or obs.at_s - inc.updated_s >= self.config.update_interval_s:
+        changed = severity != inc.severity and obs.anomaly > s.threshold
+        if changed or obs.at_s - inc.updated_s >= self.config.update_interval_s:
             return self._alert(s, obs, "updated")
         return None
 

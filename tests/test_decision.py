@@ -1,0 +1,118 @@
+"""Decider: commissioning, learned threshold, k-of-n, one incident per episode, explanation."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from agent.config import DecisionConfig
+from agent.decision import Decider, Observation
+from agent.features import DEFAULT_SPEC, Baseline
+from foreshock.messages import validate_record
+
+NAMES = DEFAULT_SPEC.feature_names
+F = len(NAMES)
+
+
+def score_fn(baseline: Baseline, values: np.ndarray) -> np.ndarray:
+    z = baseline.z(values)
+    return np.sqrt(np.mean(z * z, axis=1)).astype(np.float32)
+
+
+def make(**kw: float) -> Decider:
+    cfg = DecisionConfig(commission_s=10.0, k=3, n=5, update_interval_s=100.0, **kw)
+    return Decider(cfg, NAMES, score_fn=score_fn, model={"name": "t", "version": "1.0.0"},
+                   orders={"bpfo": 3.5848, "bpfi": 5.4152, "bsf": 2.357, "ftf": 0.39828})
+
+
+def feats(rng: np.random.Generator, level: float = 0.0) -> np.ndarray:
+    x = (1.0 + 0.05 * rng.standard_normal(F)).astype(np.float32)
+    x[NAMES.index("env_bpfo_snr")] = 1.0 + level * 10
+    x[NAMES.index("vel_rms_mm_s")] = 1.0 + level * 4
+    return x
+
+
+def commission(d: Decider, rng: np.random.Generator) -> float:
+    t = 0.0
+    while d.baseline("k") is None:
+        event = d.commission("k", feats(rng), t)
+        t += 0.5
+    assert event is not None and event["detail"]["threshold_source"] in ("commissioning", "config")
+    return t
+
+
+def obs(d: Decider, x: np.ndarray, t: float) -> Observation:
+    z = d.baseline("k").z(x[None])[0]
+    return Observation(0, t, x, z, float(score_fn(d.baseline("k"), x[None])[0]),
+                       "outer_race", 0.9, 1797.0)
+
+
+def test_no_alert_while_commissioning_and_threshold_learned() -> None:
+    rng = np.random.default_rng(0)
+    d = make()
+    assert d.decide("k", obs_stub(0.0)) is None
+    t = commission(d, rng)
+    assert t >= 10.0 and d.threshold("k") > 0
+    alerts = [d.decide("k", obs(d, feats(rng), t + i)) for i in range(200)]
+    assert not any(alerts)
+
+
+def obs_stub(t: float) -> Observation:
+    x = np.ones(F, np.float32)
+    return Observation(0, t, x, None, 99.0, "normal", 1.0)
+
+
+def test_one_incident_per_episode_with_k_of_n_and_hysteresis() -> None:
+    rng = np.random.default_rng(1)
+    d = make()
+    t = commission(d, rng)
+    out = []
+    for i in range(2):     # two bad windows in five: not enough for k=3
+        out.append(d.decide("k", obs(d, feats(rng, 1.0), t)))
+        t += 1
+    out += [d.decide("k", obs(d, feats(rng), t + j)) for j in range(5)]
+    t += 5
+    assert not any(out)
+    statuses = []
+    for i in range(30):
+        body = d.decide("k", obs(d, feats(rng, 1.0), t))
+        t += 1
+        if body:
+            statuses.append(body["status"])
+            validate_record("alert", {"seq": 1, "ts": t, "body": body})
+            raised = body if body["status"] == "raised" else raised
+    assert statuses == ["raised"]
+    e = raised["explanation"]
+    assert e["defect"]["name"] == "bpfo"
+    assert abs(e["defect"]["hz"] - 3.5848 * 1797 / 60) < 0.1
+    assert e["top_features"][0]["z"] > 3 and e["zone"] in "ABCD"
+    assert "vs threshold" in e["summary"] and raised["model"]["version"] == "1.0.0"
+    cleared = [d.decide("k", obs(d, feats(rng), t + j)) for j in range(10)]
+    assert [b["status"] for b in cleared if b] == ["cleared"]
+    assert next(b for b in cleared if b)["incident"] == raised["incident"]
+
+
+def test_update_on_severity_change_and_periodically() -> None:
+    rng = np.random.default_rng(2)
+    d = make(threshold=2.0)
+    t = commission(d, rng)
+    bodies = []
+    x = feats(rng)
+    z = d.baseline("k").z(x[None])[0]
+    for i in range(400):
+        score = 2.5 if i < 200 else 10.0
+        body = d.decide("k", Observation(0, t + i, x, z, score, "ball", 0.8, 1797.0))
+        if body:
+            bodies.append((i, body["status"], body["severity"]))
+    assert bodies[0] == (2, "raised", "warning")
+    assert (200, "updated", "critical") in bodies
+    periodic = [b for b in bodies if b[1] == "updated" and b[0] != 200]
+    assert [b[0] for b in periodic] == [102, 300]
+
+
+def test_fixed_threshold_and_rebaseline() -> None:
+    rng = np.random.default_rng(3)
+    d = make(threshold=7.0)
+    commission(d, rng)
+    assert d.threshold("k") == 7.0
+    d.rebaseline("k")
+    assert d.baseline("k") is None
