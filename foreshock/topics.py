@@ -96,6 +96,13 @@ def control_fleet(site: str) -> str:
     return f"{ROOT}/{check_id(site, 'site')}/_control/fleet"
 
 
+def is_control(topic: str) -> bool:
+    """True for site-wide control-room topics (``foreshock/v1/<site>/_control/...``), which
+    a ``+`` in a device filter also matches."""
+    parts = topic.split("/")
+    return len(parts) > 3 and parts[3] == "_control"
+
+
 def device_filter(kind: str, site: str = "+", share_group: str | None = None) -> str:
     """Subscription filter for one device topic kind over all devices of a site.
 

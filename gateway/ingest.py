@@ -63,6 +63,8 @@ class Ingestor:
     def handle(self, topic: str, payload: bytes, received_ts: float | None = None) -> Outcome:
         """Validate and store one message. Raises StoreError only when the store fails."""
         now = time.time() if received_ts is None else received_ts
+        if topics.is_control(topic):
+            return Outcome(True)  # our own re-publications under <site>/_control/
         self._count("messages")
         try:
             site, device, kind = topics.parse(topic)

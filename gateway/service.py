@@ -132,7 +132,10 @@ class Gateway:
         if reason.is_failure:
             log.error("broker refused the gateway: %s", reason)
             return
-        client.subscribe([(f, SubscribeOptions(qos=1)) for f in self.subscriptions()])
+        if self.config.protocol == "3.1.1":
+            client.subscribe([(f, 1) for f in self.subscriptions()])
+        else:
+            client.subscribe([(f, SubscribeOptions(qos=1)) for f in self.subscriptions()])
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any,
                       properties: Any) -> None:
