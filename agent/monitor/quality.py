@@ -66,8 +66,8 @@ class QualityConfig:
     clip_min_fraction: float = 0.002
     clip_pileup_ratio: float = 3.0
     full_scale_fraction: float = 0.999
-    spike_sigma: float = 12.0
-    spike_isolation: float = 0.3
+    spike_sigma: float = 16.0
+    spike_isolation: float = 0.25
     spike_neighbours: int = 3
     rate_tolerance: float = 0.02
     rate_min_span_s: float = 1.0
