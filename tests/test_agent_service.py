@@ -1,0 +1,113 @@
+"""The agent end to end: frames -> windows -> features -> real ONNX -> decision -> real SQLite
+outbox -> real mosquitto; backpressure; status file."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from test_inference import build_bundle
+
+from agent.config import AgentConfig
+from agent.inference import load_bundle
+from agent.service import Agent
+from agent.sources import ReplaySource
+from foreshock.messages import decode_batch
+from foreshock.wire import Frame
+
+FS = 12_800.0
+N = 1024
+
+
+def frames(count: int, bad_from: int, seed: int = 0) -> list[Frame]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for seq in range(count):
+        t = (seq * N + np.arange(N)) / FS
+        amp = 1.0 if seq < bad_from else 5.0
+        x = 0.2 * np.sin(2 * np.pi * 29.95 * t) + 0.05 * amp * rng.standard_normal(N)
+        out.append(Frame.from_samples("node1", 0, seq, 1_700_000_000_000_000
+                                      + round(seq * N / FS * 1e6), FS, x, rpm=1797.0))
+    return out
+
+
+def test_agent_publishes_through_mosquitto(tmp_path: Path, mosquitto: object) -> None:
+    url = mosquitto.url  # type: ignore[attr-defined]
+    got: list[tuple[str, bytes]] = []
+    sub = mqtt.Client(CallbackAPIVersion.VERSION2)
+    sub.on_message = lambda c, u, m: got.append((m.topic, bytes(m.payload)))
+    sub.connect(mosquitto.host, mosquitto.port)  # type: ignore[attr-defined]
+    sub.subscribe("foreshock/v1/plant1/pump-1/#", qos=1)
+    sub.loop_start()
+    path, pub = build_bundle(tmp_path)
+    cfg = AgentConfig.for_device("pump-1", "plant1", url, tmp_path / "state",
+                                 decision={"commission_s": 4.0},
+                                 model={"bundle": str(path), "trusted_keys": [str(pub)]},
+                                 service={"health_interval_s": 0.2})
+    agent = Agent(cfg, ReplaySource(frames(300, 200)))
+    assert agent.model_info == {"name": "tiny", "version": "1.2.3"}
+    agent.start()
+    assert agent.link.wait_connected(10)
+    stop = threading.Event()
+    agent.run(stop)
+    deadline = time.monotonic() + 10
+    kinds: dict[str, list] = {}
+    while time.monotonic() < deadline:
+        kinds = {}
+        for topic, payload in got:
+            if not topic.endswith("/state"):
+                b = decode_batch(payload)
+                kinds.setdefault(b.kind, []).extend(b.records)
+        if len(kinds.get("telemetry", [])) == agent.counters["windows_processed"]:
+            break
+        time.sleep(0.1)
+    sub.loop_stop()
+    sub.disconnect()
+    n = agent.counters["windows_processed"]
+    assert n == (300 * N - 4096) // 2048 + 1
+    assert len(kinds["telemetry"]) == n
+    alerts = [r.body for r in kinds["alert"]]
+    assert [a["status"] for a in alerts][:1] == ["raised"]
+    assert len({a["incident"] for a in alerts}) == 1
+    assert alerts[0]["model"] == {"name": "tiny", "version": "1.2.3"}
+    assert alerts[0]["explanation"]["summary"]
+    assert any(r.body["type"] == "baseline" for r in kinds["event"])
+    assert kinds["health"][0].body["counters"]["windows_processed"] >= 0
+    status = json.loads(cfg.service.status_file.read_text())
+    assert status["model"]["version"] == "1.2.3"
+    assert status["counters"]["outbox_depth"]["telemetry"]["rows"] == 0
+
+
+def test_backpressure_drops_oldest_windows(tmp_path: Path) -> None:
+    cfg = AgentConfig.for_device("pump-2", "plant1", "", tmp_path,
+                                 service={"max_queued_windows": 4, "batch_windows": 2})
+    agent = Agent(cfg, ReplaySource(frames(100, 1000), batch=100))
+    assert agent.step() == 2
+    windows = (100 * N - 4096) // 2048 + 1
+    assert agent.counters["dropped_windows"] == windows - 4
+    newest = agent.queue[-1].start_us
+    agent.close()
+    assert agent.counters["windows_processed"] == 4
+    assert newest == 1_700_000_000_000_000 + round((windows - 1) * 2048 / FS * 1e6)
+    depth = json.loads(cfg.service.status_file.read_text())["counters"]["outbox_depth"]
+    assert depth["telemetry"]["rows"] == 4
+
+
+def test_explicit_detector_from_bundle(tmp_path: Path) -> None:
+    path, pub = build_bundle(tmp_path)
+    from agent.features import DEFAULT_SPEC
+
+    b = load_bundle(path, [pub], DEFAULT_SPEC.hash)
+    cfg = AgentConfig.for_device("pump-3", "plant1", "", tmp_path / "s",
+                                 decision={"commission_s": 2.0})
+    results = []
+    agent = Agent(cfg, ReplaySource(frames(60, 1000)), bundle=b, store=False,
+                  on_result=results.append)
+    agent.run(threading.Event())
+    assert results and results[-1].commissioning is False
+    assert np.isfinite(results[-1].anomaly)
