@@ -25,6 +25,7 @@ import re
 import wave
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -109,7 +110,7 @@ def load_frames(path: Path | str) -> list[Frame]:
     return frames
 
 
-def _one(name: str, cols: list[npt.NDArray[np.float32]], names: list[str], rate: float,
+def _one(name: str, cols: list[npt.NDArray[Any]], names: list[str], rate: float,
          rpm: float = 0.0) -> Recording:
     data = np.stack([np.asarray(c, np.float32).ravel() for c in cols], axis=-1)[None]
     return Recording(name, data, np.zeros(1), float(rate), tuple(names), rpm)
@@ -143,7 +144,8 @@ def _npz(p: Path, rate: float | None) -> Recording:
     rpm = FEMTO_RPM.get(m[1], 0.0) if m else 0.0
     if acc.ndim != 3:
         raise DataError(f"{p}: acc_mg must be [snapshots, samples, channels]")
-    return Recording(p.name, acc, t_s, fs, ("horizontal", "vertical")[:acc.shape[2]], rpm)
+    return Recording(p.name, acc, np.asarray(t_s, np.float64), fs,
+                     ("horizontal", "vertical")[:acc.shape[2]], rpm)
 
 
 def _wav(p: Path, rate: float | None) -> Recording:

@@ -32,10 +32,10 @@ def test_sample_config_loads_and_bad_key_is_one_error(tmp_path: Path) -> None:
     assert cfg.device.device_id == "pump-07" and cfg.source.type == "serial"
     bad = tmp_path / "bad.toml"
     bad.write_text(SAMPLE.read_text().replace("k = 3", "k = 9"))
-    with pytest.raises(ConfigError, match=r"decision.k = 9"):
+    with pytest.raises(ConfigError, match=r"decision\.k = 9"):
         AgentConfig.load(bad)
     bad.write_text("[decision]\nkk = 1\n")
-    with pytest.raises(ConfigError, match="unknown key decision.kk"):
+    with pytest.raises(ConfigError, match=r"unknown key decision\.kk"):
         AgentConfig.load(bad)
 
 
@@ -65,7 +65,7 @@ def test_replay_bad_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[
     rng = np.random.default_rng(0)
     rows = "\n".join(f"{i / 12800:.6f},{v:.5f}" for i, v in enumerate(rng.normal(size=20000)))
     (tmp_path / "a.csv").write_text("t_s,acc\n" + rows + "\n")
-    code, out, err = run_cli([a.format(tmp=tmp_path) for a in args], capsys)
+    code, _out, err = run_cli([a.format(tmp=tmp_path) for a in args], capsys)
     assert code == 2
     assert needle in err and len(err.strip().splitlines()) <= 2 and "Traceback" not in err
 

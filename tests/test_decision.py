@@ -66,14 +66,15 @@ def test_one_incident_per_episode_with_k_of_n_and_hysteresis() -> None:
     d = make()
     t = commission(d, rng)
     out = []
-    for i in range(2):     # two bad windows in five: not enough for k=3
+    for _i in range(2):     # two bad windows in five: not enough for k=3
         out.append(d.decide("k", obs(d, feats(rng, 1.0), t)))
         t += 1
     out += [d.decide("k", obs(d, feats(rng), t + j)) for j in range(5)]
     t += 5
     assert not any(out)
     statuses = []
-    for i in range(30):
+    raised: dict = {}
+    for _ in range(30):
         body = d.decide("k", obs(d, feats(rng, 1.0), t))
         t += 1
         if body:

@@ -132,12 +132,12 @@ def test_bundle_refusals(tmp_path: Path) -> None:
 
 
 def test_bundle_without_detector_section(tmp_path: Path) -> None:
-    path, pub = build_bundle(tmp_path)
+    path, _pub = build_bundle(tmp_path)
     manifest = json.loads((path / "manifest.json").read_text())
     manifest["models"] = {}
     key = fb.generate_signing_key()
     fb.write_manifest(path, manifest)
     fb.sign(path, key)
     (tmp_path / "k2.pub").write_bytes(fb.public_key_pem(key.public_key()))
-    with pytest.raises(BundleError, match="models.detector"):
+    with pytest.raises(BundleError, match=r"models\.detector"):
         load_bundle(path, [tmp_path / "k2.pub"], DEFAULT_SPEC.hash)
