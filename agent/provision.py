@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pwd
 import subprocess
 import sys
 import tempfile
@@ -133,6 +134,7 @@ class Provisioner:
         self.step_state_dir()
         if self.req.systemd:
             self.step_systemd()
+            self.step_owner()
         return True
 
     def step_key(self) -> ec.EllipticCurvePrivateKey | None:
@@ -301,6 +303,48 @@ class Provisioner:
                 self.say("created", f"{wants} (enabled)")
             return
         enable_unit(self)
+
+
+    def step_owner(self) -> None:
+        """Hand the TLS files to the unit's ``User=`` (created if missing), as root only."""
+        user = unit_user(UNIT_SOURCE.read_text()) if UNIT_SOURCE.exists() else None
+        if not user:
+            return
+        if self.req.root != Path("/") or os.geteuid() != 0:
+            self.echo(f"note: the service runs as {user!r}: make {KEY} and {CERT} owned by "
+                      f"it (chown {user}: ...) on the device")
+            return
+        if self.req.dry_run:
+            self.say("would chown", f"{user}: {KEY}, {CERT}, {CSR}, {Path(KEY).parent}")
+            return
+        entry = ensure_user(user)
+        for path in (Path(KEY).parent, Path(KEY), Path(CERT), Path(CSR), Path(CONFIG)):
+            uid = 0 if path == Path(CONFIG) else entry.pw_uid
+            st = path.stat()
+            if (st.st_uid, st.st_gid) != (uid, entry.pw_gid):
+                os.chown(path, uid, entry.pw_gid)
+                self.say("chowned", f"{path} -> {'root' if uid == 0 else user}:{user}")
+
+
+def unit_user(unit_text: str) -> str | None:
+    for line in unit_text.splitlines():
+        if line.strip().startswith("User="):
+            return line.split("=", 1)[1].strip() or None
+    return None
+
+
+def ensure_user(user: str) -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam(user)
+    except KeyError:
+        pass
+    done = subprocess.run(["useradd", "--system", "--home-dir", STATE_DIR, "--shell",
+                           "/usr/sbin/nologin", user], capture_output=True, text=True,
+                          check=False)
+    if done.returncode != 0:
+        raise ForeshockError(f"cannot create service user {user!r}: {done.stderr.strip()}",
+                             hint=f"useradd --system {user}, then re-run")
+    return pwd.getpwnam(user)
 
 
 CONFIG_HEADER: Final = ("# Foreshock agent configuration (docs/config.md). Written by "
