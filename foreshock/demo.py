@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -92,6 +93,8 @@ def demo(
     if not 2 <= devices <= 50:
         raise ConfigError(f"--devices {devices} is out of range; allowed 2..50 "
                           "(one healthy and one faulty machine at least)")
+    if not os.environ.get("FORESHOCK_DEBUG"):
+        logging.getLogger().setLevel(logging.WARNING)  # the view and summary speak instead
     workdir = Path(state_dir) if state_dir else Path(tempfile.mkdtemp(prefix="foreshock-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
     try:
