@@ -19,32 +19,72 @@ def hann_spectrum(spec: np.ndarray) -> np.ndarray:
     return out
 
 
+def hann_power(spec: np.ndarray) -> np.ndarray:
+    """``|hann_spectrum(spec)|**2`` for a C-contiguous complex64 (n, K) ``rfft`` output.
+
+    Same result as :func:`hann_spectrum` then :func:`power`, computed on the
+    interleaved float32 view in place, with two temporaries instead of six: this is on the
+    hot path twice per batch.
+    """
+    if spec.dtype != np.complex64 or not spec.flags.c_contiguous or spec.ndim != 2:
+        return power(hann_spectrum(spec))
+    flat = spec.view(np.float32)               # (n, 2K): re, im, re, im, ...
+    acc = np.empty_like(flat)
+    np.add(flat[:, :-4], flat[:, 4:], out=acc[:, 2:-2])
+    acc[:, 0] = 2.0 * flat[:, 2]               # X[-1] + X[1] = 2 Re X[1]
+    acc[:, -2] = 2.0 * flat[:, -4]             # X[K-2] + X[K] = 2 Re X[K-2]
+    acc[:, 1] = 0.0
+    acc[:, -1] = 0.0
+    acc *= -0.5
+    acc += flat                                # 2 * Hann spectrum, interleaved
+    acc *= acc
+    out: np.ndarray = acc[:, 0::2] + acc[:, 1::2]
+    out *= 0.25
+    return out
+
+
 def power(spec: np.ndarray) -> np.ndarray:
     """|spec|^2 without the square root, same real dtype."""
     out: np.ndarray = spec.real * spec.real + spec.imag * spec.imag
     return out
 
 
-def peak_power(pw: np.ndarray, centre_bin: np.ndarray, tol: float
-               ) -> tuple[np.ndarray, np.ndarray]:
-    """Largest ``pw`` bin within ``max(1, ceil(tol * centre))`` bins of each centre.
+def _gather(pw: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """``pw[row, idx[row, ...]]`` for (n, K) ``pw`` and (n, ...) ``idx`` via one flat take."""
+    offsets = (np.arange(pw.shape[0]) * pw.shape[1]).reshape((-1,) + (1,) * (idx.ndim - 1))
+    out: np.ndarray = np.take(pw.reshape(-1), idx + offsets)
+    return out
 
-    ``pw`` is (n, K); ``centre_bin`` (n, T) float (NaN or <= 0 = unknown). Returns the peak
-    (n, T) and a validity mask (centre known and the search range inside 1..K-1).
+
+def hann_at(spec: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """|Hann spectrum|^2 of a complex (n, K) rfft output at bins ``idx`` (n, ...) in 1..K-2,
+    gathering three bins per value instead of windowing the whole spectrum."""
+    centre = _gather(spec, idx)
+    side = _gather(spec, idx - 1) + _gather(spec, idx + 1)
+    return power(0.5 * centre - 0.25 * side)
+
+
+def peak_power(spec: np.ndarray, centre_bin: np.ndarray, tol: float, *, windowed: bool = False
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Largest |Hann spectrum|^2 within ``max(1, ceil(tol * centre))`` bins of each centre.
+
+    ``spec`` is a complex (n, K) rfft, or (``windowed``) an already Hann-windowed power
+    spectrum; ``centre_bin`` (n, T) float (NaN or <= 0 = unknown).
+    Returns the peak (n, T), 0.0 where invalid, and a validity mask (centre known and the
+    search range inside 2..K-3).
     """
-    n_win, n_bins = pw.shape
+    n_bins = spec.shape[1]
     known = np.isfinite(centre_bin) & (centre_bin > 0)
     centre = np.where(known, centre_bin, 0.0)
     half = np.maximum(1, np.ceil(tol * centre)).astype(np.int64)
     centre_i = np.rint(centre).astype(np.int64)
-    valid = known & (centre_i - half >= 1) & (centre_i + half <= n_bins - 1)
+    valid = known & (centre_i - half >= 2) & (centre_i + half <= n_bins - 3)
     reach = int(half.max()) if half.size else 1
     offsets = np.arange(-reach, reach + 1)
-    idx = np.clip(centre_i[..., None] + offsets, 0, n_bins - 1)
-    rows = np.arange(n_win)[:, None, None]
-    vals = pw[rows, idx]
-    vals = np.where(np.abs(offsets) <= half[..., None], vals, -np.inf)
-    return vals.max(axis=-1), valid
+    idx = np.clip(centre_i[..., None] + offsets, 1, n_bins - 2)
+    vals = _gather(spec, idx) if windowed else hann_at(spec, idx)
+    vals = np.where(np.abs(offsets) <= half[..., None], vals, 0.0)
+    return np.where(valid, vals.max(axis=-1), 0.0), valid
 
 
 def noise_floor(pw: np.ndarray, centre_bin: np.ndarray, floor_bins: int) -> np.ndarray:
@@ -53,20 +93,24 @@ def noise_floor(pw: np.ndarray, centre_bin: np.ndarray, floor_bins: int) -> np.n
     The span is shifted, not clipped, where it would leave 1..K-1, so every floor is a median
     of the same number of distinct bins. The median ignores the few bins of the peak itself.
     """
-    n_win, n_bins = pw.shape
+    n_bins = pw.shape[1]
     span = min(2 * floor_bins + 1, n_bins - 1)
     centre = np.nan_to_num(centre_bin, nan=0.0, posinf=0.0, neginf=0.0)
     start = np.rint(centre).astype(np.int64) - span // 2
     start = np.clip(start, 1, n_bins - span)
-    idx = start[..., None] + np.arange(span)
-    rows = np.arange(n_win)[:, None, None]
-    floor: np.ndarray = np.median(pw[rows, idx], axis=-1)
-    return floor
+    vals = _gather(pw, start[..., None] + np.arange(span))
+    if span % 2:
+        mid = span // 2
+        floor: np.ndarray = np.partition(vals, mid, axis=-1)[..., mid]
+        return floor
+    out: np.ndarray = np.median(vals, axis=-1)
+    return out
 
 
 def snr(pw: np.ndarray, centre_bin: np.ndarray, tol: float, floor_bins: int) -> np.ndarray:
-    """Amplitude ratio peak / local noise floor; 1.0 (neutral) where undefined."""
-    peak, valid = peak_power(pw, centre_bin, tol)
+    """Amplitude ratio: peak of power spectrum ``pw`` (n, K) within ``tol`` of each centre over
+    the local median; 1.0 (neutral) where undefined."""
+    peak, valid = peak_power(pw, centre_bin, tol, windowed=True)
     floor = noise_floor(pw, centre_bin, floor_bins)
     ok = valid & (floor > 0) & np.isfinite(peak)
     ratio = np.divide(peak, floor, out=np.ones_like(floor), where=ok)

@@ -1,0 +1,105 @@
+"""Envelope (demodulation) analysis, vectorised over windows.
+
+1. Band choice. ``spec.envelope_band_hz`` fixes the band. Otherwise (default) the band from
+   ``envelope_min_hz`` to Nyquist is cut into candidate bands of half the envelope bandwidth;
+   each candidate's complex envelope (an ``ifft`` of its bins, critically sampled) gives a
+   spectral kurtosis ``E|z|^4 / (E|z|^2)^2 - 2`` (0 for Gaussian noise, large for repetitive
+   impacts); the candidate with the largest kurtosis wins (a one-level fast kurtogram).
+   Candidates with under 1e-6 of the strongest candidate's energy (empty after resampling)
+   never win. The envelope band is ``envelope_bandwidth_hz`` wide, centred on the winner.
+2. Squared envelope: ``|ifft(band bins, zero-padded to 2 x width)|^2`` - an analytic
+   band-pass signal shifted to baseband, at a rate of twice the bandwidth, so the envelope
+   spectrum reaches ``envelope_bandwidth_hz`` with the window's own resolution.
+3. Envelope spectrum: ``rfft`` of the zero-mean squared envelope, Hann-windowed.
+4. For each target (BPFO, BPFI, 2 x BSF, FTF and harmonics 2, 3; BPFI +/- 1x): the Hann peak
+   within ``envelope_search_tol`` (at least 1 bin) over the median of the
+   ``2 * envelope_floor_bins + 1`` bins around it, as an amplitude ratio (SNR). 1.0 when the
+   speed is unknown or the target is beyond the envelope spectrum.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.fft as sfft
+
+from agent.features import spectra
+from agent.features.geometry import bearing
+from agent.features.spec import ENV_FAMILIES, ENV_HARMONICS, FeatureSpec
+
+KURTOSIS_ENERGY_FLOOR = 1e-6
+
+
+@dataclass(frozen=True)
+class EnvelopePlan:
+    cand_starts: np.ndarray   # (C,) first bin of each candidate band (C = 0: fixed band)
+    cand_bins: int            # bins per candidate band
+    band_bins: int            # bins of the envelope band
+    lowest: int               # allowed first bin of the envelope band ...
+    highest: int              # ... and last allowed first bin
+    multiples: np.ndarray     # (T,) targets as multiples of shaft speed
+
+
+def plan(spec: FeatureSpec) -> EnvelopePlan:
+    n_bins = spec.window_samples // 2 + 1
+    mult = _multiples(spec)
+    if spec.envelope_band_hz is not None:
+        lo = max(1, math.ceil(spec.envelope_band_hz[0] / spec.bin_hz))
+        hi = min(n_bins - 1, math.floor(spec.envelope_band_hz[1] / spec.bin_hz))
+        return EnvelopePlan(np.zeros(0, np.int64), 0, hi - lo, lo, lo, mult)
+    width = max(8, round(spec.envelope_bandwidth_hz / spec.bin_hz))
+    cand = max(4, width // 2)
+    first = max(1, math.ceil(spec.envelope_min_hz / spec.bin_hz))
+    starts = np.arange(first, n_bins - cand, cand, dtype=np.int64)
+    return EnvelopePlan(starts, cand, width, first, n_bins - 1 - width, mult)
+
+
+def _multiples(spec: FeatureSpec) -> np.ndarray:
+    orders = bearing(spec.bearing).orders()
+    base = {"bpfo": orders["bpfo"], "bpfi": orders["bpfi"], "2bsf": 2.0 * orders["bsf"],
+            "ftf": orders["ftf"]}
+    mult = [base[fam] * h for fam in ENV_FAMILIES for h in range(1, ENV_HARMONICS + 1)]
+    mult += [orders["bpfi"] - 1.0, orders["bpfi"] + 1.0]
+    return np.array(mult)
+
+
+def choose_band(eplan: EnvelopePlan, spectrum: np.ndarray) -> np.ndarray:
+    """First bin of the envelope band per window (see module doc, step 1)."""
+    n_win = spectrum.shape[0]
+    if eplan.cand_starts.size == 0:
+        return np.full(n_win, eplan.lowest, np.int64)
+    idx = eplan.cand_starts[:, None] + np.arange(eplan.cand_bins)
+    energy = spectra.power(sfft.ifft(spectrum[:, idx], axis=-1))
+    flat = energy.reshape(-1, eplan.cand_bins)
+    m1 = flat.sum(axis=1).astype(np.float64).reshape(n_win, -1)
+    m2 = np.einsum("ij,ij->i", flat, flat).astype(np.float64).reshape(n_win, -1)
+    kurt = np.divide(m2 * eplan.cand_bins, m1 * m1, out=np.zeros_like(m1), where=m1 > 0)
+    strong = m1 > KURTOSIS_ENERGY_FLOOR * m1.max(axis=1, keepdims=True)
+    choice = np.argmax(np.where(strong, kurt, -np.inf), axis=1)
+    centre = eplan.cand_starts[choice] + eplan.cand_bins // 2
+    return np.clip(centre - eplan.band_bins // 2, eplan.lowest, eplan.highest)
+
+
+def features(spec: FeatureSpec, eplan: EnvelopePlan, spectrum: np.ndarray, shaft: np.ndarray
+             ) -> np.ndarray:
+    """Envelope band centre and kurtosis, defect-family SNRs and BPFI sidebands."""
+    width = eplan.band_bins
+    start = choose_band(eplan, spectrum)
+    idx = start[:, None] + np.arange(width)
+    band = np.take_along_axis(spectrum, idx, axis=1)
+    env = spectra.power(sfft.ifft(band, n=2 * width, axis=1))   # squared envelope
+    m1 = env.mean(axis=1, dtype=np.float64)
+    m2 = np.einsum("ij,ij->i", env, env).astype(np.float64) / env.shape[1]
+    kurt = np.divide(m2, m1 * m1, out=np.zeros_like(m1), where=m1 > 0) - 2.0
+    env -= m1.astype(np.float32)[:, None]
+    env_pw = spectra.hann_power(sfft.rfft(env, axis=1))
+    centres = np.where(shaft[:, None] > 0, shaft[:, None] * eplan.multiples / spec.bin_hz, 0.0)
+    ratio = spectra.snr(env_pw, centres, spec.envelope_search_tol, spec.envelope_floor_bins)
+    cols = [(start + width / 2.0) * spec.bin_hz, np.maximum(kurt, -2.0)]
+    for i in range(len(ENV_FAMILIES)):
+        harm = ratio[:, i * ENV_HARMONICS:(i + 1) * ENV_HARMONICS]
+        cols += [harm[:, h] for h in range(ENV_HARMONICS)] + [harm.mean(axis=1)]
+    cols.append(ratio[:, -2:].mean(axis=1))
+    return np.stack(cols, axis=1)
