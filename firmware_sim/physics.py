@@ -33,7 +33,9 @@ F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 PATH_POINTS = 1024
 MAX_POST_FAILURE_SEVERITY = 3.0
-RING_DECAY = 1e-3  # the resonance kernel is cut where its envelope falls below this
+RING_DECAY = 1e-3
+AMPLITUDE_SPREAD = 0.02
+SLIP_CORRELATION = 0.9  # slip changes slowly: it follows the cage's speed fluctuations  # relative random spread of impact amplitudes  # the resonance kernel is cut where its envelope falls below this
 
 
 class DegradationPath:
@@ -71,14 +73,21 @@ class DegradationPath:
         return float(np.interp(u, self._u, self._s))
 
 
-def resonance_kernel(sample_rate_hz: float, resonance_hz: float, damping: float) -> F64:
-    """Impulse response of one structural mode, peak 1, cut where it has decayed."""
+def resonance_kernel(sample_rate_hz: float, resonance_hz: float,
+                     damping: float) -> tuple[F64, float, float]:
+    """One structural mode: ``(kernels, decay_per_s, damped_rad_s)``.
+
+    ``kernels[0]`` is the impulse response ``exp(-a t) sin(w t)`` (peak 1) and ``kernels[1]``
+    its quadrature ``exp(-a t) cos(w t)`` on the same scale: together they place an impact
+    at any sub-sample time exactly, since ``h(t + d) = exp(-a d) (cos(w d) h_s + sin(w d) h_c)``.
+    """
     decay_per_s = damping * 2 * math.pi * resonance_hz
     length = max(8, math.ceil(-math.log(RING_DECAY) / decay_per_s * sample_rate_hz))
     t = np.arange(length) / sample_rate_hz
-    damped_hz = resonance_hz * math.sqrt(max(1.0 - damping**2, 1e-6))
-    h = np.exp(-decay_per_s * t) * np.sin(2 * math.pi * damped_hz * t)
-    return h / float(np.max(np.abs(h)))
+    damped = 2 * math.pi * resonance_hz * math.sqrt(max(1.0 - damping**2, 1e-6))
+    env = np.exp(-decay_per_s * t)
+    kernels = np.stack([env * np.sin(damped * t), env * np.cos(damped * t)])
+    return kernels / float(np.max(np.abs(kernels[0]))), decay_per_s, damped
 
 
 class VibrationModel:
@@ -100,8 +109,9 @@ class VibrationModel:
             f.kind, orders) for f, _ in faults if f.kind in BEARING_FAULTS}
         self._tail = np.zeros(0)
         self._kernel_key: tuple[float, int] = (0.0, 0)
-        self._kernel_fft: npt.NDArray[np.complex128] = np.zeros(0, np.complex128)
-        self._kernel_len = 0
+        self._kernel_fft: npt.NDArray[np.complex128] = np.zeros((2, 0), np.complex128)
+        self._kernels: F64 = np.zeros((2, 0))
+        self._mode_rate, self._decay, self._damped = 0.0, 0.0, 0.0
 
     def block(self, n: int, sample_rate_hz: float, life_time_s: float) -> tuple[F32, float]:
         """The next ``n`` samples at ``sample_rate_hz``; returns (samples g, mean rpm)."""
@@ -113,7 +123,8 @@ class VibrationModel:
         severities: dict[str, float] = {
             f.kind: path.severity(life_time_s) for f, path in self.faults}
         x = self._shaft(cycles, severities)
-        x += self._bearing(cycles, severities, sample_rate_hz)
+        if self.next_impulse:
+            x += self._bearing(cycles, severities, sample_rate_hz)
         worst = max((s for k, s in severities.items() if k in BEARING_FAULTS), default=0.0)
         noise_g = m.noise_g * (1.0 + 0.5 * min(worst, 2.0))
         x += noise_g * self.rng.standard_normal(n)
@@ -124,7 +135,7 @@ class VibrationModel:
     def _shaft(self, cycles: F64, sev: dict[str, float]) -> F64:
         m, ph = self.machine, self.tone_phases
         w = 2 * math.pi * cycles
-        fault_g = {f.kind: f.amplitude_g * sev[f.kind] for f, _ in self.faults}
+        fault_g = {f.kind: f.peak_g * sev[f.kind] for f, _ in self.faults}
         imb = m.imbalance_g + fault_g.get("imbalance", 0.0)
         mis = m.misalignment_g + fault_g.get("misalignment", 0.0)
         loose = m.looseness_g + fault_g.get("looseness", 0.0)
@@ -141,34 +152,41 @@ class VibrationModel:
 
     def _bearing(self, cycles: F64, sev: dict[str, float], sample_rate_hz: float) -> F64:
         n = cycles.size
-        impulses = np.zeros(n)
+        impulses = np.zeros((2, n))  # weights of the in-phase and quadrature kernels
+        decay, damped = self._mode(sample_rate_hz)
         for fault, _ in self.faults:
             if fault.kind not in BEARING_FAULTS:
                 continue
-            amp = fault.amplitude_g * sev[fault.kind]
+            amp = fault.peak_g * sev[fault.kind]
             pos, phase_at = self._impulse_positions(fault, cycles)
             if amp <= 0 or pos.size == 0:
                 continue
-            gain = amp * (1.0 + 0.1 * self.rng.standard_normal(pos.size))
+            gain = amp * (1.0 + AMPLITUDE_SPREAD * self.rng.standard_normal(pos.size))
             gain *= self._modulation(fault, phase_at)
-            np.add.at(impulses, pos, gain)
+            # Exact sub-sample timing: start the ring at the next sample, advanced by d.
+            at = np.ceil(pos).astype(np.intp)
+            d_s = (at - pos) / sample_rate_hz
+            gain *= np.exp(-decay * d_s)
+            np.add.at(impulses[0], at, gain * np.cos(damped * d_s))
+            np.add.at(impulses[1], at, gain * np.sin(damped * d_s))
         return self._ring(impulses, sample_rate_hz)
 
-    def _impulse_positions(self, fault: FaultSpec, cycles: F64) -> tuple[npt.NDArray[np.intp],
-                                                                          F64]:
-        """Sample indices of this block's impacts and the shaft cycle of each."""
+    def _impulse_positions(self, fault: FaultSpec, cycles: F64) -> tuple[F64, F64]:
+        """Fractional sample positions of this block's impacts and the shaft cycle of each.
+
+        Impacts sit on a grid of ``1 / order`` shaft cycles, each displaced at random
+        (slip) so that the spacing varies by ``jitter`` (relative standard deviation) while
+        the mean rate stays locked to the geometric defect frequency.
+        """
         spacing = 1.0 / orders_of(fault.kind, self.orders)  # shaft cycles between impacts
         start, end = self.next_impulse[fault.kind], float(cycles[-1])
         if start > end:
-            return np.zeros(0, np.intp), np.zeros(0)
-        count = int((end - start) / spacing * 1.1) + 4
-        steps = spacing * (1.0 + fault.jitter * self.rng.standard_normal(count))
-        at = start + np.concatenate([[0.0], np.cumsum(np.maximum(steps, 0.2 * spacing))])
-        beyond = int(np.searchsorted(at, end, side="right"))
-        self.next_impulse[fault.kind] = float(at[beyond] if beyond < at.size else end + spacing)
-        at = at[at <= end]
-        pos = np.searchsorted(cycles, at).clip(0, cycles.size - 1)
-        return pos, at
+            return np.zeros(0), np.zeros(0)
+        grid = start + spacing * np.arange(int((end - start) / spacing) + 1)
+        self.next_impulse[fault.kind] = float(grid[-1] + spacing)
+        slip = fault.jitter / math.sqrt(2.0) * self.rng.standard_normal(grid.size)
+        at = grid + spacing * slip
+        return np.interp(at, cycles, np.arange(cycles.size, dtype=np.float64)), at
 
     def _modulation(self, fault: FaultSpec, cycles_at: F64) -> F64:
         depth = fault.modulation
@@ -179,23 +197,30 @@ class VibrationModel:
             return 1.0 - depth + depth * 0.5 * (1.0 + np.cos(2 * math.pi * ftf * cycles_at))
         return np.ones_like(cycles_at)
 
+    def _mode(self, sample_rate_hz: float) -> tuple[float, float]:
+        m = self.machine
+        if sample_rate_hz != self._mode_rate:
+            self._kernels, self._decay, self._damped = resonance_kernel(
+                sample_rate_hz, m.resonance_hz, m.resonance_damping)
+            self._mode_rate = sample_rate_hz
+        return self._decay, self._damped
+
     def _ring(self, impulses: F64, sample_rate_hz: float) -> F64:
         """Convolve the impulses with the resonance (overlap-add, state across blocks)."""
-        n = impulses.size
-        m = self.machine
+        n = impulses.shape[1]
+        length = self._kernels.shape[1]
         key = (sample_rate_hz, n)
         if key != self._kernel_key:
-            h = resonance_kernel(sample_rate_hz, m.resonance_hz, m.resonance_damping)
-            nfft = 1 << math.ceil(math.log2(n + h.size))
-            self._kernel_fft = np.fft.rfft(h, nfft)
-            self._kernel_len, self._kernel_key = h.size, key
-            if self._tail.size != h.size - 1:
-                self._tail = np.resize(self._tail, h.size - 1) * 0.0
+            nfft = 1 << math.ceil(math.log2(n + length))
+            self._kernel_fft = np.fft.rfft(self._kernels, nfft, axis=-1)
+            self._kernel_key = key
+            if self._tail.size != length - 1:
+                self._tail = np.zeros(length - 1)
         if not impulses.any() and not self._tail.any():
-            return impulses
-        nfft = 2 * (self._kernel_fft.size - 1)
-        y = np.fft.irfft(np.fft.rfft(impulses, nfft) * self._kernel_fft, nfft)
-        y = y[: n + self._kernel_len - 1]
+            return impulses[0]
+        nfft = 2 * (self._kernel_fft.shape[1] - 1)
+        spec = (np.fft.rfft(impulses, nfft, axis=-1) * self._kernel_fft).sum(axis=0)
+        y = np.fft.irfft(spec, nfft)[: n + length - 1]
         y[: self._tail.size] += self._tail
         self._tail = y[n:].copy()
         return y[:n]

@@ -31,6 +31,11 @@ SAMPLE_FAULTS = ("clipping", "flatline", "spikes", "dc_drift", "clock_drift")
 FRAME_FAULTS = ("dropout", "disconnect", "reorder", "duplicate", "corrupt", "rate_error")
 SENSOR_FAULT_KINDS = SAMPLE_FAULTS + FRAME_FAULTS
 
+# Fault amplitude at severity 1 when a scenario gives none: bearing faults are calibrated to
+# a 0.18 mm (0.007 in) CWRU spall on a 6205 at 1797 rpm (scripts/validate_sim.py).
+DEFAULT_AMPLITUDE_G = {"outer_race": 2.6, "inner_race": 1.3, "ball": 0.7, "imbalance": 0.2,
+                       "misalignment": 0.15, "looseness": 0.1, "gear": 0.2}
+
 # Which fault kind maps to which model label (docs/architecture.md labels).
 FAULT_LABELS = {"outer_race": "outer_race", "inner_race": "inner_race", "ball": "ball",
                 "imbalance": "imbalance", "misalignment": "misalignment"}
@@ -41,7 +46,7 @@ class MachineSpec:
     """The healthy machine: shaft speed, baseline shaft tones, structure and noise."""
 
     rpm: float = 1797.0
-    speed_variation: float = 0.003  # relative amplitude of the slow speed wander
+    speed_variation: float = 0.0005  # relative amplitude of the slow speed wander
     speed_period_s: float = 30.0
     imbalance_g: float = 0.02  # 1x, always present on a real machine
     misalignment_g: float = 0.008  # 2x
@@ -50,7 +55,7 @@ class MachineSpec:
     gear_mesh_g: float = 0.0
     noise_g: float = 0.06  # broadband sensor + machine noise, RMS
     resonance_hz: float = 3000.0  # structural resonance excited by bearing impacts
-    resonance_damping: float = 0.06  # damping ratio of that resonance
+    resonance_damping: float = 0.025  # damping ratio of that resonance
     temperature_c: float = 35.0  # bearing housing temperature when healthy
     temperature_rise_c: float = 30.0  # extra degrees at failure severity
     tach_noise: float = 0.001  # relative noise of the rpm reported in the frame header
@@ -107,16 +112,20 @@ class FaultSpec:
 
     kind: Literal["outer_race", "inner_race", "ball", "imbalance", "misalignment",
                   "looseness", "gear"]
-    amplitude_g: float = 1.0
+    amplitude_g: float | None = None  # None: DEFAULT_AMPLITUDE_G of the kind
     severity: float = 1.0
     growth: Literal["constant", "exponential"] = "constant"
     onset_frac: float = 0.0
     growth_rate: float = 4.0
     path_noise: float = 0.3
-    jitter: float = 0.015  # relative random spread of impulse spacing (slip)
+    jitter: float = 0.01  # relative standard deviation of the impact spacing (slip)
     modulation: float = 0.8  # depth of the shaft (inner race) or FTF (ball) modulation
 
     def __post_init__(self) -> None:
+        if self.kind not in FAULT_KINDS:
+            raise ConfigError(f"faults.kind = {self.kind!r} is unknown; use one of {FAULT_KINDS}")
+        if self.amplitude_g is None:
+            object.__setattr__(self, "amplitude_g", DEFAULT_AMPLITUDE_G[self.kind])
         check_range(f"faults[{self.kind}].amplitude_g", self.amplitude_g, 0.0, 1000.0)
         check_range(f"faults[{self.kind}].severity", self.severity, 0.0, 10.0)
         check_range(f"faults[{self.kind}].onset_frac", self.onset_frac, 0.0, 0.99)
@@ -124,6 +133,11 @@ class FaultSpec:
         check_range(f"faults[{self.kind}].path_noise", self.path_noise, 0.0, 2.0)
         check_range(f"faults[{self.kind}].jitter", self.jitter, 0.0, 0.2)
         check_range(f"faults[{self.kind}].modulation", self.modulation, 0.0, 1.0)
+
+    @property
+    def peak_g(self) -> float:
+        """Amplitude at severity 1 (``amplitude_g`` or the kind's default)."""
+        return float(self.amplitude_g if self.amplitude_g is not None else 0.0)
 
 
 @dataclass(frozen=True)
