@@ -218,3 +218,28 @@ def test_shared_data_windows_are_clean(shared_data: Path) -> None:
     bad = [q.checks for q in mon.check_batch(np.stack(rows), [meta()] * len(rows))]
     bad += [q.checks for q in mon.check_batch(femto, [meta(1)] * len(femto))]
     assert sum(1 for c in bad if c) == 0, [c for c in bad if c]
+
+
+def test_with_the_real_windower() -> None:
+    """Frames -> observe_frame -> Windower -> check: a NaN the windower zeroed still counts."""
+    from dataclasses import dataclass
+
+    from agent.window import Windower
+
+    @dataclass(frozen=True)
+    class Spec:
+        sample_rate_hz: float = RATE_HZ
+        window_samples: int = N
+        overlap: float = 0.5
+
+    x = np.tile(clean(15), 6)
+    x[5 * N + 100] = np.nan
+    mon, windower = DataQualityMonitor(), Windower(Spec())
+    verdicts = []
+    for frame in frames(x):
+        mon.observe_frame(frame)
+        for win in windower.push(frame):
+            assert np.all(np.isfinite(win.samples))
+            verdicts.append(mon.check(win.samples, WindowMeta.of(win)).checks)
+    assert verdicts[:9] == [()] * 9
+    assert verdicts[9] == ("non_finite",)

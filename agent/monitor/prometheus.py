@@ -105,9 +105,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         try:
             body = render(self.server.registry_fn()).encode()
-        except Exception:
+        except Exception as exc:  # a scrape must never take the agent down
             self.server.scrape_errors += 1
-            log.exception("metrics scrape failed")
+            log.warning("metrics scrape failed: %s: %s", type(exc).__name__, exc)
             self.send_error(500, "metrics unavailable")
             return
         self.send_response(200)
@@ -141,7 +141,7 @@ class PrometheusExporter:
         self._server.registry_fn = registry_fn
         self.host = bind
         self.port = int(self._server.server_address[1])
-        self._thread = threading.Thread(target=self._server.serve_forever,
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.1,),
                                         name="foreshock-metrics", daemon=True)
         self._thread.start()
 
