@@ -331,10 +331,10 @@ class Agent:
                      for _ in range(min(len(self.queue), self.config.service.batch_windows))]
             self._process(batch)
         if self.outbox is not None:
+            self.drain(timeout_s=CLOSE_DRAIN_S)
             self.emit_health()
             self.drain(timeout_s=CLOSE_DRAIN_S)
-        else:
-            self.write_status()
+        self.write_status()
         if self.link is not None:
             self.link.stop()
         if self.outbox is not None:
