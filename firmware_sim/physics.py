@@ -33,9 +33,8 @@ F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 PATH_POINTS = 1024
 MAX_POST_FAILURE_SEVERITY = 3.0
-RING_DECAY = 1e-3
-AMPLITUDE_SPREAD = 0.02
-SLIP_CORRELATION = 0.9  # slip changes slowly: it follows the cage's speed fluctuations  # relative random spread of impact amplitudes  # the resonance kernel is cut where its envelope falls below this
+RING_DECAY = 1e-3  # the resonance kernel is cut where its envelope falls below this
+AMPLITUDE_SPREAD = 0.02  # relative random spread of impact amplitudes
 
 
 class DegradationPath:

@@ -126,7 +126,7 @@ class FaultSpec:
             raise ConfigError(f"faults.kind = {self.kind!r} is unknown; use one of {FAULT_KINDS}")
         if self.amplitude_g is None:
             object.__setattr__(self, "amplitude_g", DEFAULT_AMPLITUDE_G[self.kind])
-        check_range(f"faults[{self.kind}].amplitude_g", self.amplitude_g, 0.0, 1000.0)
+        check_range(f"faults[{self.kind}].amplitude_g", self.peak_g, 0.0, 1000.0)
         check_range(f"faults[{self.kind}].severity", self.severity, 0.0, 10.0)
         check_range(f"faults[{self.kind}].onset_frac", self.onset_frac, 0.0, 0.99)
         check_range(f"faults[{self.kind}].growth_rate", self.growth_rate, 0.1, 30.0)

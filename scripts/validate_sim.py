@@ -71,7 +71,7 @@ def simulate(record: Record, rpm: float, n: int, seed: int = 0) -> npt.NDArray[n
     if record.fault:
         table["faults"] = [{"kind": record.fault}]
     node = SimNode(Scenario.from_dict(table), "validate", seed=seed, start_time_s=0.0)
-    parts = []
+    parts: list[npt.NDArray[np.float64]] = []
     while sum(p.size for p in parts) < n:
         parts.append(decode(node.next_frame_bytes()).samples.astype(np.float64))
     return np.concatenate(parts)[:n]
