@@ -43,6 +43,14 @@ BATCH_ENVELOPE_BYTES: Final = 512
 CommandCallback = Callable[[str, bytes], None]
 
 
+def backoff_s(attempt: int, min_s: float, max_s: float, rng: random.Random) -> float:
+    """Delay before reconnect ``attempt`` (0-based): ``min_s * 2**attempt`` capped at
+    ``max_s``, then a uniform jitter over its upper half so a fleet does not reconnect in
+    step after a broker restart."""
+    delay = min(max_s, min_s * 2.0 ** min(attempt, 60))
+    return rng.uniform(delay / 2, delay)
+
+
 @dataclass(frozen=True)
 class LinkConfig:
     """Where and how the link connects. ``broker_url`` is ``mqtt://`` or ``mqtts://host:port``."""
@@ -130,7 +138,7 @@ class Link:
         self._stats_lock = threading.Lock()
         self._stats = dict.fromkeys(
             ("published_msgs", "published_records", "acked_records", "reconnects", "connects",
-             "connect_failures", "rejected_msgs", "command_errors"), 0)
+             "connect_failures", "rejected_msgs", "command_errors", "inflight_peak"), 0)
         self._protocol = (MQTTProtocolVersion.MQTTv311 if config.protocol == "3.1.1"
                           else MQTTProtocolVersion.MQTTv5)
         self._command_cb: CommandCallback | None = None
@@ -242,9 +250,9 @@ class Link:
                 break
             if not got_connack and self.config.protocol == "auto":
                 self._toggle_protocol_on_silence()
-            delay = min(self.config.backoff_max_s, self.config.backoff_min_s * 2 ** attempt)
-            attempt = min(attempt + 1, 30)
-            self._stop.wait(self._rng.uniform(delay / 2, delay))
+            self._stop.wait(backoff_s(attempt, self.config.backoff_min_s,
+                                      self.config.backoff_max_s, self._rng))
+            attempt = min(attempt + 1, 60)
 
     def _run_connection(self, client: mqtt.Client) -> bool:
         """Connect and run the network loop until the connection ends; True if CONNACKed."""
@@ -408,6 +416,9 @@ class Link:
             if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 return sent
             self._inflight[(gen, info.mid)] = _Inflight(kind, [i for i, _ in rows])
+            with self._stats_lock:
+                self._stats["inflight_peak"] = max(self._stats["inflight_peak"],
+                                                   len(self._inflight))
             self._cursor[kind] = rows[-1][0]
             self._count("published_msgs")
             self._count("published_records", len(rows))

@@ -1,0 +1,358 @@
+"""The MQTT link against a real mosquitto: backlog counts, broker restart mid-stream, last
+will, birth message, commands, backoff. Outboxes are real SQLite files under tmp_path."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from agent.link import Link, LinkConfig, backoff_s
+from agent.outbox import Outbox
+from foreshock import messages, topics
+from foreshock.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF_TEMPLATE = Path(__file__).with_name("mosquitto.conf.in")
+NOW = 1_764_250_000.0
+SITE = "plant1"
+
+TELEMETRY = {"channel": 0, "window_ts": NOW, "anomaly_score": 0.1, "fault": "normal",
+             "fault_probability": 0.9, "rms_g": 0.2, "velocity_rms_mm_s": 1.1, "zone": "A"}
+ALERT = {"incident": "inc-1", "status": "raised", "severity": "alarm", "channel": 0,
+         "anomaly_score": 3.2, "threshold": 2.0, "fault": "outer_race", "zone": "C",
+         "explanation": {}, "model": {"name": "m", "version": "1"}}
+
+
+def wait_for(pred: Callable[[], bool], timeout_s: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.02)
+    return pred()
+
+
+class Collector:
+    """A control-room subscriber (paho, MQTT 5) that keeps every message it receives.
+
+    With a fixed client id and a session expiry it keeps its session across its own and
+    the broker's restarts (when the broker persists), so nothing queued for it is lost."""
+
+    def __init__(self, broker: Any, topic_filter: str, *, persistent: bool = False) -> None:
+        self.messages: list[mqtt.MQTTMessage] = []
+        self.lock = threading.Lock()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+                                  client_id=f"collector-{uuid.uuid4().hex[:8]}",
+                                  protocol=mqtt.MQTTv5)
+        self.client.reconnect_delay_set(1, 2)
+        self.subscribed = threading.Event()
+        self.topic_filter = topic_filter
+        self.client.on_message = self._on_message
+        self.client.on_connect = lambda c, *_: c.subscribe(topic_filter, qos=1)
+        self.client.on_subscribe = lambda *_: self.subscribed.set()
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600 if persistent else 0
+        self.client.connect(broker.host, broker.port, clean_start=not persistent,
+                            properties=props)
+        self.client.loop_start()
+        assert self.subscribed.wait(10), "collector could not subscribe"
+
+    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        with self.lock:
+            self.messages.append(msg)
+
+    def batches(self) -> list[tuple[str, bytes]]:
+        with self.lock:
+            return [(m.topic, bytes(m.payload)) for m in self.messages
+                    if topics.parse(m.topic)[2] in topics.RECORD_KINDS]
+
+    def records(self) -> list[tuple[str, str, int]]:
+        """(kind, boot_id, seq) of every record received, duplicates included."""
+        out = []
+        for _topic, payload in self.batches():
+            batch = messages.decode_batch(payload)
+            out += [(batch.kind, batch.boot_id, r.seq) for r in batch.records]
+        return out
+
+    def states(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [messages.decode_state(bytes(m.payload)) for m in self.messages
+                    if m.topic.endswith("/state")]
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+@pytest.fixture
+def device() -> str:
+    return f"dev-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def collectors() -> Iterator[list[Collector]]:
+    made: list[Collector] = []
+    yield made
+    for c in made:
+        c.close()
+
+
+@pytest.fixture
+def links() -> Iterator[list[Link]]:
+    made: list[Link] = []
+    yield made
+    for link in made:
+        link.stop()
+
+
+def make_link(links: list[Link], broker: Any, device: str, boot_id: str,
+              **overrides: Any) -> Link:
+    config = LinkConfig(broker.url, SITE, device, **{"backoff_min_s": 0.05,
+                                                      "backoff_max_s": 0.5, **overrides})
+    link = Link(config, boot_id=boot_id, model={"name": "bearing-mlp", "version": "3"})
+    links.append(link)
+    link.start()
+    return link
+
+
+def fill(outbox: Outbox, telemetry: int, alerts: int = 0) -> set[tuple[str, str, int]]:
+    expected = set()
+    for start in range(0, telemetry, 1000):
+        n = min(1000, telemetry - start)
+        seqs = outbox.put_many("telemetry", [(TELEMETRY, NOW + start + i) for i in range(n)])
+        expected |= {("telemetry", outbox.boot_id, s) for s in seqs}
+    for i in range(alerts):
+        expected.add(("alert", outbox.boot_id, outbox.put("alert", ALERT, NOW + i)))
+    return expected
+
+
+def test_backlog_arrives_exactly_once_in_bounded_batches_alerts_first(
+        mosquitto: Any, tmp_path: Path, device: str, collectors: list[Collector],
+        links: list[Link]) -> None:
+    col = Collector(mosquitto, f"{topics.device_root(SITE, device)}/#")
+    collectors.append(col)
+    outbox = Outbox(tmp_path / "outbox.db", boot_id="boot-1")
+    expected = fill(outbox, 3000)
+    expected |= {("event", "boot-1", outbox.put("event", {"type": "outbox", "detail": {}}, NOW)),
+                 ("health", "boot-1", outbox.put("health", {"uptime_s": 1.0, "counters": {}},
+                                                 NOW))}
+    expected |= fill(outbox, 0, alerts=5)
+    link = make_link(links, mosquitto, device, "boot-1", batch_max_records=200,
+                     batch_max_bytes=20_000, max_inflight=4)
+    assert link.wait_connected(10)
+    assert link.drain(outbox, timeout_s=30) == len(expected)
+    assert wait_for(lambda: len(col.records()) >= len(expected))
+    time.sleep(0.2)
+    got = col.records()
+    assert Counter(got) == Counter(expected)  # exactly once, none missing
+    batches = col.batches()
+    assert all(len(p) <= 20_000 for _, p in batches)
+    assert all(len(messages.decode_batch(p).records) <= 200 for _, p in batches)
+    assert topics.parse(batches[0][0])[2] == "alert"
+    assert sum(d.rows for d in outbox.depth().values()) == 0
+    stats = link.stats()
+    assert stats["published_msgs"] == len(batches)
+    assert stats["published_records"] == stats["acked_records"] == len(expected)
+    assert 1 <= stats["inflight_peak"] <= 4
+    assert outbox.counters()["telemetry"]["acked"] == 3000
+    outbox.close()
+
+
+def persistent_broker(make_mosquitto: Callable[[str], Any]) -> Any:
+    """The test broker config, with persistence so a stopped broker keeps the collector's
+    session and the messages queued for it (stop is SIGTERM: mosquitto saves on exit)."""
+    text = CONF_TEMPLATE.read_text().replace(
+        "persistence false",
+        "persistence true\npersistence_location {workdir}/\npersistence_file broker-{port}.db"
+        "\nuser root")  # as root, mosquitto would drop to a user that cannot write there
+    return make_mosquitto(text)
+
+
+def test_broker_restart_mid_stream_loses_nothing(
+        make_mosquitto: Callable[[str], Any], tmp_path: Path, device: str,
+        collectors: list[Collector], links: list[Link]) -> None:
+    broker = persistent_broker(make_mosquitto)
+    col = Collector(broker, f"{topics.device_root(SITE, device)}/#", persistent=True)
+    collectors.append(col)
+    outbox = Outbox(tmp_path / "outbox.db", boot_id="boot-r")
+    expected = fill(outbox, 10_000, alerts=10)
+    link = make_link(links, broker, device, "boot-r", batch_max_records=50, max_inflight=8)
+    assert link.wait_connected(10)
+    drainer = threading.Thread(target=link.drain, args=(outbox,), kwargs={"timeout_s": 60})
+    drainer.start()
+    assert wait_for(lambda: len(col.records()) >= 3000)
+    broker.stop()
+    assert (broker.workdir / f"broker-{broker.port}.db").exists(), "broker did not persist"
+    drainer.join(30)
+    assert not drainer.is_alive() and not link.connected
+    assert outbox.depth()["telemetry"].rows > 0  # the outage really was mid-stream
+    broker.start()
+    assert link.wait_connected(20)
+    while sum(d.rows for d in outbox.depth().values()):
+        assert link.wait_connected(20)
+        link.drain(outbox, timeout_s=30)
+    ok = wait_for(lambda: set(col.records()) >= expected, 30)
+    missing = sorted(expected - set(col.records()))
+    assert ok, f"{len(missing)} records missing, first {missing[:3]}; {link.stats()}"
+    got = col.records()
+    assert len(got) >= len(expected)
+    assert set(got) == expected  # after de-dup by (boot_id, seq): exactly once, none missing
+    assert link.stats()["reconnects"] >= 1
+    assert sum(1 for s in col.states() if s["online"] and s["boot_id"] == "boot-r") >= 2
+    outbox.close()
+
+
+LINK_CHILD = """
+import sys, time
+from agent.link import Link, LinkConfig
+link = Link(LinkConfig(sys.argv[1], "plant1", sys.argv[2], keepalive_s=5), boot_id="boot-k",
+            model={"name": "m", "version": "7"})
+link.start()
+assert link.wait_connected(10)
+print("up", flush=True)
+time.sleep(60)
+"""
+
+
+def test_last_will_marks_device_offline_when_agent_is_killed(
+        mosquitto: Any, device: str, collectors: list[Collector]) -> None:
+    col = Collector(mosquitto, topics.state(SITE, device))
+    collectors.append(col)
+    proc = subprocess.Popen([sys.executable, "-c", LINK_CHILD, mosquitto.url, device],
+                            cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "up"
+        assert wait_for(lambda: any(s["online"] for s in col.states()))
+        birth = col.states()[0]
+        assert birth["boot_id"] == "boot-k" and birth["model"] == {"name": "m", "version": "7"}
+        assert birth["agent_version"]
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    assert wait_for(lambda: any(not s["online"] for s in col.states()), 20)
+    assert col.states()[-1]["online"] is False and col.states()[-1]["boot_id"] == "boot-k"
+    late = Collector(mosquitto, topics.state(SITE, device))  # retained for newcomers
+    collectors.append(late)
+    assert wait_for(lambda: len(late.states()) == 1)
+    assert late.states()[0]["online"] is False
+
+
+def test_clean_stop_publishes_retained_offline_state(
+        mosquitto: Any, device: str, collectors: list[Collector], links: list[Link]) -> None:
+    link = make_link(links, mosquitto, device, "boot-s")
+    assert link.wait_connected(10)
+    late = Collector(mosquitto, topics.state(SITE, device))
+    collectors.append(late)
+    assert wait_for(lambda: any(s["online"] for s in late.states()))
+    link.set_model({"name": "bearing-mlp", "version": "4"})
+    assert wait_for(lambda: late.states()[-1]["model"].get("version") == "4")
+    link.stop()
+    assert wait_for(lambda: late.states()[-1]["online"] is False)
+    assert not link.connected
+
+
+def test_commands_and_model_topics_are_delivered_and_resubscribed_after_restart(
+        mosquitto_private: Any, device: str, links: list[Link]) -> None:
+    got: list[tuple[str, bytes]] = []
+    link = make_link(links, mosquitto_private, device, "boot-c")
+    link.subscribe_commands(lambda topic, payload: got.append((topic, payload)))
+    assert link.wait_connected(10)
+
+    def send() -> list[tuple[str, bytes]]:
+        pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        pub.connect(mosquitto_private.host, mosquitto_private.port)
+        pub.loop_start()
+        cmd = messages.command_message("ping", {}, issued_by="t", ts=NOW, command_id="c1")
+        sent = [(topics.command(SITE, device, "ping"), cmd),
+                (topics.model_offer(SITE, device), b'{"offer": 1}'),
+                (topics.model_chunk(SITE, device), b"\x00\x01chunk")]
+        for topic, payload in [*sent, (topics.command(SITE, "other", "ping"), cmd)]:
+            pub.publish(topic, payload, qos=1).wait_for_publish(5)
+        pub.loop_stop()
+        pub.disconnect()
+        return sent
+
+    time.sleep(0.3)  # let the SUBSCRIBE reach the broker
+    sent = send()
+    assert wait_for(lambda: len(got) >= 3)
+    mosquitto_private.restart()  # no persistence: the broker forgets every subscription
+    assert wait_for(lambda: link.stats()["reconnects"] >= 1, 20) and link.wait_connected(10)
+    time.sleep(0.3)
+    sent += send()
+    assert wait_for(lambda: len(got) >= 6)
+    time.sleep(0.2)
+    assert got == sent  # never the other device's command
+
+
+def test_link_backs_off_while_broker_is_down_and_records_wait(
+        mosquitto_private: Any, tmp_path: Path, device: str, links: list[Link]) -> None:
+    mosquitto_private.stop()
+    outbox = Outbox(tmp_path / "outbox.db", boot_id="boot-d")
+    expected = fill(outbox, 100, alerts=1)
+    link = make_link(links, mosquitto_private, device, "boot-d", backoff_min_s=0.05,
+                     backoff_max_s=0.2)
+    assert not link.wait_connected(1.0)
+    assert link.stats()["connect_failures"] >= 3
+    assert link.drain(outbox, timeout_s=1) == 0
+    assert sum(d.rows for d in outbox.depth().values()) == len(expected)
+    mosquitto_private.start()
+    assert link.wait_connected(10)
+    assert link.drain(outbox, timeout_s=10) == len(expected)
+    outbox.close()
+
+
+def test_forced_mqtt_311_works(mosquitto: Any, tmp_path: Path, device: str,
+                               collectors: list[Collector], links: list[Link]) -> None:
+    col = Collector(mosquitto, f"{topics.device_root(SITE, device)}/#")
+    collectors.append(col)
+    outbox = Outbox(tmp_path / "outbox.db", boot_id="boot-3")
+    expected = fill(outbox, 500, alerts=2)
+    link = make_link(links, mosquitto, device, "boot-3", protocol="3.1.1")
+    assert link.wait_connected(10) and link.protocol == "3.1.1"
+    assert link.drain(outbox, timeout_s=10) == len(expected)
+    assert wait_for(lambda: set(col.records()) == expected)
+    outbox.close()
+
+
+@given(st.integers(0, 100), st.floats(0.01, 5.0), st.floats(5.0, 300.0), st.integers())
+def test_backoff_grows_exponentially_with_jitter_and_is_capped(
+        attempt: int, min_s: float, max_s: float, seed: int) -> None:
+    delay = backoff_s(attempt, min_s, max_s, random.Random(seed))
+    top = min(max_s, min_s * 2.0 ** attempt)
+    assert top / 2 <= delay <= top <= max_s
+
+
+@pytest.mark.parametrize("overrides", [
+    {"broker_url": "http://host:1883"}, {"broker_url": "mqtt://"},
+    {"broker_url": "mqtt://host:notaport"}, {"site": "bad site"}, {"device_id": ""},
+    {"max_inflight": 0}, {"batch_max_records": 20_000}, {"batch_max_bytes": 100},
+    {"backoff_min_s": 10.0, "backoff_max_s": 1.0}, {"tls_cert_path": "c.pem"},
+])
+def test_bad_link_config_is_refused(overrides: dict[str, Any]) -> None:
+    base = {"broker_url": "mqtts://broker.example:8883", "site": SITE, "device_id": "d1"}
+    with pytest.raises(ConfigError):
+        LinkConfig(**{**base, **overrides})
+
+
+def test_config_defaults_ports_by_scheme() -> None:
+    assert LinkConfig("mqtts://b.example", SITE, "d1").port == 8883
+    assert LinkConfig("mqtt://b.example", SITE, "d1").port == 1883
+    cfg = LinkConfig("mqtts://b.example:9000", SITE, "d1")
+    assert (cfg.host, cfg.port, cfg.tls) == ("b.example", 9000, True)
