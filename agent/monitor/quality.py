@@ -119,20 +119,44 @@ class WindowMeta:
 
 
 class WindowLike(Protocol):
-    device_id: str
-    channel: int
-    start_us: int
-    sample_rate_hz: float
-    source_rate_hz: float
+    """What :meth:`WindowMeta.of` reads of an :class:`agent.window.Window`."""
+
+    @property
+    def device_id(self) -> str: ...
+
+    @property
+    def channel(self) -> int: ...
+
+    @property
+    def start_us(self) -> int: ...
+
+    @property
+    def sample_rate_hz(self) -> float: ...
+
+    @property
+    def source_rate_hz(self) -> float: ...
 
 
 class FrameLike(Protocol):
-    device_id: str
-    channel: int
-    seq: int
-    timestamp_us: int
-    sample_rate_hz: float
-    scale: float
+    """What :meth:`DataQualityMonitor.observe_frame` reads of a :class:`foreshock.wire.Frame`."""
+
+    @property
+    def device_id(self) -> str: ...
+
+    @property
+    def channel(self) -> int: ...
+
+    @property
+    def seq(self) -> int: ...
+
+    @property
+    def timestamp_us(self) -> int: ...
+
+    @property
+    def sample_rate_hz(self) -> float: ...
+
+    @property
+    def scale(self) -> float: ...
 
     @property
     def raw(self) -> npt.NDArray[Any]: ...
