@@ -46,50 +46,13 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from foreshock.errors import ConfigError
+from agent.monitor.checks import CHECKS, Issue, QualityConfig, json_number, sample_issues
+
+__all__ = ["DataQualityMonitor", "Issue", "Quality", "QualityConfig", "WindowMeta"]
 
 log = logging.getLogger(__name__)
 
 SEQ_MOD = 2**32
-CHECKS = ("empty", "non_finite", "clipping", "flatline", "spikes", "rate_drift", "seq_gaps")
-NON_BLOCKING = frozenset({"seq_gaps"})
-MAD_TO_SD = 1.4826
-
-
-@dataclass(frozen=True)
-class QualityConfig:
-    """Limits of the integrity checks. Defaults suit accelerometers in g."""
-
-    flat_std_g: float = 1e-6
-    repeat_fraction: float = 0.95
-    clip_min_samples: int = 3
-    clip_min_fraction: float = 0.002
-    clip_pileup_ratio: float = 3.0
-    full_scale_fraction: float = 0.999
-    spike_sigma: float = 16.0
-    spike_isolation: float = 0.25
-    spike_neighbours: int = 3
-    rate_tolerance: float = 0.02
-    rate_min_span_s: float = 1.0
-    rate_frames: int = 64
-    time_step_s: float = 0.5
-    bad_after: int = 2
-    good_after: int = 3
-
-    def __post_init__(self) -> None:
-        for name in ("flat_std_g", "clip_pileup_ratio", "spike_sigma", "rate_tolerance",
-                     "rate_min_span_s", "time_step_s"):
-            if not float(getattr(self, name)) > 0:
-                raise ConfigError(f"monitor.{name} = {getattr(self, name)!r} must be > 0")
-        for name in ("repeat_fraction", "clip_min_fraction", "full_scale_fraction",
-                     "spike_isolation"):
-            if not 0.0 < float(getattr(self, name)) <= 1.0:
-                raise ConfigError(f"monitor.{name} = {getattr(self, name)!r} must be in (0, 1]")
-        for name in ("clip_min_samples", "spike_neighbours", "bad_after", "good_after"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"monitor.{name} = {getattr(self, name)!r} must be >= 1")
-        if self.rate_frames < 2:
-            raise ConfigError(f"monitor.rate_frames = {self.rate_frames!r} must be >= 2")
 
 
 @dataclass(frozen=True)
@@ -163,24 +126,6 @@ class FrameLike(Protocol):
 
     @property
     def count(self) -> int: ...
-
-
-@dataclass(frozen=True)
-class Issue:
-    """One failed check: ``value`` measured against ``limit`` (units in ``unit``)."""
-
-    check: str
-    value: float
-    limit: float
-    unit: str = ""
-
-    @property
-    def blocking(self) -> bool:
-        return self.check not in NON_BLOCKING
-
-    def to_json(self) -> dict[str, Any]:
-        return {"check": self.check, "value": _num(self.value), "limit": _num(self.limit),
-                "unit": self.unit}
 
 
 @dataclass(frozen=True)
@@ -363,13 +308,13 @@ class DataQualityMonitor:
         stream.bad, stream.run = not stream.bad, 0
         detail: dict[str, Any] = {
             "device_id": meta.device_id, "channel": int(meta.channel),
-            "state": "bad" if stream.bad else "ok", "window_ts": _num(meta.at_s),
+            "state": "bad" if stream.bad else "ok", "window_ts": json_number(meta.at_s),
             "issues": [i.to_json() for i in stream.last_issues],
         }
         if stream.bad:
             stream.since_s, stream.bad_windows = meta.at_s, cfg.bad_after
         else:
-            detail.update(bad_since_ts=_num(stream.since_s), bad_windows=stream.bad_windows)
+            detail.update(bad_since_ts=json_number(stream.since_s), bad_windows=stream.bad_windows)
         log.info("channel %s/%s data quality %s: %s", meta.device_id, meta.channel,
                  detail["state"], ", ".join(i.check for i in stream.last_issues))
         self.counters["dq_events"] += 1
@@ -378,96 +323,3 @@ class DataQualityMonitor:
     def states(self) -> dict[str, str]:
         """``{"device/channel": "ok" | "bad"}`` for every stream seen."""
         return {f"{d}/{c}": "bad" if s.bad else "ok" for (d, c), s in self._streams.items()}
-
-
-def sample_issues(x: npt.NDArray[np.float64], full_scale_g: float | list[float],
-                  cfg: QualityConfig) -> list[list[Issue]]:
-    """Run the sample checks on each row of ``x`` (float64 ``[n, w]``)."""
-    n = x.shape[0]
-    full = np.broadcast_to(np.asarray(full_scale_g, dtype=np.float64), (n,))
-    finite = np.isfinite(x)
-    all_finite = finite.all(axis=1)
-    out: list[list[Issue]] = [[] for _ in range(n)]
-    if x.shape[1] == 0:
-        return [[Issue("empty", 0, 1, "samples")] for _ in range(n)]
-    clean = np.flatnonzero(all_finite)
-    if clean.size:
-        for row, issues in zip(clean, _row_checks(x[clean], full[clean], cfg), strict=True):
-            out[row] = issues
-    for row in np.flatnonzero(~all_finite):
-        bad = int(x.shape[1] - np.count_nonzero(finite[row]))
-        rest = x[row][finite[row]]
-        out[row] = [Issue("non_finite", bad, 0, "samples")]
-        if rest.size:
-            out[row] += _row_checks(rest.reshape(1, -1), full[row:row + 1], cfg)[0]
-    return out
-
-
-def _row_checks(x: npt.NDArray[np.float64], full: npt.NDArray[np.float64],
-                cfg: QualityConfig) -> list[list[Issue]]:
-    """Clipping, flatline and spike checks on finite rows, vectorised over rows."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        sd = np.std(x, axis=1)
-        repeats = (np.mean(np.diff(x, axis=1) == 0, axis=1) if x.shape[1] > 1
-                   else np.ones(x.shape[0]))
-        med = np.median(x, axis=1, keepdims=True)
-        dev = np.abs(x - med)
-        scale = MAD_TO_SD * np.median(dev, axis=1)
-    out: list[list[Issue]] = []
-    for i in range(x.shape[0]):
-        issues: list[Issue] = []
-        if not sd[i] >= cfg.flat_std_g:
-            issues.append(Issue("flatline", float(sd[i]), cfg.flat_std_g, "g sd"))
-        elif repeats[i] >= cfg.repeat_fraction:
-            issues.append(Issue("flatline", float(repeats[i]), cfg.repeat_fraction,
-                                "fraction repeated"))
-        else:
-            clip = _clipping(x[i], float(full[i]), cfg)
-            if clip is not None:
-                issues.append(clip)
-            spikes = _spikes(dev[i], float(scale[i]), cfg)
-            if spikes:
-                issues.append(Issue("spikes", spikes, cfg.spike_sigma, "isolated samples"))
-        out.append(issues)
-    return out
-
-
-def _clipping(row: npt.NDArray[np.float64], full_scale_g: float,
-              cfg: QualityConfig) -> Issue | None:
-    if full_scale_g > 0:
-        at_full = int(np.count_nonzero(np.abs(row) >= cfg.full_scale_fraction * full_scale_g))
-        if at_full >= cfg.clip_min_samples:
-            return Issue("clipping", at_full, cfg.clip_min_samples, "samples at full scale")
-    need = max(cfg.clip_min_samples, cfg.clip_min_fraction * row.size)
-    worst = 0
-    for signed in (row, -row):
-        top = float(signed.max())
-        tol = 1e-6 * max(abs(top), 1e-30)
-        at_top = signed >= top - tol
-        n_top = int(np.count_nonzero(at_top))
-        if n_top < need:
-            continue
-        below = signed[~at_top]
-        n_next = int(np.count_nonzero(below == below.max())) if below.size else 0
-        if n_top >= cfg.clip_pileup_ratio * max(n_next, 1):
-            worst = max(worst, n_top)
-    return Issue("clipping", worst, need, "samples at the extreme") if worst else None
-
-
-def _spikes(dev: npt.NDArray[np.float64], scale: float, cfg: QualityConfig) -> int:
-    """Count samples beyond ``spike_sigma`` robust sd whose neighbours stay small."""
-    if not scale > 0:
-        return 0
-    cand = np.flatnonzero(dev > cfg.spike_sigma * scale)
-    if cand.size == 0 or cand.size > dev.size // 4:
-        return 0
-    k = cfg.spike_neighbours
-    padded = np.concatenate((np.zeros(k), dev, np.zeros(k)))
-    offsets = np.r_[-k:0, 1:k + 1]
-    neighbours = padded[cand[:, None] + k + offsets[None, :]].max(axis=1)
-    return int(np.count_nonzero(neighbours < cfg.spike_isolation * dev[cand]))
-
-
-def _num(value: float) -> float | None:
-    v = float(value)
-    return v if np.isfinite(v) else None
