@@ -78,12 +78,15 @@ class FeaturesConfig:
 class ModelConfig:
     """``bundle``: a bundle directory; empty means the shipped default bundle, if any.
 
-    ``trusted_keys``: PEM public keys allowed to sign bundles. ``backend``: onnx (the bundle's
-    default, usually int8), onnx-fp32, or tflite.
+    ``trusted_keys``: PEM public keys allowed to sign bundles. ``default_bundle``: with no
+    ``bundle``, load the newest bundle shipped in the package (models/bundles/, verified with
+    the key shipped next to it); false: the model-free z-score detector.
+    ``backend``: onnx (the bundle's default file, usually int8), onnx-fp32, or tflite.
     """
 
     bundle: Path | None = None
     trusted_keys: tuple[Path, ...] = ()
+    default_bundle: bool = True
     backend: Literal["onnx", "onnx-fp32", "tflite"] = "onnx"
 
 

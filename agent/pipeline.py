@@ -7,8 +7,9 @@ and no clock: the service around it reads, stores and publishes.
 
 Model choice: an explicit ``detector`` (with ``input_features``, default all features), else
 a verified ``bundle`` (:class:`agent.inference.LoadedBundle`), else the bundle configured in
-``model.bundle`` (verified with ``model.trusted_keys``), else the model-free
-:class:`agent.inference.ZScoreDetector`.
+``model.bundle`` (verified with ``model.trusted_keys``), else the newest bundle shipped
+under ``models/bundles/foreshock-default/`` (verified with the key shipped beside it; unless
+``model.default_bundle = false``), else the model-free :class:`agent.inference.ZScoreDetector`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import math
 import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,8 +31,12 @@ from agent.config import AgentConfig
 from agent.decision import Decider, Observation
 from agent.inference import Detector, LoadedBundle, ZScoreDetector, load_bundle
 from agent.window import Window
+from foreshock.bundle import parse_semver
+from foreshock.errors import BundleError
 
 log = logging.getLogger(__name__)
+SHIPPED_NAME = "foreshock-default"
+SHIPPED_KEY = "foreshock-dev.pub"
 FloatArray = npt.NDArray[np.float32]
 Lap = Callable[[str, float], float]
 
@@ -72,10 +78,8 @@ class Pipeline:
                  input_features: Sequence[str] | None = None) -> None:
         self.config = config
         self.bundle = bundle
-        if detector is None and bundle is None and config.model.bundle is not None:
-            self.bundle = load_bundle(
-                config.model.bundle, list(config.model.trusted_keys), self._spec_hashes(),
-                backend=config.model.backend)
+        if detector is None and bundle is None:
+            self.bundle = self._configured_bundle()
         self.spec = self._make_spec()
         names = self.spec.feature_names
         self.detector, inputs = self._make_detector(detector, input_features, names)
@@ -89,6 +93,21 @@ class Pipeline:
         self._names = {n: i for i, n in enumerate(names)}
 
     # -- construction --------------------------------------------------------------------
+    def _configured_bundle(self) -> LoadedBundle | None:
+        m = self.config.model
+        if m.bundle is not None:
+            return load_bundle(m.bundle, list(m.trusted_keys), self._spec_hashes(),
+                               backend=m.backend, feature_names=fx.DEFAULT_SPEC.feature_names)
+        shipped = shipped_bundle() if m.default_bundle else None
+        if shipped is None:
+            return None
+        try:
+            return load_bundle(shipped[0], [shipped[1], *m.trusted_keys], self._spec_hashes(),
+                               backend=m.backend, feature_names=fx.DEFAULT_SPEC.feature_names)
+        except BundleError as exc:
+            log.warning("shipped bundle refused, using the z-score detector: %s", exc)
+            return None
+
     @staticmethod
     def _spec_hashes() -> list[str]:
         return [fx.DEFAULT_SPEC.hash, fx.SNAPSHOT_SPEC.hash]
@@ -223,6 +242,21 @@ class Pipeline:
         i = self._names.get(name)
         v = float(x[i]) if i is not None else 0.0
         return v if math.isfinite(v) else 0.0
+
+
+def shipped_bundle() -> tuple[Path, Path] | None:
+    """(newest default bundle directory, its public key) shipped in the package, if any."""
+    root = Path(__file__).resolve().parent.parent / "models" / "bundles"
+    key = root / SHIPPED_KEY
+    versions = []
+    for manifest in (root / SHIPPED_NAME).glob("*/manifest.json"):
+        try:
+            versions.append((parse_semver(manifest.parent.name), manifest.parent))
+        except BundleError:
+            continue
+    if not versions or not key.is_file():
+        return None
+    return max(versions)[1], key
 
 
 def _key_text(key: Hashable) -> str:
