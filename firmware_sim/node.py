@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 PROTOCOL_VERSION = 1
 FORMAT_CODES = {"int16": 0, "float32": 1}
 VIBRATION, TEMPERATURE = 0, 1
+CHUNK_S = 0.2  # physics runs in blocks of this many stream seconds (>= one frame)
 
 
 def encode_frame(device_id: str, channel: int, seq: int, timestamp_us: int,
@@ -117,6 +118,8 @@ class SimNode:
         self.seq = 0
         self._out: deque[tuple[bytes, float]] = deque()
         self._held: tuple[bytes, float] | None = None
+        self._chunk: npt.NDArray[np.float32] = np.zeros(0, np.float32)
+        self._chunk_rpm = 0.0
 
     # ----------------------------------------------------------------- ground truth
     @property
@@ -198,7 +201,7 @@ class SimNode:
             np.float32], float]:
         if self.channel == TEMPERATURE:
             return self.temperature.block(n, rate_hz, self.severity()), 0.0
-        x, rpm = self.vibration.block(n, rate_hz, self.life_time_s)
+        x, rpm = self._physics(n, rate_hz)
         x = self.faults.apply_samples(x, self.stream_time_s, rate_hz)
         tach = self.scenario.machine.tach_noise
         rpm *= 1.0 + tach * float(self.vibration.rng.standard_normal())
@@ -206,6 +209,16 @@ class SimNode:
             q = np.clip(np.round(x / np.float32(self.scale)), -32768, 32767)
             return q.astype(np.int16), rpm
         return x, rpm
+
+
+    def _physics(self, n: int, rate_hz: float) -> tuple[npt.NDArray[np.float32], float]:
+        """``n`` vibration samples, generated in chunks of ``CHUNK_S`` to amortise overhead."""
+        if self._chunk.size < n:
+            size = max(n, round(CHUNK_S * rate_hz))
+            x, self._chunk_rpm = self.vibration.block(size, rate_hz, self.life_time_s)
+            self._chunk = np.concatenate([self._chunk, x])
+        out, self._chunk = self._chunk[:n], self._chunk[n:]
+        return out, self._chunk_rpm
 
 
 def _check_finite_link_faults(specs: tuple[SensorFaultSpec, ...]) -> None:

@@ -115,9 +115,12 @@ class VibrationModel:
     def block(self, n: int, sample_rate_hz: float, life_time_s: float) -> tuple[F32, float]:
         """The next ``n`` samples at ``sample_rate_hz``; returns (samples g, mean rpm)."""
         m = self.machine
-        t = self.t_s + np.arange(n) / sample_rate_hz
-        f_hz = self.f0_hz * (1.0 + m.speed_variation * np.sin(
+        dur_s = n / sample_rate_hz
+        # The speed wanders slowly (period >> a frame): linear within one frame.
+        f0, f1 = (self.f0_hz * (1.0 + m.speed_variation * math.sin(
             2 * math.pi * t / m.speed_period_s + self.speed_phase))
+            for t in (self.t_s, self.t_s + dur_s))
+        f_hz = np.linspace(f0, f1, n, endpoint=False)
         cycles = self.shaft_cycles + np.cumsum(f_hz) / sample_rate_hz
         severities: dict[str, float] = {
             f.kind: path.severity(life_time_s) for f, path in self.faults}
@@ -127,26 +130,37 @@ class VibrationModel:
         worst = max((s for k, s in severities.items() if k in BEARING_FAULTS), default=0.0)
         noise_g = m.noise_g * (1.0 + 0.5 * min(worst, 2.0))
         x += noise_g * self.rng.standard_normal(n)
-        self.t_s += n / sample_rate_hz
+        self.t_s += dur_s
         self.shaft_cycles = float(cycles[-1])
-        return x.astype(np.float32), float(np.mean(f_hz)) * 60.0
+        return x.astype(np.float32), (f0 + f1) * 30.0
 
     def _shaft(self, cycles: F64, sev: dict[str, float]) -> F64:
-        m, ph = self.machine, self.tone_phases
-        w = 2 * math.pi * cycles
+        """Shaft harmonics as one polynomial in ``z = exp(i w)`` (one complex exp a frame)."""
+        m, ph = self.machine, np.exp(1j * self.tone_phases)
         fault_g = {f.kind: f.peak_g * sev[f.kind] for f, _ in self.faults}
         imb = m.imbalance_g + fault_g.get("imbalance", 0.0)
         mis = m.misalignment_g + fault_g.get("misalignment", 0.0)
         loose = m.looseness_g + fault_g.get("looseness", 0.0)
-        x = imb * np.sin(w + ph[0])
-        x += mis * (np.sin(2 * w + ph[1]) + 0.4 * np.sin(w + ph[2]) + 0.3 * np.sin(3 * w + ph[3]))
+        coef = np.zeros(9, np.complex128)  # coef[k] multiplies z**k
+        coef[1] = imb * ph[0] + 0.4 * mis * ph[2]
+        coef[2] = mis * ph[1]
+        coef[3] = 0.3 * mis * ph[3]
         if loose > 0:
-            x += loose * 0.5 * np.sin(0.5 * w + ph[4])
             for k in range(1, 9):
-                x += loose / math.sqrt(k) * np.sin(k * w + ph[(k + 4) % 8])
+                coef[k] += loose / math.sqrt(k) * ph[(k + 4) % 8]
+        w = 2 * math.pi * cycles
+        z = np.exp(1j * w)
+        top = int(np.flatnonzero(coef)[-1]) if coef.any() else 0
+        acc = np.full(w.size, coef[top])
+        for k in range(top - 1, -1, -1):  # Horner
+            acc = acc * z + coef[k]
+        x = acc.imag.copy()
+        if loose > 0:
+            x += loose * 0.5 * np.sin(0.5 * w + self.tone_phases[4])
         gear = m.gear_mesh_g + fault_g.get("gear", 0.0)
         if m.gear_teeth and gear > 0:
-            x += gear * np.sin(m.gear_teeth * w + ph[5]) * (1.0 + 0.3 * np.sin(w + ph[6]))
+            x += gear * np.sin(m.gear_teeth * w + self.tone_phases[5]) * (
+                1.0 + 0.3 * np.sin(w + self.tone_phases[6]))
         return x
 
     def _bearing(self, cycles: F64, sev: dict[str, float], sample_rate_hz: float) -> F64:
