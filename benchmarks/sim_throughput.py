@@ -15,10 +15,10 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import time  # noqa: E402
+import time
 
-from firmware_sim.node import SimNode  # noqa: E402
-from firmware_sim.scenario import Scenario  # noqa: E402
+from firmware_sim.node import SimNode
+from firmware_sim.scenario import Scenario
 
 TARGET_X = 50.0
 
