@@ -76,8 +76,11 @@ class Request:
     model_key: Path | None = None
     systemd: bool = True
     dry_run: bool = False
+    source: str | None = None
 
     def __post_init__(self) -> None:
+        if self.source is not None:
+            parse_source(self.source)
         topics.check_id(self.device_id, "--device-id")
         topics.check_id(self.site, "--site")
         if not self.broker_url.startswith("mqtts://"):
@@ -362,7 +365,29 @@ def merge_config(current: dict[str, Any], req: Request) -> dict[str, Any]:
     keys = list(model.get("trusted_keys", []))
     model["trusted_keys"] = keys if MODEL_KEY in keys else [*keys, MODEL_KEY]
     merged.setdefault("service", {}).setdefault("state_dir", STATE_DIR)
+    if req.source is not None or "source" not in merged:
+        merged["source"] = parse_source(req.source or DEFAULT_SOURCE)
     return merged
+
+
+DEFAULT_SOURCE: Final = "serial:/dev/ttyUSB0"
+
+
+def parse_source(text: str) -> dict[str, Any]:
+    """``serial:/dev/ttyUSB0``, ``udp:0.0.0.0:9000``, ``mqtt`` or ``file:/path`` as a
+    ``[source]`` table."""
+    kind, _, arg = text.partition(":")
+    if kind == "serial" and arg:
+        return {"type": "serial", "params": {"port": arg}}
+    if kind == "udp" and arg.rpartition(":")[2].isdigit():
+        host, _, port = arg.rpartition(":")
+        return {"type": "udp", "params": {"host": host or "0.0.0.0", "port": int(port)}}
+    if kind == "mqtt" and not arg:
+        return {"type": "mqtt", "params": {}}
+    if kind == "file" and arg:
+        return {"type": "file", "params": {"path": arg}}
+    raise ConfigError(f"--source {text!r} is invalid; use serial:/dev/ttyUSB0, "
+                      "udp:HOST:PORT, mqtt or file:/path")
 
 
 def dump_toml(table: dict[str, Any], prefix: str = "") -> str:
@@ -496,10 +521,13 @@ def provision(
                                                                     "to pin."),
     no_systemd: bool = typer.Option(False, "--no-systemd", help="Do not install the unit."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be written."),
+    source: str | None = typer.Option(None, "--source", help="serial:/dev/ttyUSB0 | "
+                                      "udp:HOST:PORT | mqtt | file:/path [default: keep the "
+                                      "config's, else serial:/dev/ttyUSB0]"),
 ) -> None:
     """Give this device its key, certificate, config and service (idempotent, resumable)."""
     req = Request(device_id, site, broker, root, ca_dir, csr_out, cert_in, ca_cert, model_key,
-                  not no_systemd, dry_run)
+                  not no_systemd, dry_run, source)
     done = Provisioner(req, echo=typer.echo).run()
     if dry_run:
         typer.echo("dry run: nothing was written")

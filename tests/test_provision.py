@@ -47,6 +47,7 @@ def test_provision_writes_a_config_the_agent_loads(tmp_path: Path, ca: SiteCa) -
     assert cfg.link.broker_url == "mqtts://127.0.0.1:8883"
     assert cfg.link.tls_key_path == "/etc/foreshock/tls/device.key"
     assert [str(k) for k in cfg.model.trusted_keys] == ["/etc/foreshock/model-signing.pub"]
+    assert (cfg.source.type, cfg.source.params) == ("serial", {"port": "/dev/ttyUSB0"})
     assert (root / "etc/foreshock/tls/device.key").stat().st_mode & 0o777 == 0o600
     assert (root / "etc/foreshock/model-signing.pub").read_bytes() == \
         ca.signing_pub_path.read_bytes()
@@ -102,8 +103,9 @@ def test_interrupted_run_resumes_and_keeps_operator_settings(tmp_path: Path,
     assert provision(root, "--ca-dir", str(ca.root)).exit_code == 0
     key = (root / "etc/foreshock/tls/device.key").read_bytes()
     config = root / "etc/foreshock/agent.toml"
-    config.write_text(config.read_text() + '\n[source]\ntype = "udp"\n\n[source.params]\n'
-                      'port = 9000\n')
+    text = config.read_text().replace('type = "serial"', 'type = "udp"')
+    config.write_text(text.replace('port = "/dev/ttyUSB0"', "port = 9000")
+                      + "\n[decision]\ncommission_s = 900.0\n")
     (root / "etc/systemd/system/foreshock-agent.service").unlink()
     (root / "etc/foreshock/model-signing.pub").unlink()
     again = provision(root, "--ca-dir", str(ca.root), broker="mqtts://gw.plant1:8883")
@@ -111,9 +113,21 @@ def test_interrupted_run_resumes_and_keeps_operator_settings(tmp_path: Path,
     assert (root / "etc/foreshock/tls/device.key").read_bytes() == key
     cfg = AgentConfig.load(config)
     assert cfg.source.type == "udp" and cfg.source.params == {"port": 9000}
+    assert cfg.decision.commission_s == 900.0
     assert cfg.link.broker_url == "mqtts://gw.plant1:8883"
     assert (root / "etc/systemd/system/foreshock-agent.service").exists()
     assert sum(line.startswith("created") for line in again.output.splitlines()) == 2
+
+
+def test_source_option_sets_the_source(tmp_path: Path, ca: SiteCa) -> None:
+    root = tmp_path / "img"
+    result = provision(root, "--ca-dir", str(ca.root), "--no-systemd",
+                       "--source", "udp:0.0.0.0:9000")
+    assert result.exit_code == 0, result.output
+    cfg = AgentConfig.load(root / "etc/foreshock/agent.toml")
+    assert (cfg.source.type, cfg.source.params) == ("udp", {"host": "0.0.0.0", "port": 9000})
+    bad = provision(tmp_path / "img2", "--ca-dir", str(ca.root), "--source", "carrier-pigeon")
+    assert isinstance(bad.exception, ConfigError) and not (tmp_path / "img2").exists()
 
 
 def test_certificate_for_another_key_is_refused(tmp_path: Path, ca: SiteCa) -> None:
