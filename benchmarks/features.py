@@ -29,15 +29,19 @@ def windows(batch: int, n: int, fs: float) -> np.ndarray:
     return x.astype(np.float32)
 
 
-def median_s(fn: Callable[[], object], repeats: int) -> float:
-    for _ in range(5):
-        fn()
-    times = []
+def median_s(fns: list[Callable[[], object]], repeats: int) -> list[float]:
+    """Median seconds per call of each function, calls interleaved so that load from other
+    processes hits all of them alike."""
+    for fn in fns:
+        for _ in range(5):
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for fn, bucket in zip(fns, times, strict=True):
+            t0 = time.perf_counter()
+            fn()
+            bucket.append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]
 
 
 def main() -> None:
@@ -47,9 +51,9 @@ def main() -> None:
     args = parser.parse_args()
     spec = DEFAULT_SPEC
     x = windows(args.batch, spec.window_samples, spec.sample_rate_hz)
-    t_fft = median_s(lambda: sfft.rfft(x, axis=1), args.repeats)
-    t_feat = median_s(lambda: extract(spec, x, 1797.0), args.repeats)
-    t_one = median_s(lambda: extract(spec, x[:1], 1797.0), args.repeats)
+    t_fft, t_feat, t_one = median_s([lambda: sfft.rfft(x, axis=1),
+                                     lambda: extract(spec, x, 1797.0),
+                                     lambda: extract(spec, x[:1], 1797.0)], args.repeats)
     per_win = t_feat / args.batch
     print(f"spec {spec.hash}: {len(spec.feature_names)} features, windows of "
           f"{spec.window_samples} float32 samples, batch {args.batch}, median of {args.repeats}")

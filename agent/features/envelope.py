@@ -5,6 +5,10 @@
    each candidate's complex envelope (an ``ifft`` of its bins, critically sampled) gives a
    spectral kurtosis ``E|z|^4 / (E|z|^2)^2 - 2`` (0 for Gaussian noise, large for repetitive
    impacts); the candidate with the largest kurtosis wins (a one-level fast kurtogram).
+   When no candidate's kurtosis reaches ``8 / sqrt(candidate bins)`` (about three standard
+   deviations of the estimate for Gaussian noise: nothing impulsive stands out, as for a
+   fast impact train whose rings overlap) the candidate with the most energy wins instead,
+   since impacts excite the structural resonance.
    Candidates with under 1e-6 of the strongest candidate's energy (empty after resampling)
    never win. The envelope band is ``envelope_bandwidth_hz`` wide, centred on the winner.
 2. Squared envelope: ``|ifft(band bins, zero-padded to 2 x width)|^2`` - an analytic
@@ -30,6 +34,7 @@ from agent.features.geometry import bearing
 from agent.features.spec import ENV_FAMILIES, ENV_HARMONICS, FeatureSpec
 
 KURTOSIS_ENERGY_FLOOR = 1e-6
+SK_SIGNIFICANCE = 8.0   # a candidate's kurtosis counts above 8 / sqrt(bins) (~3 sd of noise)
 
 
 @dataclass(frozen=True)
@@ -75,9 +80,11 @@ def choose_band(eplan: EnvelopePlan, spectrum: np.ndarray) -> np.ndarray:
     flat = energy.reshape(-1, eplan.cand_bins)
     m1 = flat.sum(axis=1).astype(np.float64).reshape(n_win, -1)
     m2 = np.einsum("ij,ij->i", flat, flat).astype(np.float64).reshape(n_win, -1)
-    kurt = np.divide(m2 * eplan.cand_bins, m1 * m1, out=np.zeros_like(m1), where=m1 > 0)
+    kurt = np.divide(m2 * eplan.cand_bins, m1 * m1, out=np.zeros_like(m1), where=m1 > 0) - 2.0
     strong = m1 > KURTOSIS_ENERGY_FLOOR * m1.max(axis=1, keepdims=True)
-    choice = np.argmax(np.where(strong, kurt, -np.inf), axis=1)
+    kurt = np.where(strong, kurt, -np.inf)
+    impulsive = kurt.max(axis=1) >= SK_SIGNIFICANCE / np.sqrt(eplan.cand_bins)
+    choice = np.where(impulsive, np.argmax(kurt, axis=1), np.argmax(m1, axis=1))
     centre = eplan.cand_starts[choice] + eplan.cand_bins // 2
     return np.clip(centre - eplan.band_bins // 2, eplan.lowest, eplan.highest)
 

@@ -107,7 +107,8 @@ def extract(spec: FeatureSpec, windows: np.ndarray, rpm: float | np.ndarray = 0.
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+    """num / den, 0.0 where den is 0 (an all-constant window or an empty spectrum)."""
+    return np.divide(num, den, out=np.zeros(np.broadcast(num, den).shape), where=den > 0)
 
 
 def _time_features(x: np.ndarray) -> np.ndarray:
@@ -125,10 +126,9 @@ def _time_features(x: np.ndarray) -> np.ndarray:
     bottom = x.min(axis=1).astype(np.float64)
     peak = np.maximum(top, -bottom)
     rms = np.sqrt(m2)
-    cols = [rms, peak, top - bottom, _ratio(peak, rms), _ratio(m4, m2 * m2),
-            _ratio(m3, m2 * rms), _ratio(rms, mabs), _ratio(peak, mabs),
-            _ratio(peak, msqrt * msqrt)]
-    return np.stack(cols, axis=1)
+    num = np.stack([peak, m4, m3, rms, peak, peak], axis=1)
+    den = np.stack([rms, m2 * m2, m2 * rms, mabs, mabs, msqrt * msqrt], axis=1)
+    return np.column_stack([rms, peak, top - bottom, _ratio(num, den)])
 
 
 def _spectrum_features(spec: FeatureSpec, plan: _Plan, spectrum: np.ndarray,
