@@ -154,7 +154,7 @@ class SimNode:
     @property
     def done(self) -> bool:
         """True once the scenario's ``duration_s`` of stream has been produced."""
-        return 0 < self.scenario.duration_s <= self.stream_time_s
+        return 0 < self.scenario.duration_s <= self.stream_time_s + 1e-9
 
     # ----------------------------------------------------------------- frames
     def next_frame_bytes(self) -> bytes:

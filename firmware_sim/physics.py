@@ -80,6 +80,9 @@ def resonance_kernel(sample_rate_hz: float, resonance_hz: float,
     its quadrature ``exp(-a t) cos(w t)`` on the same scale: together they place an impact
     at any sub-sample time exactly, since ``h(t + d) = exp(-a d) (cos(w d) h_s + sin(w d) h_c)``.
     """
+    # A node sampling too slowly for the resonance sees it through its anti-alias filter:
+    # keep the mode below 0.4 fs so impacts still ring instead of aliasing.
+    resonance_hz = min(resonance_hz, 0.4 * sample_rate_hz)
     decay_per_s = damping * 2 * math.pi * resonance_hz
     length = max(8, math.ceil(-math.log(RING_DECAY) / decay_per_s * sample_rate_hz))
     t = np.arange(length) / sample_rate_hz
