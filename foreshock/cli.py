@@ -13,8 +13,8 @@ import os
 import sys
 from typing import Any
 
-import click
 import typer
+from typer import _click as click  # typer >= 0.20 vendors its own click; use that one
 
 # name -> (module, attribute, one-line help). Loaded only when the sub-command runs.
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
@@ -47,8 +47,8 @@ class LazyGroup(typer.core.TyperGroup):
 
     def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # Plain click help: typer's rich help would import every sub-command to list it.
-        click.Command.format_usage(self, ctx, formatter)
-        click.Command.format_help_text(self, ctx, formatter)
+        self.format_usage(ctx, formatter)
+        self.format_help_text(ctx, formatter)
         rows = [r for p in self.get_params(ctx) if (r := p.get_help_record(ctx))]
         with formatter.section("Options"):
             formatter.write_dl(rows)
@@ -67,17 +67,21 @@ app = typer.Typer(
 )
 
 
-@app.callback()
-def root(
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debug logs."),
-    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
-) -> None:
-    """Foreshock: edge predictive maintenance for rotating machinery."""
-    if version:
+def _print_version(value: bool) -> None:
+    if value:
         from foreshock import __version__
 
         typer.echo(f"foreshock {__version__}")
         raise typer.Exit(0)
+
+
+@app.callback()
+def root(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debug logs."),
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.",
+                                 is_eager=True, callback=_print_version),
+) -> None:
+    """Foreshock: edge predictive maintenance for rotating machinery."""
     if debug:
         os.environ["FORESHOCK_DEBUG"] = "1"
     configure_logging(debug)
@@ -103,12 +107,12 @@ def main(argv: list[str] | None = None) -> Any:
     debug = "--debug" in args
     try:
         return app(args=args, prog_name="foreshock", standalone_mode=False)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.ClickException as exc:
+    except click.exceptions.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except typer.Abort:
         typer.echo("aborted", err=True)
         sys.exit(130)
     except ForeshockError as exc:

@@ -192,12 +192,10 @@ class DemoRun:
 
     # -- run --------------------------------------------------------------------------------
     def _watch(self, live: bool) -> None:
-        from foreshock import topics
-        from gateway.watch import WatchModel, render
+        from gateway.watch import WatchModel, render, subscriptions
 
-        model = WatchModel()
-        client = _subscriber(self.broker_url, self._protocol, model,
-                             [f"{topics.ROOT}/{SITE}/#"])
+        model = WatchModel(site=SITE)
+        client = _subscriber(self.broker_url, self._protocol, model, subscriptions(SITE))
         deadline = time.monotonic() + self.duration_s
         try:
             if live:

@@ -201,11 +201,10 @@ def decode(data: bytes | bytearray | memoryview) -> Frame:
     except UnicodeDecodeError as exc:
         raise FrameError("device_id is not ASCII") from exc
     dtype = np.dtype("<i2") if fmt == 0 else np.dtype("<f4")
-    raw = np.frombuffer(buf, dtype=dtype, count=count, offset=HEADER_SIZE + id_len)
-    raw = raw.astype(np.int16 if fmt == 0 else np.float32)
-    if fmt == 1 and not np.all(np.isfinite(raw)):
-        # Non-finite samples are legal on the wire (a broken ADC); the monitor flags them.
-        pass
+    wire_raw = np.frombuffer(buf, dtype=dtype, count=count, offset=HEADER_SIZE + id_len)
+    raw: npt.NDArray[np.int16] | npt.NDArray[np.float32] = (
+        wire_raw.astype(np.int16) if fmt == 0 else wire_raw.astype(np.float32))
+    # Non-finite float32 samples are legal on the wire (a broken ADC); the monitor flags them.
     return Frame(device_id, channel, seq, ts_us, float(rate), raw, SampleFormat(fmt),
                  float(scale), float(rpm))
 
