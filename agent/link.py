@@ -398,29 +398,35 @@ class Link:
             self._count("acked_records", len(rows))
         return len(rows)
 
+    def _envelope(self, boot_id: str, kind: str, records_json: str) -> bytes:
+        """A Batch payload (same bytes as ``dumps(Batch(...).to_json())``) around records
+        that are already JSON, so the drain never decodes and re-encodes bodies."""
+        head = Batch(self.config.site, self.config.device_id, boot_id, kind, (),
+                     sent_ts=time.time()).to_json()
+        del head["records"]
+        return (dumps(head)[:-1].decode() + ',"records":' + records_json + "}").encode()
+
     def _fill(self, outbox: Outbox, gen: int, client: mqtt.Client) -> int:
         cfg, sent = self.config, 0
         while len(self._inflight) < cfg.max_inflight:
             for kind in DRAIN_ORDER:
-                boot, rows = outbox.pending_batch(
+                boot, row_ids, records = outbox.pending_json(
                     kind, cfg.batch_max_records, after=self._cursor.get(kind, 0),
                     max_bytes=cfg.batch_max_bytes - BATCH_ENVELOPE_BYTES)
-                if rows:
+                if row_ids:
                     break
             else:
                 return sent
-            batch = Batch(cfg.site, cfg.device_id, boot, kind, tuple(r for _, r in rows),
-                          sent_ts=time.time())
             info = client.publish(topics.record(cfg.site, cfg.device_id, kind),
-                                  dumps(batch.to_json()), qos=1)
+                                  self._envelope(boot, kind, records), qos=1)
             if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 return sent
-            self._inflight[(gen, info.mid)] = _Inflight(kind, [i for i, _ in rows])
+            self._inflight[(gen, info.mid)] = _Inflight(kind, row_ids)
+            self._cursor[kind] = row_ids[-1]
             with self._stats_lock:
                 self._stats["inflight_peak"] = max(self._stats["inflight_peak"],
                                                    len(self._inflight))
-            self._cursor[kind] = rows[-1][0]
             self._count("published_msgs")
-            self._count("published_records", len(rows))
+            self._count("published_records", len(row_ids))
             sent += 1
         return sent

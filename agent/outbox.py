@@ -145,6 +145,8 @@ class Outbox:
     def _open(self) -> sqlite3.Connection:
         try:
             return self._connect()
+        except OSError as exc:
+            raise OutboxError(f"outbox {self.path}: cannot open: {exc}") from exc
         except sqlite3.DatabaseError as exc:
             if not _is_corruption(exc):
                 raise OutboxError(f"outbox {self.path}: cannot open: {exc}") from exc
@@ -205,16 +207,25 @@ class Outbox:
         return conn
 
     @contextmanager
-    def _tx(self, conn: sqlite3.Connection | None = None) -> Iterator[sqlite3.Connection]:
+    def _tx(self, conn: sqlite3.Connection | None = None, *,
+            fsync: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction; ``fsync=False`` (acks only) commits without waiting
+        for the disk: a lost ack after power loss only means a resend."""
         conn = conn or self._conn
-        conn.execute("BEGIN IMMEDIATE")
+        if not fsync:
+            conn.execute("PRAGMA synchronous=NORMAL")
         try:
-            yield conn
-        except BaseException:
-            if conn.in_transaction:  # SQLite rolls back by itself on SQLITE_FULL and IOERR
-                conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:  # SQLite rolls back by itself on SQLITE_FULL, IOERR
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        finally:
+            if not fsync:
+                conn.execute("PRAGMA synchronous=FULL")
 
     @contextmanager
     def _guard(self, what: str) -> Iterator[None]:
@@ -238,7 +249,14 @@ class Outbox:
         if not isinstance(ts, (int, float)) or isinstance(ts, bool) or not math.isfinite(ts):
             raise MessageError(f"{kind} record: ts must be a finite number, got {ts!r}")
         validate_record(kind, {"seq": 0, "ts": ts, "body": body}, f"{kind} record")
-        text = dumps(body).decode()
+        try:
+            text = json.dumps(body, separators=(",", ":"), allow_nan=False)
+        except ValueError:  # NaN or inf somewhere: stored as null, and must still be valid
+            text = dumps(body).decode()
+            validate_record(kind, {"seq": 0, "ts": ts, "body": json.loads(text)},
+                            f"{kind} record (non-finite numbers become null)")
+        except TypeError as exc:
+            raise MessageError(f"{kind} record body is not JSON-serialisable: {exc}") from None
         if len(text) > self.config.max_record_bytes:
             raise MessageError(f"{kind} record body of {len(text)} bytes exceeds "
                                f"max_record_bytes={self.config.max_record_bytes}")
@@ -400,12 +418,34 @@ class Outbox:
             out.append((row_id, Record(row_id, ts, json.loads(body))))
         return boot, out
 
+    def pending_json(self, kind: str, limit: int, *, after: int = 0,
+                     max_bytes: int | None = None) -> tuple[str, list[int], str]:
+        """:meth:`pending_batch` without decoding: ``(boot_id, row_ids, records)`` where
+        ``records`` is the JSON array of ``{"seq", "ts", "body"}`` objects of a Batch,
+        built from the stored text (the link's hot path)."""
+        with self._guard(f"pending {kind}"):
+            rows = self._conn.execute(
+                "SELECT id, boot_id, ts, nbytes, body FROM records WHERE kind = ? AND id > ? "
+                "ORDER BY id LIMIT ?", (kind, after, limit)).fetchall()
+        if not rows:
+            return "", [], "[]"
+        boot, total = rows[0][1], 0
+        ids: list[int] = []
+        parts: list[str] = []
+        for row_id, boot_id, ts, nbytes, body in rows:
+            total += nbytes
+            if boot_id != boot or (ids and max_bytes is not None and total > max_bytes):
+                break
+            ids.append(row_id)
+            parts.append(f'{{"seq":{row_id},"ts":{ts!r},"body":{body}}}')
+        return boot, ids, "[" + ",".join(parts) + "]"
+
     def ack(self, row_ids: Iterable[int]) -> int:
         """Delete acknowledged rows in one statement; returns how many were still there."""
         ids = [int(i) for i in row_ids]
         if not ids:
             return 0
-        with self._guard("ack"), self._tx() as conn:
+        with self._guard("ack"), self._tx(fsync=False) as conn:
             deleted = conn.execute(
                 "DELETE FROM records WHERE id IN (SELECT value FROM json_each(?)) "
                 "RETURNING kind, nbytes", (json.dumps(ids),)).fetchall()

@@ -97,8 +97,8 @@ class Collector:
                     if m.topic.endswith("/state")]
 
     def close(self) -> None:
-        self.client.loop_stop()
         self.client.disconnect()
+        self.client.loop_stop()
 
 
 @pytest.fixture

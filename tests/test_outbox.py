@@ -19,6 +19,7 @@ import pytest
 
 from agent.outbox import RECORD_OVERHEAD_BYTES, Outbox, OutboxConfig
 from foreshock.errors import MessageError, OutboxError
+from foreshock.messages import Record
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = 1_764_250_000.0
@@ -134,6 +135,27 @@ class TestOutboxContract:
         one = len(json.dumps(telemetry(0), separators=(",", ":"))) + RECORD_OVERHEAD_BYTES
         assert len(ob.pending_batch("telemetry", 100, max_bytes=2 * one + 5)[1]) == 2
         assert len(ob.pending_batch("telemetry", 100, max_bytes=1)[1]) == 1  # at least one
+
+    def test_pending_json_is_the_batch_records_array(self, make_outbox: MakeOutbox) -> None:
+        ob = make_outbox()
+        ob.put_many("telemetry", [(telemetry(i), NOW + i / 3) for i in range(7)])
+        ob.put("alert", alert(), NOW)
+        boot, rows = ob.pending_batch("telemetry", 5, after=1, max_bytes=2_000)
+        boot2, ids, records = ob.pending_json("telemetry", 5, after=1, max_bytes=2_000)
+        assert (boot2, ids) == (boot, [rid for rid, _ in rows]) and len(ids) >= 2
+        assert json.loads(records) == [rec.to_json() for _, rec in rows]
+        assert ob.pending_json("event", 5) == ("", [], "[]")
+
+    def test_non_finite_numbers_are_refused_where_the_schema_needs_a_number(
+            self, make_outbox: MakeOutbox) -> None:
+        ob = make_outbox()
+        with pytest.raises(MessageError, match="null"):
+            ob.put("telemetry", {**telemetry(), "rms_g": float("inf")}, NOW)
+        seq = ob.put("telemetry", {**telemetry(), "extra": float("nan")}, NOW)
+        assert ob.pending("telemetry", 1) == [(seq, Record(seq, NOW, {**telemetry(),
+                                                                      "extra": None}))]
+        with pytest.raises(MessageError, match="JSON"):
+            ob.put("event", {"type": "model", "detail": {"when": object()}}, NOW)
 
     def test_telemetry_over_budget_is_evicted_oldest_first_and_counted(
             self, make_outbox: MakeOutbox) -> None:
