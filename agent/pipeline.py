@@ -184,59 +184,76 @@ class Pipeline:
         for key in {keys[i] for i in live}:
             idx = [i for i in live if keys[i] == key]
             z[idx] = self.decider.baseline(key).z(x[idx])
-        scores = self.detector.score(z[live][:, self.input_index]) if live else None
+        scored = self._scored(self.detector.score(z[live][:, self.input_index])) if live else []
         t = lap("inference", t)
         pos = {i: j for j, i in enumerate(live)}
+        zones, velocity = self._zones(x)
         for i, w in enumerate(windows):
             j = pos.get(i)
-            out.results.append(self._decide(i, w, keys[i], x[i], z[i] if j is not None else None,
-                                            scores, j, out))
+            out.results.append(self._decide(
+                i, w, keys[i], x[i], None if j is None else z[i],
+                None if j is None else scored[j], (zones[i], float(velocity[i])), out))
         lap("decision", t)
         return out
+
+    def _scored(self, scores: Any) -> list[tuple[float, str, float, str, float]]:
+        """Per window: anomaly, most probable label and its probability, and for alerts the
+        most probable non-normal label if it reaches the bundle's
+        ``thresholds.fault.min_probability`` (else ``unknown``) and its probability."""
+        p = np.asarray(scores.probabilities, dtype=np.float64)
+        rows = np.arange(p.shape[0])
+        labels = tuple(scores.labels)
+        top = p.argmax(axis=1)
+        q = p.copy()
+        if "normal" in labels and len(labels) > 1:
+            q[:, labels.index("normal")] = -1.0
+        alt = q.argmax(axis=1)
+        alt_p = np.maximum(q[rows, alt], 0.0)
+        return [(float(a), labels[t], float(tp), labels[k] if kp >= self.fault_min_probability
+                 else "unknown", float(kp))
+                for a, t, tp, k, kp in zip(scores.anomaly.tolist(), top.tolist(),
+                                           p[rows, top].tolist(), alt.tolist(), alt_p.tolist(),
+                                           strict=True)]
+
+    def _zones(self, x: FloatArray) -> tuple[list[str], npt.NDArray[np.float64]]:
+        """ISO 10816 zone per window (vectorised :func:`agent.features.iso_zone`)."""
+        i = self._names.get("vel_rms_mm_s")
+        if i is None:
+            return ["?"] * len(x), np.full(len(x), math.nan)
+        v = x[:, i].astype(np.float64)
+        limits = fx.ISO_ZONE_LIMITS_MM_S[self.spec.machine_class]
+        idx = np.searchsorted(np.asarray(limits), v, side="right")
+        ok = np.isfinite(v) & (v >= 0)
+        return ["ABCD"[k] if good else "?" for k, good in zip(idx.tolist(), ok.tolist(),
+                                                              strict=True)], v
 
     def _rpm(self, windows: Sequence[Window]) -> FloatArray:
         fixed = self.config.features.rpm
         return np.asarray([w.rpm if w.rpm > 0 else fixed for w in windows], dtype=np.float32)
 
     def _decide(self, i: int, w: Window, key: Hashable, x: FloatArray, z: FloatArray | None,
-                scores: Any, j: int | None, out: StepOutput) -> WindowResult:
-        if j is None or scores is None:
-            anomaly, fault, prob = math.nan, "unknown", 0.0
-        else:
-            anomaly = float(scores.anomaly[j])
-            fault, prob = scores.fault(j)
+                scored: tuple[float, str, float, str, float] | None, zone: tuple[str, float],
+                out: StepOutput) -> WindowResult:
+        anomaly, fault, prob = (math.nan, "unknown", 0.0) if scored is None else scored[:3]
         rpm = w.rpm if w.rpm > 0 else self.config.features.rpm
         alert = None
-        if j is not None:
-            obs = Observation(w.channel, w.end_s, x, z, anomaly, *self._fault(scores, j), rpm)
+        if scored is not None:
+            obs = Observation(w.channel, w.end_s, x, z, anomaly, scored[3], scored[4], rpm)
             alert = self.decider.decide(key, obs)
         if alert is not None:
             out.alerts.append(alert)
-        zone, velocity = self.decider.zone(x)
         threshold = self.decider.threshold(key)
+        end_s = w.end_s
         telemetry = {
-            "channel": w.channel, "window_ts": w.end_s,
+            "channel": w.channel, "window_ts": end_s,
             "anomaly_score": 0.0 if math.isnan(anomaly) else anomaly, "fault": fault,
             "fault_probability": prob, "rms_g": self._value(x, "rms_g"),
-            "velocity_rms_mm_s": 0.0 if math.isnan(velocity) else velocity, "zone": zone,
-            "commissioning": j is None, "threshold": threshold, "rpm": rpm,
+            "velocity_rms_mm_s": zone[1] if math.isfinite(zone[1]) else 0.0, "zone": zone[0],
+            "commissioning": scored is None, "threshold": threshold, "rpm": rpm,
             "sensor": w.device_id,
         }
-        return WindowResult(i, w, x, anomaly, fault, prob, j is None, threshold, zone,
+        return WindowResult(i, w, x, anomaly, fault, prob, scored is None, threshold, zone[0],
                             telemetry, alert, alert["explanation"] if alert else None)
-
-    def _fault(self, scores: Any, j: int) -> tuple[str, float]:
-        """For alerts: the most probable non-normal label if its probability reaches the
-        bundle's ``thresholds.fault.min_probability``, else ``unknown``."""
-        probs = np.asarray(scores.probabilities[j], dtype=np.float64)
-        labels = list(scores.labels)
-        if "normal" in labels and len(labels) > 1:
-            probs = probs.copy()
-            probs[labels.index("normal")] = -1.0
-        k = int(np.argmax(probs))
-        if probs[k] >= self.fault_min_probability:
-            return labels[k], float(probs[k])
-        return "unknown", float(max(probs[k], 0.0))
 
     def _value(self, x: FloatArray, name: str) -> float:
         i = self._names.get(name)

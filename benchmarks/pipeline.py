@@ -1,0 +1,140 @@
+"""Agent pipeline throughput against a bare FFT, and resident memory of a running agent.
+
+Run: python benchmarks/pipeline.py [--seconds 60] [--channels 2]
+
+1. Throughput: ``--seconds`` of a 12.8 kHz stream per channel (noise, a 1x tone and
+   bearing-like impulses) as 1024-sample frames go through the live :class:`Agent` path —
+   ReplaySource -> Windower -> extract -> Baseline z -> the shipped ONNX bundle -> Decider —
+   with ``store=False`` (the outbox and link have their own benchmarks). Measured in CPU
+   seconds of this process (samples/s/core). The bare FFT is ``scipy.fft.rfft`` of the same
+   windows (same count, same length, one batched call per agent batch). Target: pipeline
+   <= 10x the FFT.
+2. Memory: a child process builds a real agent (shipped bundle, SQLite outbox in a temp
+   dir), processes 30 s of data, and reports VmRSS and VmHWM from /proc. Target < 120 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+FS = 12_800.0
+FRAME = 1024
+
+
+def make_frames(seconds: float, channels: int) -> list:
+    from foreshock.wire import Frame
+
+    rng = np.random.default_rng(0)
+    n_frames = int(seconds * FS / FRAME)
+    t = np.arange(n_frames * FRAME) / FS
+    frames = []
+    for ch in range(channels):
+        x = 0.1 * rng.standard_normal(t.size) + 0.2 * np.sin(2 * np.pi * 29.95 * t)
+        x[:: int(FS / 107.0)] += 2.0
+        x = x.astype(np.float32)
+        for s in range(n_frames):
+            frames.append(Frame.from_samples("bench", ch, s, round(s * FRAME / FS * 1e6) + 1,
+                                             FS, x[s * FRAME:(s + 1) * FRAME], rpm=1797.0))
+    frames.sort(key=lambda f: (f.seq, f.channel))
+    return frames
+
+
+def pipeline_cpu_s(frames: list, state: Path) -> tuple[float, int, int]:
+    from agent.config import AgentConfig
+    from agent.service import Agent
+    from agent.sources import ReplaySource
+
+    cfg = AgentConfig.for_device("bench", "bench", "", state,
+                                 decision={"commission_s": 5.0},
+                                 service={"max_queued_windows": 100_000})
+    agent = Agent(cfg, ReplaySource(frames, batch=256), store=False)
+    t0 = time.process_time()
+    agent.run(threading.Event())
+    cpu = time.process_time() - t0
+    return cpu, agent.counters["windows_processed"], agent.config.service.batch_windows
+
+
+def fft_cpu_s(windows: int, batch: int, n: int) -> float:
+    import scipy.fft as sfft
+
+    x = np.random.default_rng(1).standard_normal((batch, n)).astype(np.float32)
+    calls = max(1, windows // batch)
+    sfft.rfft(x, axis=1)
+    t0 = time.process_time()
+    for _ in range(calls):
+        sfft.rfft(x, axis=1)
+    return (time.process_time() - t0) * windows / (calls * batch)
+
+
+def extract_cpu_s(windows: int, batch: int) -> float:
+    """CPU seconds of agent.features.extract alone for the same number of windows."""
+    from agent.features import DEFAULT_SPEC, extract
+
+    n = DEFAULT_SPEC.window_samples
+    x = np.random.default_rng(1).standard_normal((batch, n)).astype(np.float32)
+    rpm = np.full(batch, 1797.0, np.float32)
+    calls = max(1, windows // batch)
+    extract(DEFAULT_SPEC, x, rpm)
+    t0 = time.process_time()
+    for _ in range(calls):
+        extract(DEFAULT_SPEC, x, rpm)
+    return (time.process_time() - t0) * windows / (calls * batch)
+
+
+CHILD = r"""
+import sys, threading, tempfile
+sys.path.insert(0, {root!r})
+from benchmarks.pipeline import make_frames
+from agent.config import AgentConfig
+from agent.service import Agent
+from agent.sources import ReplaySource
+state = tempfile.mkdtemp()
+cfg = AgentConfig.for_device("bench", "bench", "", state, decision={{"commission_s": 5.0}})
+agent = Agent(cfg, ReplaySource(make_frames(30.0, 1)))
+agent.run(threading.Event())
+status = dict(l.split(":", 1) for l in open("/proc/self/status") if ":" in l)
+print(agent.model_info["name"], status["VmRSS"].strip(), status["VmHWM"].strip())
+"""
+
+
+def memory() -> str:
+    root = str(Path(__file__).resolve().parent.parent)
+    out = subprocess.run([sys.executable, "-c", CHILD.format(root=root)], capture_output=True,
+                         text=True, timeout=300, check=True)
+    return out.stdout.strip()
+
+
+def main() -> None:
+    from agent.features import DEFAULT_SPEC
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--channels", type=int, default=2)
+    args = ap.parse_args()
+    frames = make_frames(args.seconds, args.channels)
+    samples = len(frames) * FRAME
+    with tempfile.TemporaryDirectory() as state:
+        cpu, windows, batch = pipeline_cpu_s(frames, Path(state))
+    fft = fft_cpu_s(windows, batch, DEFAULT_SPEC.window_samples)
+    print(f"pipeline: {samples} samples, {windows} windows in {cpu:.3f} CPU s -> "
+          f"{samples / cpu:,.0f} samples/s/core ({cpu / windows * 1e6:.0f} us/window)")
+    print(f"bare rfft of the same windows: {fft:.4f} CPU s ({fft / windows * 1e6:.1f} us/window)")
+    feats = extract_cpu_s(windows, batch)
+    print(f"of which features.extract alone: {feats:.3f} CPU s ({feats / fft:.1f}x the FFT); "
+          f"the rest of the pipeline: {(cpu - feats) / fft:.1f}x the FFT")
+    print(f"ratio pipeline / FFT: {cpu / fft:.1f}x (target <= 10x)")
+    name, rss_kb, _, hwm_kb, _ = memory().split()
+    print(f"running agent with model {name}: VmRSS {int(rss_kb) / 1024:.0f} MB, "
+          f"peak VmHWM {int(hwm_kb) / 1024:.0f} MB (target < 120 MB)")
+
+
+if __name__ == "__main__":
+    main()
