@@ -75,8 +75,9 @@ def choose_band(eplan: EnvelopePlan, spectrum: np.ndarray) -> np.ndarray:
     n_win = spectrum.shape[0]
     if eplan.cand_starts.size == 0:
         return np.full(n_win, eplan.lowest, np.int64)
-    idx = eplan.cand_starts[:, None] + np.arange(eplan.cand_bins)
-    energy = spectra.power(sfft.ifft(spectrum[:, idx], axis=-1))
+    first, count = int(eplan.cand_starts[0]), eplan.cand_starts.size
+    tiles = spectrum[:, first:first + count * eplan.cand_bins]   # contiguous candidate bands
+    energy = spectra.power(sfft.ifft(tiles.reshape(n_win, count, eplan.cand_bins), axis=-1))
     flat = energy.reshape(-1, eplan.cand_bins)
     m1 = flat.sum(axis=1).astype(np.float64).reshape(n_win, -1)
     m2 = np.einsum("ij,ij->i", flat, flat).astype(np.float64).reshape(n_win, -1)

@@ -104,6 +104,15 @@ class FeatureSpec:
 
     def _check_bands(self) -> None:
         nyq = self.sample_rate_hz / 2.0
+        pairs = [("velocity_band_hz", self.velocity_band_hz)]
+        pairs += [(f"order_bands[{i}]", band) for i, band in enumerate(self.order_bands)]
+        if self.envelope_band_hz is not None:
+            pairs.append(("envelope_band_hz", self.envelope_band_hz))
+        for key, pair in pairs:
+            if not isinstance(pair, tuple) or len(pair) != 2:
+                raise ConfigError(f"feature spec {key} = {pair!r} must be a pair [low, high]")
+        if not self.order_bands:
+            raise ConfigError("feature spec order_bands must hold at least one [low, high] pair")
         lo, hi = self.velocity_band_hz
         if not 0 < lo < hi <= nyq:
             raise ConfigError(f"feature spec velocity_band_hz = {self.velocity_band_hz!r} "
