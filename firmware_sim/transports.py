@@ -9,10 +9,14 @@ the file carry a plain concatenation of frames (docs/protocol.md, byte streams).
 from __future__ import annotations
 
 import logging
+import fcntl
 import os
 import select
 import socket
+import struct
+import termios
 import threading
+import time
 import tty
 from pathlib import Path
 from typing import Protocol
@@ -74,11 +78,24 @@ class SerialSink:
     def describe(self) -> str:
         return f"serial {self.port_path}"
 
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            os.close(self.master_fd)
-            os.close(self.slave_fd)
+    def close(self, drain_timeout_s: float = 5.0) -> None:
+        """Close the line once the reader has taken what was written (or after a timeout):
+        closing a pty's master discards bytes still waiting at the slave."""
+        if self._closed:
+            return
+        self._closed = True
+        deadline = time.monotonic() + drain_timeout_s
+        while self._pending_bytes() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.close(self.master_fd)
+        os.close(self.slave_fd)
+
+    def _pending_bytes(self) -> int:
+        try:
+            raw = fcntl.ioctl(self.slave_fd, termios.FIONREAD, b"\0\0\0\0")
+        except OSError:
+            return 0
+        return int(struct.unpack("i", raw)[0])
 
 
 class UdpSink:
