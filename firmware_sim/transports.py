@@ -8,8 +8,8 @@ the file carry a plain concatenation of frames (docs/protocol.md, byte streams).
 
 from __future__ import annotations
 
-import logging
 import fcntl
+import logging
 import os
 import select
 import socket
