@@ -34,7 +34,7 @@ def envelope_spectrum(x: npt.NDArray[np.float64]) -> tuple[npt.NDArray[np.float6
     sos = scipy.signal.butter(4, [1500.0, 5000.0], btype="bandpass", fs=FS_HZ, output="sos")
     env = np.abs(scipy.signal.hilbert(scipy.signal.sosfiltfilt(sos, x)))
     spec = np.abs(np.fft.rfft((env - env.mean()) * np.hanning(env.size)))
-    return np.fft.rfftfreq(env.size, 1 / FS_HZ), spec
+    return np.fft.rfftfreq(env.size, 1 / FS_HZ).astype(np.float64), spec.astype(np.float64)
 
 
 def peak_hz(freqs: npt.NDArray[np.float64], spec: npt.NDArray[np.float64], lo: float,
@@ -93,7 +93,7 @@ def test_healthy_envelope_has_no_bearing_lines() -> None:
 def test_shaft_faults_raise_their_harmonic(kind: str, harmonic: int) -> None:
     base, _ = simulate([], seconds=4.0)
     faulty, _ = simulate([{"kind": kind, "amplitude_g": 0.5}], seconds=4.0)
-    freqs = np.fft.rfftfreq(base.size, 1 / FS_HZ)
+    freqs = np.fft.rfftfreq(base.size, 1 / FS_HZ).astype(np.float64)
 
     def line(x: npt.NDArray[np.float64]) -> float:
         spec = np.abs(np.fft.rfft(x * np.hanning(x.size))) * 4 / x.size
