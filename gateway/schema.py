@@ -39,8 +39,9 @@ MIGRATIONS: Final[tuple[tuple[int, tuple[str, ...]], ...]] = (
         "CREATE INDEX alerts_device_ts ON alerts (device, ts)",
         """CREATE TABLE boots (
             site TEXT NOT NULL, device TEXT NOT NULL, boot_id TEXT NOT NULL,
-            first_seq BIGINT, max_seq BIGINT, first_seen_ts {real} NOT NULL,
-            last_seen_ts {real} NOT NULL, PRIMARY KEY (device, boot_id))""",
+            first_seq BIGINT, max_seq BIGINT, gap_count INTEGER NOT NULL DEFAULT 0,
+            first_seen_ts {real} NOT NULL, last_seen_ts {real} NOT NULL,
+            PRIMARY KEY (device, boot_id))""",
         """CREATE TABLE gaps (
             site TEXT NOT NULL, device TEXT NOT NULL, boot_id TEXT NOT NULL,
             first_seq BIGINT NOT NULL, last_seq BIGINT NOT NULL, detected_ts {real} NOT NULL,

@@ -1,6 +1,7 @@
 """The gateway's telemetry store: one interface, SQLite (default) and PostgreSQL behind it.
 
-``open_store(url)`` takes ``sqlite:///path/to/file.db`` (or a bare path) or
+``open_store(url)`` takes ``sqlite:///path/to/file.db`` (or a bare path; add
+``?synchronous=NORMAL`` to skip the per-commit fsync) or
 ``postgresql://user@host/db`` (also a libpq ``key=value`` string). Both backends run the same
 SQL and the same migrations (:mod:`gateway.schema`) and pass the same contract suite.
 
@@ -224,21 +225,28 @@ class Store:
 
     def _update_gaps(self, cur: Any, batch: Batch, seqs: list[int],
                      received_ts: float) -> tuple[tuple[int, int], ...]:
+        """Move the boot's bounds and open gaps; the upsert locks the boot row."""
         key = (batch.device, batch.boot_id)
-        self._exec(cur, "INSERT INTO boots (site, device, boot_id, first_seen_ts, last_seen_ts) "
-                   "VALUES (?, ?, ?, ?, ?) ON CONFLICT (device, boot_id) DO NOTHING",
-                   (batch.site, *key, received_ts, received_ts))
-        first, top = self._exec(cur, "SELECT first_seq, max_seq FROM boots WHERE device = ? "
-                                "AND boot_id = ?" + self.dialect.lock_suffix, key)[0]
+        first, top, n_gaps = self._exec(
+            cur, "INSERT INTO boots (site, device, boot_id, first_seen_ts, last_seen_ts) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (device, boot_id) DO UPDATE SET "
+            "last_seen_ts = excluded.last_seen_ts RETURNING first_seq, max_seq, gap_count",
+            (batch.site, *key, received_ts, received_ts))[0]
         if not seqs:
+            return ()
+        start = seqs[0] if top is None else top + 1
+        if not n_gaps and seqs[0] == start and seqs[-1] == start + len(seqs) - 1:
+            # the common case: records arrive in order with nothing missing
+            self._exec(cur, "UPDATE boots SET first_seq = ?, max_seq = ? WHERE device = ? "
+                       "AND boot_id = ?", (seqs[0] if first is None else first, seqs[-1], *key))
             return ()
         old = [(int(a), int(b), float(t)) for a, b, t in self._exec(
             cur, "SELECT first_seq, last_seq, detected_ts FROM gaps WHERE device = ? "
             "AND boot_id = ?", key)]
         upd = gapmath.update(first, top, [(a, b) for a, b, _ in old], seqs)
-        self._exec(cur, "UPDATE boots SET first_seq = ?, max_seq = ?, last_seen_ts = ? "
+        self._exec(cur, "UPDATE boots SET first_seq = ?, max_seq = ?, gap_count = ? "
                    "WHERE device = ? AND boot_id = ?",
-                   (upd.first_seq, upd.max_seq, received_ts, *key))
+                   (upd.first_seq, upd.max_seq, len(upd.gaps), *key))
         if set(upd.gaps) != {(a, b) for a, b, _ in old}:
             self._exec(cur, "DELETE FROM gaps WHERE device = ? AND boot_id = ?", key)
             for a, b in upd.gaps:
@@ -402,6 +410,16 @@ def _now() -> float:
     return time.time()
 
 
+def _sqlite_options(query: str) -> dict[str, str]:
+    """``?synchronous=NORMAL`` trades power-loss durability of the last commits for speed."""
+    options = dict(part.partition("=")[::2] for part in query.split("&") if part)
+    unknown = set(options) - {"synchronous"}
+    if unknown:
+        raise StoreError(f"unknown SQLite store option {sorted(unknown)[0]!r}; "
+                         "allowed: synchronous")
+    return options
+
+
 def open_store(url: str) -> Store:
     """Open (and migrate) the store at ``url``; raises StoreError naming the problem."""
     from gateway.store_backends import PostgresStore, SqliteStore
@@ -409,7 +427,8 @@ def open_store(url: str) -> Store:
     if url.startswith(("postgresql://", "postgres://")) or "dbname=" in url:
         store: Store = PostgresStore(url)
     elif url.startswith("sqlite:///"):
-        store = SqliteStore(url.removeprefix("sqlite:///"))
+        path, _, query = url.removeprefix("sqlite:///").partition("?")
+        store = SqliteStore(path, **_sqlite_options(query))
     elif url.startswith("sqlite:") or "://" in url:
         raise StoreError(f"store url {url!r} is not supported",
                          hint="use sqlite:///path/to/gateway.db or postgresql://user@host/db")

@@ -184,3 +184,30 @@ def test_gap_math_matches_set_complement(arrivals: list[list[int]]) -> None:
         seen |= fresh
     missing = {s for a, b in open_gaps for s in range(a, b + 1)}
     assert missing == set(range(min(seen), max(seen) + 1)) - seen
+
+
+def test_sqlite_synchronous_option(tmp_path: Path) -> None:
+    s = open_store(f"sqlite:///{tmp_path / 'n.db'}?synchronous=NORMAL")
+    assert isinstance(s, SqliteStore)
+    assert s.conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    s.close()
+    with pytest.raises(StoreError, match="synchronous"):
+        open_store(f"sqlite:///{tmp_path / 'n.db'}?synchronous=OFF")
+    with pytest.raises(StoreError, match="fsync_mode"):
+        open_store(f"sqlite:///{tmp_path / 'n.db'}?fsync_mode=1")
+
+
+def test_rollout_rows_roundtrip(store: Store) -> None:
+    from gateway.store import RolloutRow
+
+    store.save_rollout(RolloutRow("r1", "m", "1.1.0", "plant1", 1, 25.0, "canary", T0, T0,
+                                  {"canary": ["pump-1"]}))
+    store.save_rollout(RolloutRow("r1", "m", "1.1.0", "plant1", 1, 25.0, "widening", T0,
+                                  T0 + 5, {"canary": ["pump-1"]}))
+    store.set_rollout_device("r1", "plant1", "pump-1", "offered", {}, T0 + 1)
+    store.set_rollout_device("r1", "plant1", "pump-1", "active", {"windows": 10}, T0 + 2)
+    (row,) = store.rollouts()
+    assert row.state == "widening" and row.detail == {"canary": ["pump-1"]}
+    (dev,) = store.rollout_devices("r1")
+    assert dev.status == "active" and dev.detail == {"windows": 10}
+    assert dev.bundle_version == "1.1.0"
