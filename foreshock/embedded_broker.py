@@ -39,6 +39,9 @@ class EmbeddedBroker:
         return f"mqtt://{self.host}:{self.port}"
 
     def start(self, timeout_s: float = 10.0) -> None:
+        # amqtt logs every client that closes a socket early as an ERROR; in the demo that is
+        # noise (a failed broker start is still raised below).
+        logging.getLogger("amqtt").setLevel(logging.CRITICAL)
         self._thread = threading.Thread(target=self._run, name="embedded-broker", daemon=True)
         self._thread.start()
         if not self._ready.wait(timeout_s) or self._error:
