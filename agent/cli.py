@@ -31,9 +31,12 @@ def run(config: Path = typer.Option(DEFAULT_CONFIG, "--config", "-c",
                                     help="Agent TOML config.")) -> None:
     """Run the agent until SIGTERM or SIGINT (systemd: Type=notify)."""
     from agent.config import AgentConfig
+    from agent.security import check_startup_files, install_log_redaction
     from agent.service import Agent
 
+    install_log_redaction()
     cfg = AgentConfig.load(config)
+    check_startup_files(config, cfg.link)
     source = open_source(cfg)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

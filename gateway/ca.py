@@ -36,7 +36,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Final, Literal
 
-import click
 import typer
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -44,7 +43,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from foreshock import bundle
-from foreshock.errors import ConfigError, ForeshockError
+from foreshock.errors import ConfigError
 from foreshock.topics import check_id
 
 log = logging.getLogger(__name__)
@@ -437,24 +436,3 @@ def list_cmd(ca_dir: Path = CA_DIR) -> None:
         state = f"revoked {c['revoked'][:10]}" if c["revoked"] else "valid"
         typer.echo(f"{c['serial']:<40} {c['role']:<8} {c['cn']:<24} "
                    f"until {c['not_after'][:10]}  {state}")
-
-
-def run(argv: list[str] | None = None) -> int:
-    """Run ``ca_app`` on its own (``python -m gateway.ca``); one error line, no traceback."""
-    try:
-        ca_app(args=argv, prog_name="python -m gateway.ca", standalone_mode=False)
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except ForeshockError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        if exc.hint:
-            typer.echo(f"hint: {exc.hint}", err=True)
-        return exc.exit_code
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(run())

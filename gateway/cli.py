@@ -103,3 +103,15 @@ def export(device: str = typer.Option(..., "--device", help="Device id."),
     finally:
         store.close()
     typer.echo(f"wrote {n} {kind} rows of {device} to {out}")
+
+
+def _mount_security() -> None:
+    """`foreshock gateway ca ...` and `foreshock gateway broker-config` (docs/provisioning.md)."""
+    from gateway.brokerconf import broker_config
+    from gateway.ca import ca_app
+
+    app.add_typer(ca_app, name="ca", help="Site certificate authority and model-signing key.")
+    app.command("broker-config")(broker_config)
+
+
+_mount_security()
