@@ -98,6 +98,9 @@ class Agent:
         path = self.config.outbox.path or self.config.service.outbox_file
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.outbox = Outbox(path, self.config.outbox)
+        for moved in self.outbox.recovered:
+            self._event({"type": "outbox", "detail": {
+                "status": "corrupt_file_replaced", "moved_to": str(moved)}})
         if self.config.link.broker_url:
             from agent.link import Link
 

@@ -111,3 +111,62 @@ def test_explicit_detector_from_bundle(tmp_path: Path) -> None:
     agent.run(threading.Event())
     assert results and results[-1].commissioning is False
     assert np.isfinite(results[-1].anomaly)
+
+
+def test_run_under_notify_socket_and_sigterm(tmp_path: Path) -> None:
+    """`foreshock agent run` as a process: READY=1 on a real notify socket, WATCHDOG=1 pings,
+    SIGTERM -> STOPPING=1, exit 0, outbox closed (WAL checkpointed), status written."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    conf = tmp_path / "agent.toml"
+    conf.write_text(f"""
+[device]
+device_id = "pump-5"
+site = "plant1"
+[source]
+type = "udp"
+params = {{ host = "127.0.0.1", port = 0 }}
+[service]
+state_dir = "{tmp_path / 'state'}"
+health_interval_s = 0.2
+""")
+    sock_path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(sock_path))
+        sock.settimeout(30)
+        env = {**os.environ, "NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "400000"}
+        proc = subprocess.Popen([sys.executable, "-m", "foreshock.cli", "agent", "run",
+                                 "--config", str(conf)], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            seen: list[str] = []
+            while "READY=1" not in seen or "WATCHDOG=1" not in seen:
+                seen += sock.recv(4096).decode().split("\n")
+            proc.send_signal(signal.SIGTERM)
+            while "STOPPING=1" not in seen:
+                seen += sock.recv(4096).decode().split("\n")
+            assert proc.wait(30) == 0, proc.stderr.read() if proc.stderr else ""
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    state = tmp_path / "state"
+    status = json.loads((state / "status.json").read_text())
+    assert status["device"] == "pump-5"
+    assert status["counters"]["health"] >= 1
+    wal = state / "outbox.sqlite-wal"
+    assert not wal.exists() or wal.stat().st_size == 0
+
+
+def test_corrupt_outbox_is_reported_as_event(tmp_path: Path) -> None:
+    (tmp_path / "outbox.sqlite").write_bytes(b"this is not a database" * 100)
+    cfg = AgentConfig.for_device("pump-6", "plant1", "", tmp_path)
+    agent = Agent(cfg, ReplaySource([]))
+    events = [r.body for _, r in agent.outbox.pending("event", 10)]
+    agent.close()
+    assert events[0]["type"] == "outbox" and "corrupt" in events[0]["detail"]["status"]
+    assert list(tmp_path.glob("outbox.sqlite.corrupt-*"))
