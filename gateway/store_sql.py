@@ -7,8 +7,9 @@ applied in arrival order by :meth:`gateway.store.Store.store_state`.
 
 Where the values come from (docs/gateway.md):
 
-- ``outbox_depth``: health body ``outbox_depth``, else ``counters.outbox_depth``, else
-  ``outbox.depth``, else the sum of the numbers in an ``outbox`` table of per-class depths.
+- ``outbox_depth``: the first of health body ``outbox_depth``, ``counters.outbox_depth``,
+  ``gauges.outbox_depth``, ``outbox``; each a number, ``{"depth": n}`` or per-class
+  ``{kind: n}`` / ``{kind: {"rows": n, ...}}`` (summed over classes).
 - last alert: the newest alert record's ``incident``, ``status`` and ``severity``.
 - ``data_quality``: the newest ``data_quality`` event's ``detail.state`` (or
   ``detail.status``; ``"issue"`` when neither is given).
@@ -62,15 +63,28 @@ def device_updates(batch: Batch, fresh: list[Record], received_ts: float) -> Dev
 
 
 def outbox_depth(body: dict[str, Any]) -> int | None:
-    """The outbox depth a health record reports, if it reports one."""
+    """The outbox depth (rows waiting, all classes) a health record reports, if any."""
     counters = body.get("counters") if isinstance(body.get("counters"), dict) else {}
-    outbox = body.get("outbox") if isinstance(body.get("outbox"), dict) else {}
+    gauges = body.get("gauges") if isinstance(body.get("gauges"), dict) else {}
     for value in (body.get("outbox_depth"), (counters or {}).get("outbox_depth"),
-                  (outbox or {}).get("depth")):
-        if isinstance(value, (int, float)) and _is_number(value):
-            return int(value)
-    numbers = [v for v in (outbox or {}).values() if _is_number(v)]
-    return int(sum(numbers)) if numbers else None
+                  (gauges or {}).get("outbox_depth"), body.get("outbox")):
+        depth = _depth(value)
+        if depth is not None:
+            return depth
+    return None
+
+
+def _depth(value: Any) -> int | None:
+    """A number, ``{"depth": n}``, or per-class ``{kind: n | {"rows": n}}`` summed."""
+    if _is_number(value):
+        return int(value)
+    if not isinstance(value, dict):
+        return None
+    if _is_number(value.get("depth")):
+        return int(value["depth"])
+    rows = [v.get("rows") if isinstance(v, dict) else v for v in value.values()]
+    numbers = [int(v) for v in rows if isinstance(v, (int, float)) and _is_number(v)]
+    return sum(numbers) if numbers else None
 
 
 def _is_number(value: Any) -> bool:

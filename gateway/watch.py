@@ -24,6 +24,7 @@ from rich.text import Text
 from foreshock import messages, topics
 from foreshock.errors import MessageError
 from foreshock.messages import Record
+from gateway.store_sql import outbox_depth
 
 log = logging.getLogger(__name__)
 WATCH_KINDS = ("state", "telemetry", "alert", "event", "health", "model/status")
@@ -116,9 +117,8 @@ class WatchModel:
                 self.open_alerts[akey] = {**body, "site": key[0], "device": view.device,
                                           "ts": record.ts}
         elif kind == "health":
-            counters = body.get("counters") or {}
-            depth = body.get("outbox_depth", counters.get("outbox_depth"))
-            if isinstance(depth, int):
+            depth = outbox_depth(body)
+            if depth is not None:
                 view.outbox_depth = depth
         elif kind == "event" and body["type"] == "data_quality":
             detail = body.get("detail") or {}

@@ -104,7 +104,9 @@ def test_device_registry_state_health_quality(store: Store) -> None:
                        "ts": T0 + 10, "agent_version": "0.1.0",
                        "model": {"name": "default", "version": "1.2.0"}}, T0 + 10)
     store.store_batch(batch("health", [Record(5, T0 + 5, {
-        "uptime_s": 5, "counters": {}, "outbox": {"telemetry": 7, "alert": 1}})]), T0 + 11)
+        "uptime_s": 5, "counters": {"outbox_depth": {"telemetry": {"rows": 7, "bytes": 900},
+                                                     "alert": {"rows": 1, "bytes": 80}}}})]),
+        T0 + 11)
     store.store_batch(batch("event", [Record(6, T0 + 6, {
         "type": "data_quality", "detail": {"state": "clipping"}})]), T0 + 12)
     # a stale last will of an older boot must not mark the new boot offline
@@ -211,3 +213,13 @@ def test_rollout_rows_roundtrip(store: Store) -> None:
     (dev,) = store.rollout_devices("r1")
     assert dev.status == "active" and dev.detail == {"windows": 10}
     assert dev.bundle_version == "1.1.0"
+
+
+def test_outbox_depth_shapes() -> None:
+    from gateway.store_sql import outbox_depth
+
+    assert outbox_depth({"outbox_depth": 3}) == 3
+    assert outbox_depth({"counters": {"outbox_depth": {"alert": {"rows": 2}, "event": 1}}}) == 3
+    assert outbox_depth({"gauges": {"outbox_depth": 4.0}}) == 4
+    assert outbox_depth({"outbox": {"depth": 5}}) == 5
+    assert outbox_depth({"counters": {"frames": 10}}) is None
