@@ -9,6 +9,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -179,3 +180,49 @@ def test_render_escapes_and_special_values() -> None:
     assert '# HELP foreshock_x a\\\\b\\nc' in text
     values = [v for _, v in parse_exposition(text)["foreshock_x"]]
     assert math.isnan(values[0]) and values[1:] == [math.inf, -math.inf, 0.25]
+
+
+def test_monitor_config_from_toml(tmp_path: Path) -> None:
+    from foreshock.config import from_table, read_toml
+
+    path = tmp_path / "agent.toml"
+    path.write_text('[monitor]\nprometheus_port = 9464\n[monitor.quality]\nbad_after = 4\n'
+                    '[monitor.drift]\nwindow = 300\nmin_windows = 100\n')
+    cfg = from_table(MonitorConfig, read_toml(path)["monitor"], "monitor")
+    assert (cfg.quality.bad_after, cfg.drift.window, cfg.prometheus_port) == (4, 300, 9464)
+    for table, key in (({"prometheus_host": "0.0.0.0", "prometheus_port": 9464},
+                        "prometheus_host"),
+                       ({"quality": {"spike_sigma": -1.0}}, "spike_sigma"),
+                       ({"drift": {"min_windows": 900}}, "min_windows"),
+                       ({"latency_capacity": 2}, "latency_capacity")):
+        with pytest.raises(ConfigError, match=key):
+            from_table(MonitorConfig, table, "monitor")
+
+
+def test_scrapes_while_the_loop_writes() -> None:
+    """The exporter thread reads while the service thread adds streams and stages."""
+    import threading
+
+    mon = Monitor()
+    exp = PrometheusExporter(lambda: mon.metrics(1.0), port=0)
+    stop = threading.Event()
+
+    def loop() -> None:
+        k = 0
+        while not stop.is_set():
+            mon.quality.check(np.ones(64, np.float32), WindowMeta("d", k % 200, 0.0, 100.0))
+            mon.timer.record(f"stage{k % 20}", 0.001)
+            mon.count(f"c{k % 50}")
+            k += 1
+
+    writer = threading.Thread(target=loop)
+    writer.start()
+    try:
+        for _ in range(20):
+            with urllib.request.urlopen(exp.url, timeout=5) as resp:
+                parse_exposition(resp.read().decode())
+    finally:
+        stop.set()
+        writer.join()
+        exp.close()
+    assert exp.scrape_errors == 0

@@ -34,7 +34,13 @@ from typing import Any
 
 from agent.monitor.drift import DriftConfig, DriftMonitor, training_stats
 from agent.monitor.latency import STAGES, StageTimer
-from agent.monitor.prometheus import Metric, PrometheusExporter, metric_name, render
+from agent.monitor.prometheus import (
+    Metric,
+    PrometheusExporter,
+    loopback_host,
+    metric_name,
+    render,
+)
 from agent.monitor.quality import DataQualityMonitor, Issue, Quality, QualityConfig, WindowMeta
 from foreshock.errors import ConfigError
 
@@ -62,10 +68,17 @@ class MonitorConfig:
         if not 0 <= self.prometheus_port <= 65535:
             raise ConfigError(f"monitor.prometheus_port = {self.prometheus_port!r} must be "
                               "in 0..65535 (0 = off)")
+        if self.prometheus_port:
+            loopback_host(self.prometheus_host)
 
 
 class Monitor:
-    """Data quality, drift, stage timing and counters of one agent."""
+    """Data quality, drift, stage timing and counters of one agent.
+
+    The service loop is the only writer. ``metrics()`` and ``health_body()`` only read and
+    copy, so the exporter thread may call them while the loop runs (a figure may be one
+    window stale).
+    """
 
     def __init__(self, config: MonitorConfig | None = None,
                  drift: DriftMonitor | None = None) -> None:
@@ -105,7 +118,7 @@ class Monitor:
         if self.drift is not None:
             out.update(self.drift.counters)
         out["latency_dropped"] = self.timer.dropped
-        for group, values in (extra or {}).items():
+        for group, values in list((extra or {}).items()):
             out.update({f"{group}.{k}": v for k, v in list(values.items())})
         return out
 

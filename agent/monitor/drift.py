@@ -191,7 +191,7 @@ class DriftMonitor:
     @property
     def drifting(self) -> tuple[str, ...]:
         """Names of the signals that are on (features, ``anomaly_score``, ``alert_rate``)."""
-        return tuple(sorted(n for n, s in self._signals.items() if s.on))
+        return tuple(sorted(n for n, s in list(self._signals.items()) if s.on))
 
     def update(self, features: npt.ArrayLike, scores: npt.ArrayLike, alerts: npt.ArrayLike,
                *, at_s: float | None = None) -> list[dict[str, Any]]:
@@ -277,7 +277,7 @@ class DriftMonitor:
 
     def snapshot(self) -> dict[str, Any]:
         """JSON-ready summary for health messages: signals on and the worst PSI seen."""
-        figs = {n: s.figures for n, s in self._signals.items() if s.figures}
+        figs = {n: s.figures for n, s in list(self._signals.items()) if s.figures}
         worst = max((f.get("psi", 0.0), n) for n, f in figs.items()) if figs else (0.0, "")
         return {"drifting": list(self.drifting), "windows": self._filled,
                 "max_psi": float(worst[0]), "max_psi_feature": worst[1]}

@@ -93,7 +93,7 @@ class StageTimer:
     def stats(self) -> dict[str, dict[str, float]]:
         """Per stage with data: count, mean/max and p50/p90/p99 in milliseconds."""
         out: dict[str, dict[str, float]] = {}
-        for stage, ring in self._rings.items():
+        for stage, ring in list(self._rings.items()):
             if ring.count == 0:
                 continue
             entry = {"count": ring.count, "mean_ms": 1e3 * ring.total_s / ring.count,

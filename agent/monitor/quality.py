@@ -322,4 +322,4 @@ class DataQualityMonitor:
 
     def states(self) -> dict[str, str]:
         """``{"device/channel": "ok" | "bad"}`` for every stream seen."""
-        return {f"{d}/{c}": "bad" if s.bad else "ok" for (d, c), s in self._streams.items()}
+        return {f"{d}/{c}": "bad" if s.bad else "ok" for (d, c), s in list(self._streams.items())}
