@@ -14,7 +14,7 @@ from scipy import stats as sps
 from agent.monitor import DriftConfig, DriftMonitor, Monitor, training_stats
 from agent.monitor.drift import N_BINS, bin_index, ks_grid, psi
 from foreshock.errors import BundleError, DataError
-from foreshock.messages import validate_record
+from foreshock.messages import dumps, validate_record
 
 NAMES = ["rms_z", "kurtosis_z", "bpfo_z", "bpfi_z", "band_3_z", "zeros_z"]
 
@@ -41,6 +41,9 @@ def reference(seed: int = 0) -> dict[str, Any]:
     stats = training_stats(x, NAMES)
     stats.update(training_stats(scores_of(x)[:, None], ["anomaly_score"]))
     return stats
+
+
+STATS = reference()
 
 
 def feed(mon: DriftMonitor, x: np.ndarray, alerts: np.ndarray | None = None,
@@ -155,3 +158,16 @@ def test_monitor_facade_drift_from_manifest() -> None:
     assert events and "rms_z" in {f["name"] for f in events[0]["detail"]["features"]}
     assert events[0]["detail"]["window_ts"] == 5.0
     assert mon.health_body(1.0)["drift"]["drifting"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.floats(allow_nan=True, allow_infinity=True), min_size=6, max_size=6),
+       st.integers(1, 300))
+def test_arbitrary_live_values_never_crash(row: list[float], n: int) -> None:
+    mon = DriftMonitor(STATS, NAMES, DriftConfig(window=100, min_windows=20, every=10))
+    x = np.tile(np.asarray(row, dtype=np.float64), (n, 1))
+    events = mon.update(x, x[:, 0], np.ones(n, bool))
+    for body in events:
+        validate_record("event", {"seq": 0, "ts": 1.0, "body": json.loads(dumps(body))})
+    mon.snapshot()
+

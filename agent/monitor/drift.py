@@ -155,9 +155,11 @@ class _Reference:
 
     def compare(self, live: npt.NDArray[np.float64]) -> dict[str, float]:
         frac = np.bincount(bin_index(live, self.edges), minlength=N_BINS) / live.size
-        shift = (live.mean() - self.mean) / self.std if self.std > 0 else 0.0
+        with np.errstate(over="ignore", invalid="ignore"):
+            mean = float(live.mean())
+            shift = (mean - self.mean) / self.std if self.std > 0 else 0.0
         return {"psi": round(psi(frac, self.hist), 4), "ks": round(ks_grid(frac, self.hist), 4),
-                "mean_shift_sd": round(float(shift), 3), "live_mean": float(live.mean()),
+                "mean_shift_sd": round(float(shift), 3), "live_mean": mean,
                 "train_mean": self.mean}
 
 
