@@ -251,6 +251,39 @@ class Agent:
             log.debug("link drain: %s", exc)
         self._lap("link", t)
 
+    # -- model updates -------------------------------------------------------------------------
+    def replace_model(self, path: Path | str, trusted_keys: list[Path] | None = None) -> bool:
+        """Verify and switch to another bundle; on any failure keep the running model.
+
+        A new model scores on its own scale, so every stream commissions again (baseline
+        and threshold). Emits a ``model`` event either way; returns whether it switched.
+        """
+        from agent.features import DEFAULT_SPEC
+        from agent.inference import load_bundle
+
+        keys = list(trusted_keys if trusted_keys is not None else self.config.model.trusted_keys)
+        old = self.model_info
+        try:
+            loaded = load_bundle(path, keys, pipeline.Pipeline._spec_hashes(),
+                                 backend=self.config.model.backend,
+                                 feature_names=DEFAULT_SPEC.feature_names)
+            new = pipeline.Pipeline(self.config, bundle=loaded)
+        except ForeshockError as exc:
+            log.warning("model update refused, keeping %s: %s", old, exc)
+            self._event({"type": "model", "detail": {
+                "status": "refused", "bundle": str(path), "reason": str(exc), "running": old}})
+            return False
+        if new.spec != self.pipeline.spec:
+            self.queue.clear()
+            self.windower = Windower(new.spec)
+        self.pipeline = new
+        if self.link is not None:
+            self.link.set_model(self.model_info)
+        self._event({"type": "model", "detail": {
+            "status": "loaded", "bundle": str(path), "previous": old, "running": self.model_info}})
+        log.info("model switched from %s to %s", old, self.model_info)
+        return True
+
     # -- health and status -------------------------------------------------------------------
     def health(self) -> Health:
         counters: dict[str, Any] = dict(self.counters)

@@ -170,3 +170,25 @@ def test_corrupt_outbox_is_reported_as_event(tmp_path: Path) -> None:
     agent.close()
     assert events[0]["type"] == "outbox" and "corrupt" in events[0]["detail"]["status"]
     assert list(tmp_path.glob("outbox.sqlite.corrupt-*"))
+
+
+def test_replace_model_keeps_running_model_on_refusal(tmp_path: Path) -> None:
+    path, pub = build_bundle(tmp_path / "b")
+    cfg = AgentConfig.for_device("pump-7", "plant1", "", tmp_path / "s",
+                                 model={"default_bundle": False})
+    agent = Agent(cfg, ReplaySource(frames(40, 1000)))
+    assert agent.model_info["name"] == "ZScoreDetector"
+    other = tmp_path / "other.pub"
+    from foreshock import bundle as fb
+
+    other.write_bytes(fb.public_key_pem(fb.generate_signing_key().public_key()))
+    assert agent.replace_model(path, [other]) is False
+    assert agent.model_info["name"] == "ZScoreDetector"
+    assert agent.replace_model(path, [pub]) is True
+    assert agent.model_info == {"name": "tiny", "version": "1.2.3"}
+    agent.run(threading.Event())
+    again = Agent(cfg, ReplaySource([]))
+    events = [r.body["detail"] for _, r in again.outbox.pending("event", 10)]
+    again.close()
+    assert [e["status"] for e in events if "bundle" in e] == ["refused", "loaded"]
+    assert "trusted" in events[0]["reason"]
