@@ -1,0 +1,417 @@
+"""Over-the-air model updates on the device: download, verify, shadow, promote or roll back.
+
+The gateway offers a bundle (``model/offer``, docs/schemas/model-offer.json) and sends the
+chunks this device reports missing (``model/chunk``). :class:`OtaReceiver` keeps chunks on
+disk, so a download resumes after a link drop or a reboot. With every chunk present it
+assembles the files, checks their sizes and SHA-256 against the offer, then loads the
+bundle with :func:`agent.inference.load_bundle` (signature, manifest hashes, feature spec,
+model load). Until then — and during the shadow run — the running model is untouched.
+
+The candidate then runs in shadow beside the running model for ``shadow.windows`` windows
+(:class:`ShadowCheck`: no NaN, latency within bound, alert rate sane) and is promoted, or
+refused and deleted. Promotion keeps the previous bundle as last-known-good; a ``rollback``
+command, or a failed shadow run, returns to it. Everything the receiver decides is written
+atomically to ``<state_dir>/ota.json`` first, so a reboot mid-update resumes the download,
+restarts the shadow run, or keeps whatever model was last promoted.
+
+Refused: unsigned, tampered, incompatible feature spec, an offer whose bundle is not what
+it claims, and any version not newer than the running one (no downgrades over the air; a
+rollback only ever returns to the local last-known-good).
+
+Each ``on_*`` method returns the ``model/status`` payloads to publish
+(docs/schemas/model-status.json); the agent's link publishes them.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from foreshock import messages
+from foreshock.bundle import parse_semver
+from foreshock.errors import BundleError, MessageError
+
+log = logging.getLogger(__name__)
+OFFER_SCHEMA: Final = "foreshock.model_offer/1"
+CHUNK_SCHEMA: Final = "foreshock.model_chunk/1"
+FILE_RE: Final = re.compile(r"^[A-Za-z0-9_.-]+$")
+MAX_BUNDLE_BYTES: Final = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ShadowPolicy:
+    """When a candidate model may replace the running one."""
+
+    windows: int = 100
+    max_latency_ms: float = 50.0
+    max_alert_rate: float = 0.2
+
+
+@dataclass(frozen=True)
+class OtaConfig:
+    site: str
+    device: str
+    state_dir: Path
+    trusted_keys: tuple[Any, ...]
+    spec_hash: str
+    shadow: ShadowPolicy = field(default_factory=ShadowPolicy)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ok: bool
+    reason: str
+
+
+class ShadowCheck:
+    """Scores windows with a candidate detector and decides after ``policy.windows``."""
+
+    def __init__(self, detector: Any, anomaly_threshold: float, policy: ShadowPolicy,
+                 seen: int = 0) -> None:
+        self.detector = detector
+        self.threshold = anomaly_threshold
+        self.policy = policy
+        self.seen = seen
+        self.alerts = 0
+        self.worst_ms = 0.0
+
+    def observe(self, z: npt.NDArray[np.float32]) -> Verdict | None:
+        """Score a batch of windows' z-scores; a Verdict once the run is decided."""
+        t0 = time.perf_counter()
+        anomaly = np.asarray(self.detector.score(z).anomaly, dtype=np.float64)
+        per_window_ms = (time.perf_counter() - t0) * 1e3 / max(1, len(anomaly))
+        self.worst_ms = max(self.worst_ms, per_window_ms)
+        if not np.all(np.isfinite(anomaly)):
+            return Verdict(False, "candidate produced NaN or infinite scores")
+        if self.worst_ms > self.policy.max_latency_ms:
+            return Verdict(False, f"candidate latency {self.worst_ms:.2f} ms per window "
+                                  f"exceeds {self.policy.max_latency_ms:g} ms")
+        self.seen += len(anomaly)
+        self.alerts += int(np.count_nonzero(anomaly > self.threshold))
+        if self.seen < self.policy.windows:
+            return None
+        rate = self.alerts / self.seen
+        if rate > self.policy.max_alert_rate:
+            return Verdict(False, f"candidate would alert on {rate:.0%} of {self.seen} windows "
+                                  f"(limit {self.policy.max_alert_rate:.0%})")
+        return Verdict(True, f"{self.seen} shadow windows, alert rate {rate:.0%}, "
+                             f"worst {self.worst_ms:.2f} ms")
+
+
+Loader = Callable[[Path, Sequence[Any], str], Any]
+
+
+def _default_loader(path: Path, keys: Sequence[Any], spec_hash: str) -> Any:
+    from agent.inference import load_bundle
+
+    return load_bundle(path, keys, spec_hash)
+
+
+class OtaReceiver:
+    """The device's OTA state machine, persisted in ``state_dir``."""
+
+    def __init__(self, config: OtaConfig, running: dict[str, str],
+                 loader: Loader = _default_loader) -> None:
+        self.config = config
+        self.loader = loader
+        self.dir = Path(config.state_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.state: dict[str, Any] = self._load_state()
+        self.state.setdefault("active", None)
+        self.state.setdefault("previous", None)
+        self.state.setdefault("pending", None)
+        self.shipped = dict(running)
+        self.shadow: ShadowCheck | None = None
+        self.candidate: Any = None
+        self.refused = 0
+
+    # --- persistent state ------------------------------------------------------------------
+    def _load_state(self) -> dict[str, Any]:
+        path = self.dir / "ota.json"
+        try:
+            data = json.loads(path.read_text())
+            return data if isinstance(data, dict) else {}
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.error("OTA state %s unreadable (%s); keeping the shipped model", path, exc)
+            return {}
+
+    def _save(self) -> None:
+        tmp = self.dir / "ota.json.tmp"
+        with open(tmp, "w") as fh:
+            json.dump(self.state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.dir / "ota.json")
+
+    def running(self) -> dict[str, str]:
+        """``{name, version}`` of the model the agent should run."""
+        active = self.state["active"]
+        return {"name": active["name"], "version": active["version"]} if active else \
+            dict(self.shipped)
+
+    def active_bundle(self) -> Path | None:
+        """The promoted bundle directory, or None to run the shipped bundle."""
+        active = self.state["active"]
+        return Path(active["path"]) if active else None
+
+    # --- status messages -------------------------------------------------------------------
+    def _status(self, rollout_id: str, bundle: dict[str, str], status: str, *,
+                detail: str = "", progress: float | None = None,
+                missing: dict[str, list[int]] | None = None) -> bytes:
+        msg: dict[str, Any] = {
+            "schema": messages.MODEL_STATUS_SCHEMA, "site": self.config.site,
+            "device": self.config.device, "rollout_id": rollout_id,
+            "bundle": {"name": bundle["name"], "version": bundle["version"]},
+            "status": status, "ts": time.time()}
+        if detail:
+            msg["detail"] = detail
+        if progress is not None:
+            msg["progress"] = round(progress, 4)
+        if missing is not None:
+            msg["missing_chunks"] = missing
+        return messages.dumps(msg)
+
+    def _refuse(self, offer: dict[str, Any], reason: str) -> list[bytes]:
+        self.refused += 1
+        log.warning("model bundle refused: %s", reason)
+        pending = self.state["pending"]
+        if pending and pending["rollout_id"] == offer["rollout_id"]:
+            self._discard()
+        return [self._status(offer["rollout_id"], offer["bundle"], "failed", detail=reason)]
+
+    # --- offer and chunks ------------------------------------------------------------------
+    def on_offer(self, payload: bytes) -> list[bytes]:
+        """Accept (or resume, or refuse) an offer; reply with the chunks still missing."""
+        offer = parse_offer(payload)
+        pending = self.state["pending"]
+        running = self.running()
+        if offer["bundle"] == running:
+            return [self._status(offer["rollout_id"], offer["bundle"], "active")]
+        if _newer_or_equal(running["version"], offer["bundle"]["version"]) and \
+                running["name"] == offer["bundle"]["name"]:
+            return self._refuse(offer, f"version {offer['bundle']['version']} is not newer "
+                                       f"than the running {running['version']}")
+        if pending and pending["rollout_id"] == offer["rollout_id"]:
+            if pending["phase"] == "shadow":
+                return [self._status(offer["rollout_id"], offer["bundle"], "shadow")]
+        else:
+            if pending:
+                self._discard()
+            self.state["pending"] = {"rollout_id": offer["rollout_id"], "offer": offer,
+                                     "phase": "downloading", "shadow_seen": 0}
+            self._save()
+        missing = self._missing()
+        if not any(missing.values()):
+            return self._complete()
+        return [self._status(offer["rollout_id"], offer["bundle"], "downloading",
+                             progress=self._progress(missing), missing=missing)]
+
+    def _staging(self) -> Path:
+        return self.dir / "staging" / self.state["pending"]["rollout_id"]
+
+    def _missing(self) -> dict[str, list[int]]:
+        offer, staging = self.state["pending"]["offer"], self._staging()
+        return {f["name"]: [i for i in range(f["chunks"])
+                            if not (staging / f"{f['name']}.{i}").exists()]
+                for f in offer["files"]}
+
+    def _progress(self, missing: dict[str, list[int]]) -> float:
+        total = sum(f["chunks"] for f in self.state["pending"]["offer"]["files"])
+        return 1 - sum(len(v) for v in missing.values()) / total
+
+    def on_chunk(self, payload: bytes) -> list[bytes]:
+        """Store one verified chunk; verify and start the shadow run when complete."""
+        chunk = parse_chunk(payload)
+        pending = self.state["pending"]
+        if not pending or pending["rollout_id"] != chunk["rollout_id"] or \
+                pending["phase"] != "downloading":
+            return []
+        spec = {f["name"]: f for f in pending["offer"]["files"]}.get(chunk["file"])
+        if spec is None or chunk["count"] != spec["chunks"] or chunk["index"] >= spec["chunks"]:
+            raise MessageError(f"chunk {chunk['file']}#{chunk['index']} is not in the offer")
+        try:
+            data = base64.b64decode(chunk["data"], validate=True)
+        except ValueError:
+            raise MessageError(f"chunk {chunk['file']}#{chunk['index']}: bad base64") from None
+        if hashlib.sha256(data).hexdigest() != chunk["sha256"]:
+            raise MessageError(f"chunk {chunk['file']}#{chunk['index']}: SHA-256 mismatch")
+        staging = self._staging()
+        staging.mkdir(parents=True, exist_ok=True)
+        tmp = staging / f".{chunk['file']}.{chunk['index']}.tmp"
+        tmp.write_bytes(data)
+        os.replace(tmp, staging / f"{chunk['file']}.{chunk['index']}")
+        missing = self._missing()
+        if any(missing.values()):
+            return []
+        return self._complete()
+
+    def _complete(self) -> list[bytes]:
+        """Assemble, verify and load the candidate; start its shadow run."""
+        pending = self.state["pending"]
+        offer = pending["offer"]
+        bundle_dir = self.dir / "bundles" / f"{offer['bundle']['name']}-" \
+                                            f"{offer['bundle']['version']}"
+        try:
+            self._assemble(offer, bundle_dir)
+            loaded = self.loader(bundle_dir, self.config.trusted_keys, self.config.spec_hash)
+            manifest = loaded.manifest
+            if {"name": manifest.name, "version": manifest.version} != offer["bundle"]:
+                raise BundleError(f"bundle is {manifest.name} {manifest.version}, "
+                                  f"not the offered {offer['bundle']}")
+        except BundleError as exc:
+            shutil.rmtree(bundle_dir, ignore_errors=True)
+            return self._refuse(offer, str(exc))
+        shutil.rmtree(self._staging(), ignore_errors=True)
+        pending.update(phase="shadow", path=str(bundle_dir), shadow_seen=0)
+        self._save()
+        self._start_shadow(loaded)
+        rid, bundle = offer["rollout_id"], offer["bundle"]
+        return [self._status(rid, bundle, "verified"), self._status(rid, bundle, "shadow")]
+
+    def _assemble(self, offer: dict[str, Any], bundle_dir: Path) -> None:
+        shutil.rmtree(bundle_dir, ignore_errors=True)
+        bundle_dir.mkdir(parents=True)
+        staging = self._staging()
+        for f in offer["files"]:
+            h = hashlib.sha256()
+            with open(bundle_dir / f["name"], "wb") as out:
+                for i in range(f["chunks"]):
+                    data = (staging / f"{f['name']}.{i}").read_bytes()
+                    h.update(data)
+                    out.write(data)
+            size = (bundle_dir / f["name"]).stat().st_size
+            if size != f["size"] or h.hexdigest() != f["sha256"]:
+                raise BundleError(f"file {f['name']} does not match the offer's size and hash")
+
+    def _start_shadow(self, loaded: Any) -> None:
+        self.candidate = loaded
+        self.shadow = ShadowCheck(loaded.detector, float(loaded.anomaly_floor),
+                                  self.config.shadow)
+
+    def resume(self) -> list[bytes]:
+        """After a restart: reload a candidate in shadow, or report a pending download."""
+        pending = self.state["pending"]
+        if not pending:
+            return []
+        offer = pending["offer"]
+        if pending["phase"] == "downloading":
+            missing = self._missing()
+            return [self._status(offer["rollout_id"], offer["bundle"], "downloading",
+                                 progress=self._progress(missing), missing=missing)]
+        try:
+            loaded = self.loader(Path(pending["path"]), self.config.trusted_keys,
+                                 self.config.spec_hash)
+        except BundleError as exc:
+            return self._refuse(offer, str(exc))
+        self._start_shadow(loaded)  # the shadow run starts over after a reboot
+        return [self._status(offer["rollout_id"], offer["bundle"], "shadow")]
+
+    # --- shadow, promotion, rollback --------------------------------------------------------
+    def observe(self, z: npt.NDArray[np.float32]) -> list[bytes]:
+        """Feed the windows the running model scored to the candidate in shadow."""
+        if self.shadow is None:
+            return []
+        verdict = self.shadow.observe(z)
+        if verdict is None:
+            return []
+        offer = self.state["pending"]["offer"]
+        if not verdict.ok:
+            shutil.rmtree(self.state["pending"]["path"], ignore_errors=True)
+            return self._refuse(offer, f"shadow check failed: {verdict.reason}")
+        self.state["previous"] = self.state["active"]
+        self.state["active"] = {**offer["bundle"], "path": self.state["pending"]["path"],
+                                "rollout_id": offer["rollout_id"]}
+        self.state["pending"] = None
+        self._save()
+        self.shadow = None
+        log.info("model %s %s promoted (%s)", offer["bundle"]["name"],
+                 offer["bundle"]["version"], verdict.reason)
+        return [self._status(offer["rollout_id"], offer["bundle"], "active",
+                             detail=verdict.reason)]
+
+    def on_rollback(self, command: dict[str, Any]) -> list[bytes]:
+        """Cancel a pending update or return to last-known-good (``rollback`` command)."""
+        rid = str(command.get("args", {}).get("rollout_id", ""))
+        pending, active = self.state["pending"], self.state["active"]
+        if pending and (not rid or pending["rollout_id"] == rid):
+            offer = pending["offer"]
+            self._discard()
+            return [self._status(offer["rollout_id"], offer["bundle"], "rolled_back",
+                                 detail="update cancelled; the running model is unchanged")]
+        if active and (not rid or active.get("rollout_id") == rid):
+            self.state["active"], self.state["previous"] = self.state["previous"], None
+            self._save()
+            back = self.running()
+            return [self._status(active.get("rollout_id", rid), active, "rolled_back",
+                                 detail=f"back to {back['name']} {back['version']}")]
+        return []
+
+    def _discard(self) -> None:
+        pending = self.state["pending"]
+        shutil.rmtree(self.dir / "staging" / pending["rollout_id"], ignore_errors=True)
+        if pending.get("path"):
+            shutil.rmtree(pending["path"], ignore_errors=True)
+        self.state["pending"] = None
+        self.shadow = None
+        self.candidate = None
+        self._save()
+
+
+def _newer_or_equal(running: str, offered: str) -> bool:
+    try:
+        return parse_semver(running) >= parse_semver(offered)
+    except BundleError:
+        return False
+
+
+def parse_offer(payload: bytes) -> dict[str, Any]:
+    """Validate a ``foreshock.model_offer/1`` payload; MessageError names the problem."""
+    obj = messages.loads(payload)
+    if obj.get("schema") != OFFER_SCHEMA:
+        raise MessageError(f"schema {obj.get('schema')!r} is not {OFFER_SCHEMA!r}")
+    bundle = obj.get("bundle")
+    if not isinstance(obj.get("rollout_id"), str) or not isinstance(bundle, dict) or \
+            not all(isinstance(bundle.get(k), str) for k in ("name", "version")):
+        raise MessageError("offer: rollout_id and bundle {name, version} are required")
+    files = obj.get("files")
+    if not isinstance(files, list) or not files:
+        raise MessageError("offer: files must be a non-empty list")
+    total = 0
+    for f in files:
+        if not isinstance(f, dict) or not FILE_RE.match(str(f.get("name", ""))) or \
+                not isinstance(f.get("size"), int) or not isinstance(f.get("chunks"), int) \
+                or f["chunks"] < 1 or not re.fullmatch(r"[0-9a-f]{64}", str(f.get("sha256"))):
+            raise MessageError(f"offer: bad file entry {f!r}")
+        total += f["size"]
+    if total > MAX_BUNDLE_BYTES:
+        raise MessageError(f"offer: bundle of {total} bytes exceeds {MAX_BUNDLE_BYTES}")
+    obj["bundle"] = {"name": bundle["name"], "version": bundle["version"]}
+    return obj
+
+
+def parse_chunk(payload: bytes) -> dict[str, Any]:
+    obj = messages.loads(payload)
+    if obj.get("schema") != CHUNK_SCHEMA:
+        raise MessageError(f"schema {obj.get('schema')!r} is not {CHUNK_SCHEMA!r}")
+    for key, types in (("rollout_id", str), ("file", str), ("index", int), ("count", int),
+                       ("sha256", str), ("data", str)):
+        if not isinstance(obj.get(key), types) or isinstance(obj.get(key), bool):
+            raise MessageError(f"chunk: field {key!r} missing or mistyped")
+    if not FILE_RE.match(obj["file"]) or obj["index"] < 0:
+        raise MessageError("chunk: bad file name or index")
+    return obj

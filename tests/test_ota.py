@@ -1,0 +1,253 @@
+"""Model rollout end to end: gateway RolloutManager and agent OtaReceiver, real bundles.
+
+Bundles are the shipped default detector re-versioned and signed with a test key; the
+agents load them with the real onnxruntime loader. MQTT tests use the real mosquitto.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import numpy as np
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from agent.ota import OtaConfig, OtaReceiver, ShadowPolicy
+from foreshock import bundle as fsbundle
+from foreshock import messages, topics
+from foreshock.errors import BundleError, MessageError
+from gateway.config import GatewayConfig
+from gateway.rollout import (
+    BundleFile,
+    RolloutManager,
+    RolloutPlan,
+    chunk_message,
+    offer_message,
+    read_bundle,
+)
+from gateway.service import Gateway
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = ROOT / "models" / "bundles" / "foreshock-default" / "0.1.0"
+SCHEMAS = ROOT / "docs" / "schemas"
+RUNNING = {"name": "foreshock-default", "version": "0.1.0"}
+CHUNK = 2048
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    key = fsbundle.generate_signing_key()
+    root = tmp_path_factory.mktemp("bundles")
+    manifest = json.loads((SHIPPED / "manifest.json").read_text())
+    bundles = {}
+    for version in ("0.2.0", "0.0.9"):
+        path = root / version
+        shutil.copytree(SHIPPED, path)
+        fsbundle.write_manifest(path, {**manifest, "version": version})
+        fsbundle.sign(path, key)
+        bundles[version] = path
+    return {"pem": fsbundle.public_key_pem(key.public_key()), "bundles": bundles,
+            "spec": manifest["feature_spec_hash"], "width": len(
+                manifest["models"]["detector"]["input_features"])}
+
+
+def receiver(keys: dict[str, Any], state_dir: Path, device: str = "pump-1",
+             spec: str | None = None, windows: int = 20) -> OtaReceiver:
+    cfg = OtaConfig("plant1", device, state_dir, (keys["pem"],), spec or keys["spec"],
+                    ShadowPolicy(windows=windows, max_latency_ms=500.0, max_alert_rate=0.2))
+    return OtaReceiver(cfg, RUNNING)
+
+
+def status_of(payloads: list[bytes]) -> list[str]:
+    return [json.loads(p)["status"] for p in payloads]
+
+
+def offer_and_chunks(keys: dict[str, Any], version: str = "0.2.0", rid: str = "r1",
+                     tamper: bool = False) -> tuple[bytes, list[bytes]]:
+    manifest, files = read_bundle(keys["bundles"][version], [keys["pem"]])
+    if tamper:  # a hostile relay flips one byte and fixes every hash it controls
+        f = next(f for f in files if f.name.endswith(".onnx"))
+        data = bytearray(f.data)
+        data[len(data) // 2] ^= 0x01
+        files = [BundleFile(x.name, bytes(data)) if x.name == f.name else x for x in files]
+    offer = offer_message(rid, manifest, files, CHUNK, 20)
+    chunks = [chunk_message(rid, f, i, CHUNK) for f in files
+              for i in range(-(-len(f.data) // CHUNK))]
+    return offer, chunks
+
+
+def test_download_resumes_across_reboots_then_shadow_promote_and_rollback(
+        keys: dict[str, Any], tmp_path: Path) -> None:
+    offer, chunks = offer_and_chunks(keys)
+    ota = receiver(keys, tmp_path)
+    first = ota.on_offer(offer)
+    assert status_of(first) == ["downloading"]
+    assert sum(len(v) for v in json.loads(first[0])["missing_chunks"].values()) == len(chunks)
+    for c in chunks[: len(chunks) // 2]:
+        assert ota.on_chunk(c) == []
+    ota = receiver(keys, tmp_path)  # reboot mid-download: the chunks are kept
+    again = json.loads(ota.on_offer(offer)[0])
+    missing = sum(len(v) for v in again["missing_chunks"].values())
+    assert missing == len(chunks) - len(chunks) // 2 and again["progress"] >= 0.4
+    out: list[bytes] = []
+    for c in chunks[len(chunks) // 2:]:
+        out += ota.on_chunk(c)
+    assert status_of(out) == ["verified", "shadow"] and ota.running() == RUNNING
+    ota = receiver(keys, tmp_path)  # reboot during the shadow run: restart it
+    assert status_of(ota.resume()) == ["shadow"]
+    healthy = np.zeros((20, keys["width"]), np.float32)
+    assert status_of(ota.observe(healthy)) == ["active"]
+    ota = receiver(keys, tmp_path)
+    assert ota.running() == {"name": "foreshock-default", "version": "0.2.0"}
+    fsbundle.verify(ota.active_bundle() or Path("/nonexistent"),
+                    [fsbundle.load_public_key(keys["pem"])])
+    back = ota.on_rollback({"args": {"rollout_id": "r1"}})
+    assert status_of(back) == ["rolled_back"] and receiver(keys, tmp_path).running() == RUNNING
+    for payload, name in [(offer, "model-offer"), (chunks[0], "model-chunk"),
+                          (first[0], "model-status"), (back[0], "model-status")]:
+        jsonschema.validate(json.loads(payload), json.loads((SCHEMAS / f"{name}.json")
+                                                            .read_text()))
+
+
+def deliver(ota: OtaReceiver, offer: bytes, chunks: list[bytes]) -> list[bytes]:
+    out = ota.on_offer(offer)
+    for c in chunks:
+        out += ota.on_chunk(c)
+    return out
+
+
+def test_tampered_unsigned_incompatible_and_older_bundles_are_refused(
+        keys: dict[str, Any], tmp_path: Path) -> None:
+    ota = receiver(keys, tmp_path / "a")
+    out = deliver(ota, *offer_and_chunks(keys, tamper=True))
+    assert status_of(out)[-1] == "failed" and "SHA-256 mismatch" in json.loads(out[-1])["detail"]
+    assert ota.running() == RUNNING and ota.state["pending"] is None
+    ota = receiver(keys, tmp_path / "b", spec="0123456789abcdef")
+    out = deliver(ota, *offer_and_chunks(keys, rid="r2"))
+    assert status_of(out)[-1] == "failed" and "feature spec" in json.loads(out[-1])["detail"]
+    ota = receiver(keys, tmp_path / "c")
+    out = ota.on_offer(offer_and_chunks(keys, version="0.0.9", rid="r3")[0])
+    assert status_of(out) == ["failed"] and "not newer" in json.loads(out[0])["detail"]
+    unsigned = tmp_path / "unsigned"
+    shutil.copytree(keys["bundles"]["0.2.0"], unsigned)
+    (unsigned / "signature").unlink()
+    with pytest.raises(BundleError, match="unsigned"):
+        read_bundle(unsigned, [keys["pem"]])  # the gateway will not publish it either
+    manifest, files = read_bundle(keys["bundles"]["0.2.0"], [keys["pem"]])
+    files = [f for f in files if f.name != "signature"]
+    ota = receiver(keys, tmp_path / "d")
+    out = ota.on_offer(offer_message("r4", manifest, files, CHUNK, 20))
+    for f in files:
+        for i in range(-(-len(f.data) // CHUNK)):
+            out += ota.on_chunk(chunk_message("r4", f, i, CHUNK))
+    assert status_of(out)[-1] == "failed" and "unsigned" in json.loads(out[-1])["detail"]
+    with pytest.raises(MessageError):
+        ota.on_chunk(b'{"schema": "foreshock.model_chunk/1", "rollout_id": "r4"}')
+
+
+class SimAgent:
+    """A device's OTA side on MQTT: the real OtaReceiver, fed ``z`` in its shadow run."""
+
+    def __init__(self, url: str, site: str, device: str, ota: OtaReceiver, z_value: float,
+                 width: int) -> None:
+        self.site, self.device, self.ota = site, device, ota
+        self.z = np.full((20, width), z_value, np.float32)
+        self.lock = threading.Lock()
+        host, port = url.removeprefix("mqtt://").split(":")
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5,
+                                  client_id=f"{site}-{device}")
+        self.client.on_message = self.on_message
+        self.client.connect(host, int(port))
+        self.client.subscribe([(topics.model_offer(site, device), 1),
+                               (topics.model_chunk(site, device), 1),
+                               (topics.commands(site, device), 1)])
+        self.client.loop_start()
+
+    def on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        with self.lock:
+            payload = bytes(msg.payload)
+            if msg.topic.endswith("/model/offer"):
+                out = self.ota.on_offer(payload)
+            elif msg.topic.endswith("/model/chunk"):
+                out = self.ota.on_chunk(payload)
+            else:
+                out = self.ota.on_rollback(messages.decode_command(payload))
+            if self.ota.shadow is not None:
+                out += self.ota.observe(self.z)
+        for p in out:
+            client.publish(topics.model_status(self.site, self.device), p, qos=1)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+@pytest.fixture
+def fleet(mosquitto: Any, keys: dict[str, Any], tmp_path: Path) -> Iterator[Any]:
+    site = f"o{uuid.uuid4().hex[:6]}"
+    agents: list[SimAgent] = []
+    gw = Gateway(GatewayConfig.for_site(mosquitto.url, site, f"sqlite:///{tmp_path / 'g.db'}"))
+    gw.start()
+
+    def make(device: str, z_value: float) -> SimAgent:
+        agent = SimAgent(mosquitto.url, site, device,
+                         receiver(keys, tmp_path / device, device), z_value, keys["width"])
+        agents.append(agent)
+        return agent
+
+    yield site, gw, make
+    for a in agents:
+        a.close()
+    gw.stop()
+
+
+def run_rollout(gw: Gateway, plan: RolloutPlan, keys: dict[str, Any]) -> RolloutManager:
+    def publish(topic: str, payload: bytes, qos: int) -> None:
+        gw.client.publish(topic, payload, qos=qos)
+
+    manager = RolloutManager(plan, gw.store, publish, [keys["pem"]])
+    gw.hooks.append(manager.on_status)
+    time.sleep(0.2)  # device subscriptions settle
+    manager.start()
+    deadline = time.monotonic() + 30
+    while not manager.done() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return manager
+
+
+def test_failing_canary_aborts_and_every_device_stays_on_the_old_model(
+        fleet: Any, keys: dict[str, Any]) -> None:
+    site, gw, make = fleet
+    agents = [make("bad-canary", 30.0), make("good-canary", 0.0), make("pump-3", 0.0),
+              make("pump-4", 0.0)]
+    plan = RolloutPlan(keys["bundles"]["0.2.0"], site, tuple(a.device for a in agents),
+                       canary=2, abort_on_pct=50, chunk_bytes=CHUNK, shadow_windows=20)
+    manager = run_rollout(gw, plan, keys)
+    assert manager.state == "aborted" and manager.done(), manager.summary()
+    assert all(a.ota.running() == RUNNING for a in agents)
+    statuses = {d.device: d.status for d in gw.store.rollout_devices(manager.rollout_id)}
+    assert statuses["bad-canary"] == "failed" and statuses["good-canary"] == "rolled_back"
+    assert "pump-3" not in statuses and "pump-4" not in statuses
+    (row,) = gw.store.rollouts()
+    assert row.state == "aborted"
+
+
+def test_healthy_canary_widens_to_the_whole_fleet(fleet: Any, keys: dict[str, Any]) -> None:
+    site, gw, make = fleet
+    agents = [make(f"fan-{i}", 0.0) for i in range(3)]
+    plan = RolloutPlan(keys["bundles"]["0.2.0"], site, tuple(a.device for a in agents),
+                       canary=1, abort_on_pct=50, chunk_bytes=CHUNK, shadow_windows=20)
+    manager = run_rollout(gw, plan, keys)
+    assert manager.state == "complete", manager.summary()
+    assert manager.summary() == {"active": 3}
+    assert all(a.ota.running()["version"] == "0.2.0" for a in agents)
+    assert {d.status for d in gw.store.rollout_devices()} == {"active"}
