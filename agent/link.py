@@ -280,6 +280,8 @@ class Link:
             for _ in range(40):  # let stop() flush its offline message and DISCONNECT
                 if client.loop(timeout=0.05) != MQTTErrorCode.MQTT_ERR_SUCCESS:
                     break
+        if not self._connack_seen:
+            self._count("connect_failures")
         self._mark_down()
         return self._connack_seen
 

@@ -356,3 +356,122 @@ def test_config_defaults_ports_by_scheme() -> None:
     assert LinkConfig("mqtt://b.example", SITE, "d1").port == 1883
     cfg = LinkConfig("mqtts://b.example:9000", SITE, "d1")
     assert (cfg.host, cfg.port, cfg.tls) == ("b.example", 9000, True)
+
+
+def _cert(subject: str, key: Any, issuer: tuple[str, Any] | None, *, ca: bool,
+          ip: str | None = None) -> Any:
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    issuer_name, issuer_key = (x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer[0])]),
+                               issuer[1]) if issuer else (name, key)
+    now = dt.datetime.now(dt.timezone.utc)
+    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(issuer_name)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - dt.timedelta(minutes=5))
+               .not_valid_after(now + dt.timedelta(days=1))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if ip:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]),
+            critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def write_pki(directory: Path) -> dict[str, Path]:
+    """A CA, a server certificate for 127.0.0.1 and a device client certificate."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    out: dict[str, Path] = {}
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    certs = {"ca": (_cert("foreshock-test-ca", ca_key, None, ca=True), ca_key)}
+    for name, ip in (("server", "127.0.0.1"), ("device", None)):
+        key = ec.generate_private_key(ec.SECP256R1())
+        certs[name] = (_cert(name, key, ("foreshock-test-ca", ca_key), ca=False, ip=ip), key)
+    for name, (cert, key) in certs.items():
+        out[f"{name}_cert"] = directory / f"{name}.crt"
+        out[f"{name}_cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        out[f"{name}_key"] = directory / f"{name}.key"
+        out[f"{name}_key"].write_bytes(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption()))
+    return out
+
+
+def test_tls_with_client_certificate(make_mosquitto: Callable[[str], Any], tmp_path: Path,
+                                     device: str, links: list[Link]) -> None:
+    pki = write_pki(tmp_path)
+    broker = make_mosquitto(
+        "per_listener_settings false\nlistener {port} 127.0.0.1\nallow_anonymous true\n"
+        f"cafile {pki['ca_cert']}\ncertfile {pki['server_cert']}\n"
+        f"keyfile {pki['server_key']}\nrequire_certificate true\npersistence false\n"
+        "user root\nlog_dest stderr\n")  # as root, mosquitto would drop to a user that
+    url = f"mqtts://127.0.0.1:{broker.port}"  # could not read the keys under tmp_path
+    outbox = Outbox(tmp_path / "outbox.db", boot_id="boot-t")
+    expected = fill(outbox, 50, alerts=1)
+    good = Link(LinkConfig(url, SITE, device, tls_ca_path=str(pki["ca_cert"]),
+                           tls_cert_path=str(pki["device_cert"]),
+                           tls_key_path=str(pki["device_key"])), boot_id="boot-t")
+    links.append(good)
+    good.start()
+    assert good.wait_connected(10)
+    n = good.drain(outbox, timeout_s=10)
+    assert n == len(expected), (good.stats(), good.connected, broker.log.read_text()[-2000:])
+    no_cert = Link(LinkConfig(url, SITE, "other", tls_ca_path=str(pki["ca_cert"]),
+                              backoff_min_s=0.05, backoff_max_s=0.2, connect_timeout_s=1.0),
+                   boot_id="boot-x")
+    links.append(no_cert)
+    no_cert.start()
+    assert not no_cert.wait_connected(1.5)
+    assert no_cert.stats()["connect_failures"] >= 1
+    outbox.close()
+
+
+def test_falls_back_to_mqtt_311_on_a_broker_without_mqtt_5(
+        tmp_path: Path, device: str, links: list[Link]) -> None:
+    port = _free_port()
+    conf = tmp_path / "amqtt.yaml"
+    conf.write_text(f"listeners:\n  default:\n    type: tcp\n    bind: 127.0.0.1:{port}\n"
+                    "plugins:\n  amqtt.plugins.authentication.AnonymousAuthPlugin:\n"
+                    "    allow_anonymous: true\n")
+    amqtt_exe = Path(sys.executable).with_name("amqtt")
+    broker = subprocess.Popen([str(amqtt_exe), "-c", str(conf)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: _listening(port), 20), "amqtt broker did not start"
+        outbox = Outbox(tmp_path / "outbox.db", boot_id="boot-f")
+        expected = fill(outbox, 20, alerts=1)
+        link = Link(LinkConfig(f"mqtt://127.0.0.1:{port}", SITE, device, connect_timeout_s=1.0,
+                               backoff_min_s=0.05, backoff_max_s=0.2), boot_id="boot-f")
+        links.append(link)
+        link.start()
+        assert link.wait_connected(15) and link.protocol == "3.1.1"
+        assert link.drain(outbox, timeout_s=10) == len(expected)
+        outbox.close()
+    finally:
+        broker.terminate()
+        broker.wait(10)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
