@@ -43,7 +43,7 @@ HEADER = struct.Struct("<2sBBBBIQfffH")
 HEADER_SIZE = HEADER.size  # 32
 CRC_SIZE = 4
 MAX_FRAME_BYTES = HEADER_SIZE + MAX_DEVICE_ID + 4 * MAX_SAMPLES + CRC_SIZE
-DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
+DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")  # as foreshock.topics.ID_RE
 
 
 class SampleFormat(enum.IntEnum):
@@ -80,13 +80,20 @@ class Frame:
             raise FrameError(f"seq {self.seq} outside 0..2**32-1")
         if not 0 <= self.timestamp_us < 2**64:
             raise FrameError(f"timestamp_us {self.timestamp_us} outside 0..2**64-1")
+        # The wire carries these as float32: validate and keep what the wire can carry.
+        with np.errstate(over="ignore", under="ignore"):
+            for name in ("sample_rate_hz", "rpm", "scale"):
+                value = getattr(self, name)
+                if not isinstance(value, (int, float, np.floating, np.integer)):
+                    raise FrameError(f"{name} {value!r} must be a number")
+                object.__setattr__(self, name, float(np.float32(value)))
         if not (0.0 < self.sample_rate_hz <= MAX_SAMPLE_RATE_HZ):
             raise FrameError(
                 f"sample_rate_hz {self.sample_rate_hz!r} outside (0, {MAX_SAMPLE_RATE_HZ:g}]"
             )
         if not (np.isfinite(self.rpm) and 0.0 <= self.rpm < 1e6):
             raise FrameError(f"rpm {self.rpm!r} must be finite and in [0, 1e6)")
-        if not (np.isfinite(self.scale) and self.scale > 0):
+        if not (np.isfinite(self.scale) and np.float32(self.scale) > 0):
             raise FrameError(f"scale {self.scale!r} must be finite and > 0")
         fmt = SampleFormat(self.sample_format)
         want = np.int16 if fmt is SampleFormat.INT16 else np.float32
@@ -220,6 +227,11 @@ class StreamDecoder:
         self._buf = bytearray()
         self.bad_frames = 0
         self.dropped_bytes = 0
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes held waiting for the rest of a frame (a truncated tail at end of stream)."""
+        return len(self._buf)
 
     def push(self, data: bytes) -> list[Frame]:
         self._buf += data

@@ -45,7 +45,7 @@ class FileSource:
 
     def _finish(self) -> None:
         self._eof = True
-        leftover = len(self._decoder._buf)  # a truncated last frame
+        leftover = self._decoder.pending_bytes  # a truncated last frame
         self._sync_stats()
         self.stats["dropped_bytes"] += leftover
         self._fh.close()
