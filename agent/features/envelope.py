@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.fft as sfft
+from numpy.lib.stride_tricks import sliding_window_view
 
 from agent.features import spectra
 from agent.features.geometry import bearing
@@ -77,7 +78,8 @@ def choose_band(eplan: EnvelopePlan, spectrum: np.ndarray) -> np.ndarray:
         return np.full(n_win, eplan.lowest, np.int64)
     first, count = int(eplan.cand_starts[0]), eplan.cand_starts.size
     tiles = spectrum[:, first:first + count * eplan.cand_bins]   # contiguous candidate bands
-    energy = spectra.power(sfft.ifft(tiles.reshape(n_win, count, eplan.cand_bins), axis=-1))
+    bands = sfft.ifft(tiles.reshape(n_win, count, eplan.cand_bins), axis=-1)
+    energy = spectra.power_inplace(bands)
     flat = energy.reshape(-1, eplan.cand_bins)
     m1 = flat.sum(axis=1).astype(np.float64).reshape(n_win, -1)
     m2 = np.einsum("ij,ij->i", flat, flat).astype(np.float64).reshape(n_win, -1)
@@ -95,9 +97,11 @@ def features(spec: FeatureSpec, eplan: EnvelopePlan, spectrum: np.ndarray, shaft
     """Envelope band centre and kurtosis, defect-family SNRs and BPFI sidebands."""
     width = eplan.band_bins
     start = choose_band(eplan, spectrum)
-    idx = start[:, None] + np.arange(width)
-    band = np.take_along_axis(spectrum, idx, axis=1)
-    env = spectra.power(sfft.ifft(band, n=2 * width, axis=1))   # squared envelope
+    padded = np.zeros((spectrum.shape[0], 2 * width), spectrum.dtype)
+    padded[:, :width] = sliding_window_view(spectrum, width, axis=1)[
+        np.arange(spectrum.shape[0]), start]
+    analytic = sfft.ifft(padded, axis=1, overwrite_x=True)
+    env = spectra.power_inplace(analytic)                       # squared envelope
     m1 = env.mean(axis=1, dtype=np.float64)
     m2 = np.einsum("ij,ij->i", env, env).astype(np.float64) / env.shape[1]
     kurt = np.divide(m2, m1 * m1, out=np.zeros_like(m1), where=m1 > 0) - 2.0

@@ -49,6 +49,16 @@ def power(spec: np.ndarray) -> np.ndarray:
     return out
 
 
+def power_inplace(spec: np.ndarray) -> np.ndarray:
+    """|spec|^2 of a C-contiguous complex array that the caller owns (it is overwritten)."""
+    if not spec.flags.c_contiguous or spec.dtype not in (np.complex64, np.complex128):
+        return power(spec)
+    flat = spec.view(spec.real.dtype)
+    np.multiply(flat, flat, out=flat)
+    out: np.ndarray = flat[..., 0::2] + flat[..., 1::2]
+    return out
+
+
 def _gather(pw: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """``pw[row, idx[row, ...]]`` for (n, K) ``pw`` and (n, ...) ``idx`` via one flat take."""
     offsets = (np.arange(pw.shape[0]) * pw.shape[1]).reshape((-1,) + (1,) * (idx.ndim - 1))
@@ -64,12 +74,11 @@ def hann_at(spec: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return power(0.5 * centre - 0.25 * side)
 
 
-def peak_power(spec: np.ndarray, centre_bin: np.ndarray, tol: float, *, windowed: bool = False
+def peak_power(spec: np.ndarray, centre_bin: np.ndarray, tol: float
                ) -> tuple[np.ndarray, np.ndarray]:
     """Largest |Hann spectrum|^2 within ``max(1, ceil(tol * centre))`` bins of each centre.
 
-    ``spec`` is a complex (n, K) rfft, or (``windowed``) an already Hann-windowed power
-    spectrum; ``centre_bin`` (n, T) float (NaN or <= 0 = unknown).
+    ``spec`` is a complex (n, K) rfft; ``centre_bin`` (n, T) float (NaN or <= 0 = unknown).
     Returns the peak (n, T), 0.0 where invalid, and a validity mask (centre known and the
     search range inside 2..K-3).
     """
@@ -82,37 +91,32 @@ def peak_power(spec: np.ndarray, centre_bin: np.ndarray, tol: float, *, windowed
     reach = int(half.max()) if half.size else 1
     offsets = np.arange(-reach, reach + 1)
     idx = np.clip(centre_i[..., None] + offsets, 1, n_bins - 2)
-    vals = _gather(spec, idx) if windowed else hann_at(spec, idx)
-    vals = np.where(np.abs(offsets) <= half[..., None], vals, 0.0)
+    vals = np.where(np.abs(offsets) <= half[..., None], hann_at(spec, idx), 0.0)
     return np.where(valid, vals.max(axis=-1), 0.0), valid
 
 
-def noise_floor(pw: np.ndarray, centre_bin: np.ndarray, floor_bins: int) -> np.ndarray:
-    """Median of ``pw`` over ``2 * floor_bins + 1`` bins around each centre.
+def snr(pw: np.ndarray, centre_bin: np.ndarray, tol: float, floor_bins: int) -> np.ndarray:
+    """Amplitude ratio: peak of power spectrum ``pw`` (n, K) within ``max(1, ceil(tol *
+    centre))`` bins of each centre (n, T) over the median of ``2 * floor_bins + 1`` bins
+    around it; 1.0 (neutral) where the centre is unknown (<= 0, NaN) or the search range
+    leaves 2..K-3.
 
-    The span is shifted, not clipped, where it would leave 1..K-1, so every floor is a median
-    of the same number of distinct bins. The median ignores the few bins of the peak itself.
+    One gather serves both: the floor span is shifted, not clipped, near the ends of the
+    spectrum, so every floor is a median of the same number of distinct bins; the median
+    ignores the few bins of the peak itself.
     """
     n_bins = pw.shape[1]
     span = min(2 * floor_bins + 1, n_bins - 1)
-    centre = np.nan_to_num(centre_bin, nan=0.0, posinf=0.0, neginf=0.0)
-    start = np.rint(centre).astype(np.int64) - span // 2
-    start = np.clip(start, 1, n_bins - span)
+    known = np.isfinite(centre_bin) & (centre_bin > 0)
+    centre = np.rint(np.where(known, centre_bin, 0.0)).astype(np.int64)
+    half = np.maximum(1, np.ceil(tol * centre)).astype(np.int64)
+    start = np.clip(centre - span // 2, 1, n_bins - span)
     vals = _gather(pw, start[..., None] + np.arange(span))
-    if span % 2:
-        mid = span // 2
-        floor: np.ndarray = np.partition(vals, mid, axis=-1)[..., mid]
-        return floor
-    out: np.ndarray = np.median(vals, axis=-1)
-    return out
-
-
-def snr(pw: np.ndarray, centre_bin: np.ndarray, tol: float, floor_bins: int) -> np.ndarray:
-    """Amplitude ratio: peak of power spectrum ``pw`` (n, K) within ``tol`` of each centre over
-    the local median; 1.0 (neutral) where undefined."""
-    peak, valid = peak_power(pw, centre_bin, tol, windowed=True)
-    floor = noise_floor(pw, centre_bin, floor_bins)
-    ok = valid & (floor > 0) & np.isfinite(peak)
+    offset = np.arange(span) - (centre - start)[..., None]
+    peak = np.where(np.abs(offset) <= half[..., None], vals, 0.0).max(axis=-1)
+    floor = np.partition(vals, span // 2, axis=-1)[..., span // 2]
+    ok = known & (centre - half >= 2) & (centre + half <= n_bins - 3) & (floor > 0)
+    ok &= half <= span // 2
     ratio = np.divide(peak, floor, out=np.ones_like(floor), where=ok)
-    out: np.ndarray = np.sqrt(np.maximum(ratio, 0.0))
+    out: np.ndarray = np.sqrt(ratio)
     return out
