@@ -219,6 +219,53 @@ def test_broker_restart_mid_stream_loses_nothing(
     outbox.close()
 
 
+DRAIN_CHILD = """
+import sys
+from agent.link import Link, LinkConfig
+from agent.outbox import Outbox
+outbox = Outbox(sys.argv[3], boot_id="boot-m")
+link = Link(LinkConfig(sys.argv[1], "plant1", sys.argv[2], batch_max_records=20,
+                       max_inflight=4), boot_id="boot-m")
+link.start()
+assert link.wait_connected(10)
+print("draining", flush=True)
+while True:
+    link.drain(outbox, timeout_s=60)
+"""
+
+
+def test_agent_killed_mid_drain_resends_the_rest_after_restart(
+        mosquitto: Any, tmp_path: Path, device: str, collectors: list[Collector],
+        links: list[Link]) -> None:
+    col = Collector(mosquitto, f"{topics.device_root(SITE, device)}/#")
+    collectors.append(col)
+    path = tmp_path / "outbox.db"
+    outbox = Outbox(path, boot_id="boot-m")
+    expected = fill(outbox, 6000, alerts=5)
+    outbox.close()
+    proc = subprocess.Popen([sys.executable, "-c", DRAIN_CHILD, mosquitto.url, device,
+                             str(path)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "draining"
+        assert wait_for(lambda: len(col.records()) >= 1500)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    time.sleep(0.3)
+    before = set(col.records())
+    outbox = Outbox(path, boot_id="boot-after")
+    left = {(k, "boot-m", rid) for k in ("alert", "telemetry")
+            for rid, _ in outbox.pending(k, 10**6)}
+    assert 0 < len(left) < len(expected)  # killed mid-drain
+    assert expected - before <= left  # whatever did not arrive is still stored
+    link = make_link(links, mosquitto, device, "boot-after")
+    assert link.wait_connected(10)
+    assert link.drain(outbox, timeout_s=30) == len(left)
+    assert wait_for(lambda: set(col.records()) == expected)
+    assert sum(d.rows for d in outbox.depth().values()) == 0
+    outbox.close()
+
+
 LINK_CHILD = """
 import sys, time
 from agent.link import Link, LinkConfig

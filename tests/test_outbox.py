@@ -6,16 +6,21 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from agent.outbox import RECORD_OVERHEAD_BYTES, Outbox, OutboxConfig
 from foreshock.errors import MessageError, OutboxError
@@ -308,3 +313,61 @@ def test_records_acknowledged_to_a_writer_killed_with_sigkill_survive(tmp_path: 
         assert ob.counters()["alert"]["written"] == len(stored_alerts)
     finally:
         ob.close()
+
+
+class OutboxMachine(RuleBasedStateMachine):
+    """Random puts, acks and reopens against a plain model: what is pending is exactly
+    what was written and not acked, and seqs only ever grow."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = Path(tempfile.mkdtemp(prefix="outbox-machine-"))
+        self.ob = Outbox(self.dir / "o.db", boot_id="b0")
+        self.model: dict[str, dict[int, Any]] = {k: {} for k in ("alert", "telemetry")}
+        self.last_seq = 0
+        self.boots = 0
+
+    def _wrote(self, kind: str, seqs: list[int], bodies: list[dict[str, Any]]) -> None:
+        assert seqs and seqs[0] > self.last_seq and seqs == sorted(set(seqs))
+        self.last_seq = seqs[-1]
+        self.model[kind].update(zip(seqs, bodies, strict=True))
+
+    @rule(i=st.integers(0, 1000))
+    def put_alert(self, i: int) -> None:
+        self._wrote("alert", [self.ob.put("alert", alert(i), NOW + i)], [alert(i)])
+
+    @rule(n=st.integers(1, 30), start=st.integers(0, 1000))
+    def put_telemetry(self, n: int, start: int) -> None:
+        bodies = [telemetry(start + i) for i in range(n)]
+        self._wrote("telemetry", self.ob.put_many("telemetry", [(b, NOW) for b in bodies]),
+                    bodies)
+
+    @rule(data=st.data())
+    def ack_some(self, data: st.DataObject) -> None:
+        ids = sorted(self.model["alert"]) + sorted(self.model["telemetry"])
+        chosen = data.draw(st.lists(st.sampled_from(ids), unique=True) if ids else st.just([]))
+        assert self.ob.ack(chosen) == len(chosen)
+        for kind in self.model:
+            for rid in chosen:
+                self.model[kind].pop(rid, None)
+
+    @rule()
+    def reopen(self) -> None:
+        self.ob.close()
+        self.boots += 1
+        self.ob = Outbox(self.dir / "o.db", boot_id=f"b{self.boots}")
+
+    @invariant()
+    def pending_matches_model(self) -> None:
+        for kind, rows in self.model.items():
+            got = self.ob.pending(kind, 10**6)
+            assert [(rid, rec.body) for rid, rec in got] == sorted(rows.items())
+            assert self.ob.depth()[kind].rows == len(rows)
+
+    def teardown(self) -> None:
+        self.ob.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+TestOutboxMachine = OutboxMachine.TestCase
+TestOutboxMachine.settings = settings(max_examples=15, stateful_step_count=12, deadline=None)
