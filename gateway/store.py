@@ -18,7 +18,7 @@ import json
 import logging
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -161,8 +161,16 @@ class Store:
 
     # --- helpers -------------------------------------------------------------------------
     def _exec(self, cur: Any, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run one statement; fetch rows only from SELECT and RETURNING (so a pipelined
+        backend sends the other statements without waiting for them)."""
         cur.execute(self.dialect.sql(sql), tuple(params))
-        return list(cur.fetchall()) if cur.description else []
+        if "RETURNING" in sql or sql.lstrip().upper().startswith("SELECT"):
+            return list(cur.fetchall())
+        return []
+
+    def _batch_tx(self) -> AbstractContextManager[Any]:
+        """The transaction of :meth:`store_batch`; PostgreSQL pipelines it."""
+        return self._tx()
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._tx() as cur:
@@ -193,7 +201,7 @@ class Store:
     def store_batch(self, batch: Batch, received_ts: float) -> StoreResult:
         """Store a validated batch in one transaction; duplicates are dropped and counted."""
         try:
-            with self._tx() as cur:
+            with self._batch_tx() as cur:
                 inserted = self._insert_records(cur, batch, received_ts)
                 fresh = [r for r in batch.records if r.seq in inserted]
                 opened = self._update_gaps(cur, batch, sorted(inserted), received_ts)

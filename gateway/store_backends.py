@@ -106,6 +106,13 @@ class PostgresStore(Store):
         with self._lock, self.conn.transaction(), self.conn.cursor() as cur:
             yield cur
 
+    @contextmanager
+    def _batch_tx(self) -> Iterator[Any]:
+        # pipeline mode: statements whose rows are not needed go out without a round trip
+        with self._lock, self.conn.pipeline(), self.conn.transaction(), \
+                self.conn.cursor() as cur:
+            yield cur
+
     def close(self) -> None:
         with self._lock:
             self.conn.close()
