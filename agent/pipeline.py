@@ -43,7 +43,11 @@ Lap = Callable[[str, float], float]
 
 @dataclass(frozen=True, eq=False)
 class WindowResult:
-    """What the pipeline made of one window. ``anomaly`` is NaN while commissioning."""
+    """What the pipeline made of one window. ``anomaly`` is NaN while commissioning.
+
+    ``alert`` is the incident record this window produced (raised / updated / cleared), if
+    any; ``incident_open`` whether an incident is open on this stream after this window.
+    """
 
     index: int
     window: Window
@@ -57,6 +61,7 @@ class WindowResult:
     telemetry: dict[str, Any]
     alert: dict[str, Any] | None = None
     explanation: dict[str, Any] | None = None
+    incident_open: bool = False
 
 
 @dataclass
@@ -253,7 +258,8 @@ class Pipeline:
             "sensor": w.device_id,
         }
         return WindowResult(i, w, x, anomaly, fault, prob, scored is None, threshold, zone[0],
-                            telemetry, alert, alert["explanation"] if alert else None)
+                            telemetry, alert, alert["explanation"] if alert else None,
+                            self.decider.stream(key).incident is not None)
 
     def _value(self, x: FloatArray, name: str) -> float:
         i = self._names.get(name)

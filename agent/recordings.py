@@ -244,19 +244,25 @@ def _frames_and_config(opts: ReplayOptions) -> tuple[list[Frame], object]:
         features["bearing"] = opts.bearing or "FEMTO"
     if all(o is not None for o in opts.orders):
         features.update(zip(("bpfo", "bpfi", "bsf", "ftf"), opts.orders, strict=True))
-    model: dict[str, object] = {}
+    # The shipped bundle is built for DEFAULT_SPEC's 0.32 s windows; short snapshots use the
+    # snapshot spec with the model-free detector unless a bundle for them is given.
+    model: dict[str, object] = {"default_bundle": not snapshot}
     if opts.bundle is not None:
         model = {"bundle": str(opts.bundle), "trusted_keys": [str(k) for k in opts.trusted_keys]}
     cfg = AgentConfig.for_device(
         "replay", "replay", "", Path("."), features=features, model=model,
-        decision={"commission_s": opts.commission_s, "min_commission_windows": 2})
+        decision={"commission_s": opts.commission_s, "min_commission_windows": 2},
+        service={"max_queued_windows": 100_000})
     return frames, cfg
 
 
 def replay_recording(opts: ReplayOptions) -> list[dict[str, object]]:
     """Run the recording through :class:`agent.service.Agent` (no outbox, no link) and
-    return one row per window: t_s, channel, anomaly_score, alert, severity, fault,
-    fault_probability, explanation."""
+    return one row per window: t_s (window end, from the recording's start), channel,
+    anomaly_score (null while commissioning), alert (an incident is open), incident (the
+    record this window produced: raised / updated / cleared, else null), severity, fault,
+    fault_probability (of the alert when one was produced, else the model's top label),
+    explanation (of the alert record), commissioning, zone."""
     import math
     import threading
 
@@ -273,7 +279,7 @@ def replay_recording(opts: ReplayOptions) -> list[dict[str, object]]:
         rows.append({
             "t_s": round(r.window.end_s - t0, 4), "channel": r.window.channel,
             "anomaly_score": None if math.isnan(r.anomaly) else round(r.anomaly, 5),
-            "alert": alert is not None and alert["status"] != "cleared",
+            "alert": r.incident_open,
             "incident": alert["status"] if alert else None,
             "severity": alert["severity"] if alert else None,
             "fault": alert["fault"] if alert else r.fault,
@@ -283,6 +289,13 @@ def replay_recording(opts: ReplayOptions) -> list[dict[str, object]]:
             "explanation": r.explanation,
         })
 
-    agent = Agent(cfg, ReplaySource(frames, batch=256), store=False, on_result=keep)  # type: ignore[arg-type]
+    # Small reads keep the window queue short; replay must never drop a window.
+    agent = Agent(cfg, ReplaySource(frames, batch=64), store=False, on_result=keep)  # type: ignore[arg-type]
     agent.run(threading.Event())
+    if not rows:
+        spec = agent.pipeline.spec
+        raise DataError(f"{opts.path}: no complete window: the feature spec needs "
+                        f"{spec.window_s:.3f} s of continuous samples per window",
+                        hint="use a recording with longer segments, or a bundle built for "
+                             "short snapshots")
     return rows

@@ -50,6 +50,23 @@ def test_replay_cwru(shared_data: Path, capsys: pytest.CaptureFixture[str]) -> N
                 "fault_probability", "explanation"):
         assert key in rows[0]
     assert rows[0]["anomaly_score"] is None and rows[-1]["anomaly_score"] is not None
+    import scipy.io
+
+    n = next(v.size for k, v in scipy.io.loadmat(str(path)).items() if k.endswith("_DE_time"))
+    assert len(rows) == (n - 3840) // 1920 + 1     # 0.32 s windows at 12 kHz, none dropped
+    assert all(r["channel"] == rows[0]["channel"] for r in rows)
+
+
+def test_replay_femto_snapshots(shared_data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = shared_data / "femto" / "Bearing1_1.npz"
+    code, out, err = run_cli(["agent", "replay", str(path), "--channel", "horizontal",
+                              "--commission-s", "600"], capsys)
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert len(rows) == np.load(path)["acc_mg"].shape[0]   # one window per snapshot
+    first = next(r for r in rows if r["alert"])
+    assert first["t_s"] > 600 and first["incident"] == "raised"
+    assert first["explanation"]["top_features"]
 
 
 @pytest.mark.parametrize("args,needle", [
