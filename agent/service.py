@@ -11,8 +11,10 @@ more than stale data, and memory never grows. Each step processes at most
 Records: a ``telemetry`` record per window (every ``service.telemetry_every``-th), an
 ``alert`` record per incident change, ``event`` records (baseline commissioned, data
 quality, model), and a ``health`` record every ``service.health_interval_s`` with uptime,
-counters, outbox depth per class and latency percentiles per stage. The same snapshot is
-written atomically to the status file that ``foreshock agent status`` reads.
+counters, outbox depth per class and latency percentiles per stage, preceded by a
+``data_quality`` event when sequence gaps, duplicates, reordering, rate changes, bad frames
+or dropped windows grew since the last one. The same snapshot is written atomically to the
+status file that ``foreshock agent status`` reads.
 
 systemd: READY=1 once the loop runs, WATCHDOG=1 at half of WATCHDOG_USEC, STATUS= with a
 one-line summary, STOPPING=1 on shutdown (see agent/sdnotify.py).
@@ -46,6 +48,8 @@ log = logging.getLogger(__name__)
 STAGES = ("read", "window", "features", "inference", "decision", "outbox", "link")
 LATENCY_SAMPLES = 1024
 CLOSE_DRAIN_S = 2.0
+QUALITY_COUNTERS = ("seq_gaps", "missing_frames", "duplicates", "out_of_order", "rate_changes",
+                    "dropped_streams", "non_finite")
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,7 @@ class Agent:
         self.started_ts = time.time()
         self.last_alert: dict[str, Any] | None = None
         self._commands: deque[tuple[str, dict[str, Any]]] = deque(maxlen=64)
+        self._quality: dict[str, int] = {}
         self._next_health = self.started + config.service.health_interval_s
         self._next_watchdog = self.started
         self._next_drain = self.started
@@ -307,8 +312,23 @@ class Agent:
                 out[stage] = {"p50": round(float(p50), 4), "p99": round(float(p99), 4)}
         return out
 
+    def _quality_deltas(self) -> dict[str, int]:
+        """Data-quality counters that grew since the last health record."""
+        now = {k: self.windower.counters[k] for k in QUALITY_COUNTERS}
+        now.update({f"source_{k}": int(v) for k, v in
+                    (getattr(self.source, "stats", {}) or {}).items() if isinstance(v, int)})
+        now["dropped_windows"] = self.counters["dropped_windows"]
+        deltas = {k: v - self._quality.get(k, 0) for k, v in now.items()
+                  if v > self._quality.get(k, 0)}
+        self._quality = now
+        return deltas
+
     def emit_health(self) -> Health:
-        """Store a health record and rewrite the status file."""
+        """Store a health record (and a data_quality event if checks fired), rewrite the
+        status file."""
+        deltas = self._quality_deltas()
+        if deltas:
+            self._event({"type": "data_quality", "detail": {"since_last_health": deltas}})
         health = self.health()
         self.counters["health"] += 1
         if self.outbox is not None:

@@ -192,3 +192,17 @@ def test_replace_model_keeps_running_model_on_refusal(tmp_path: Path) -> None:
     again.close()
     assert [e["status"] for e in events if "bundle" in e] == ["refused", "loaded"]
     assert "trusted" in events[0]["reason"]
+
+
+def test_data_quality_event_counts_gaps(tmp_path: Path) -> None:
+    fr = frames(30, 1000)
+    stream = fr[:10] + fr[12:20] + [fr[19]] + fr[20:]    # 2 missing, 1 duplicate
+    cfg = AgentConfig.for_device("pump-8", "plant1", "", tmp_path,
+                                 model={"default_bundle": False})
+    agent = Agent(cfg, ReplaySource(stream))
+    agent.run(threading.Event())
+    again = Agent(cfg, ReplaySource([]))
+    events = [r.body for _, r in again.outbox.pending("event", 10)]
+    again.close()
+    dq = [e["detail"]["since_last_health"] for e in events if e["type"] == "data_quality"]
+    assert dq == [{"seq_gaps": 1, "missing_frames": 2, "duplicates": 1}]
