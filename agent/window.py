@@ -178,7 +178,7 @@ class Windower:
         out: list[Window] = []
         while stream.buf.size >= win:
             out.append(self._cut(key, stream, stream.buf[:win]))
-            stream.buf = stream.buf[hop:].copy()
+            stream.buf = stream.buf[hop:]
             stream.start_us += round(hop * 1e6 / stream.rate_hz)
         self.counters["windows"] += len(out)
         return out

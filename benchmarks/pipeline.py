@@ -1,6 +1,6 @@
 """Agent pipeline throughput against a bare FFT, and resident memory of a running agent.
 
-Run: python benchmarks/pipeline.py [--seconds 60] [--channels 2]
+Run: python benchmarks/pipeline.py [--seconds 300] [--channels 2]
 
 1. Throughput: ``--seconds`` of a 12.8 kHz stream per channel (noise, a 1x tone and
    bearing-like impulses) as 1024-sample frames go through the live :class:`Agent` path —
@@ -116,7 +116,7 @@ def main() -> None:
     from agent.features import DEFAULT_SPEC
 
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--seconds", type=float, default=300.0)
     ap.add_argument("--channels", type=int, default=2)
     args = ap.parse_args()
     frames = make_frames(args.seconds, args.channels)
