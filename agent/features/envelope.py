@@ -28,7 +28,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.fft as sfft
-from numpy.lib.stride_tricks import sliding_window_view
 
 from agent.features import spectra
 from agent.features.geometry import bearing
@@ -89,7 +88,7 @@ def choose_band(eplan: EnvelopePlan, spectrum: np.ndarray) -> np.ndarray:
     impulsive = kurt.max(axis=1) >= SK_SIGNIFICANCE / np.sqrt(eplan.cand_bins)
     choice = np.where(impulsive, np.argmax(kurt, axis=1), np.argmax(m1, axis=1))
     centre = eplan.cand_starts[choice] + eplan.cand_bins // 2
-    return np.clip(centre - eplan.band_bins // 2, eplan.lowest, eplan.highest)
+    return np.minimum(np.maximum(centre - eplan.band_bins // 2, eplan.lowest), eplan.highest)
 
 
 def features(spec: FeatureSpec, eplan: EnvelopePlan, spectrum: np.ndarray, shaft: np.ndarray
@@ -97,21 +96,27 @@ def features(spec: FeatureSpec, eplan: EnvelopePlan, spectrum: np.ndarray, shaft
     """Envelope band centre and kurtosis, defect-family SNRs and BPFI sidebands."""
     width = eplan.band_bins
     start = choose_band(eplan, spectrum)
-    padded = np.zeros((spectrum.shape[0], 2 * width), spectrum.dtype)
-    padded[:, :width] = sliding_window_view(spectrum, width, axis=1)[
-        np.arange(spectrum.shape[0]), start]
+    n_win, n_bins = spectrum.shape
+    padded = np.zeros((n_win, 2 * width), spectrum.dtype)
+    flat_start = start + np.arange(n_win) * n_bins
+    padded[:, :width] = spectrum.reshape(-1)[flat_start[:, None] + np.arange(width)]
     analytic = sfft.ifft(padded, axis=1, overwrite_x=True)
     env = spectra.power_inplace(analytic)                       # squared envelope
-    m1 = env.mean(axis=1, dtype=np.float64)
+    m1 = (env @ np.full(env.shape[1], 1.0 / env.shape[1], env.dtype)).astype(np.float64)
     m2 = np.einsum("ij,ij->i", env, env).astype(np.float64) / env.shape[1]
     kurt = np.divide(m2, m1 * m1, out=np.zeros_like(m1), where=m1 > 0) - 2.0
     env -= m1.astype(np.float32)[:, None]
     env_pw = spectra.hann_power(sfft.rfft(env, axis=1))
-    centres = np.where(shaft[:, None] > 0, shaft[:, None] * eplan.multiples / spec.bin_hz, 0.0)
+    centres = shaft[:, None] * (eplan.multiples / spec.bin_hz)     # 0 = unknown speed
     ratio = spectra.snr(env_pw, centres, spec.envelope_search_tol, spec.envelope_floor_bins)
-    cols = [(start + width / 2.0) * spec.bin_hz, np.maximum(kurt, -2.0)]
-    for i in range(len(ENV_FAMILIES)):
-        harm = ratio[:, i * ENV_HARMONICS:(i + 1) * ENV_HARMONICS]
-        cols += [harm[:, h] for h in range(ENV_HARMONICS)] + [harm.mean(axis=1)]
-    cols.append(ratio[:, -2:].mean(axis=1))
-    return np.stack(cols, axis=1)
+    n_fam = len(ENV_FAMILIES)
+    harm = ratio[:, :n_fam * ENV_HARMONICS].reshape(n_win, n_fam, ENV_HARMONICS)
+    out = np.empty((n_win, 3 + n_fam * (ENV_HARMONICS + 1)))
+    out[:, 0] = (start + width / 2.0) * spec.bin_hz
+    out[:, 1] = np.maximum(kurt, -2.0)
+    fam = np.empty((n_win, n_fam, ENV_HARMONICS + 1))
+    fam[:, :, :ENV_HARMONICS] = harm
+    fam[:, :, ENV_HARMONICS] = harm.mean(axis=2)
+    out[:, 2:-1] = fam.reshape(n_win, -1)
+    out[:, -1] = ratio[:, n_fam * ENV_HARMONICS:].mean(axis=1)
+    return out

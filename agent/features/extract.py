@@ -134,7 +134,7 @@ def _time_features(x: np.ndarray) -> np.ndarray:
 def _spectrum_features(spec: FeatureSpec, plan: _Plan, spectrum: np.ndarray,
                        shaft: np.ndarray) -> list[np.ndarray]:
     """Velocity RMS, spectral centroid and kurtosis, log and order band RMS, 1x/2x/3x."""
-    pw = spectra.power(spectrum).astype(np.float64)
+    pw = spectra.power64(spectrum)
     mom = pw @ plan.moments
     total = mom[:, 0]
     mean = _ratio(mom[:, 1], total)
@@ -154,7 +154,7 @@ def _order_bands(spec: FeatureSpec, pw: np.ndarray, shaft: np.ndarray) -> np.nda
     n_win, n_bins = pw.shape
     edges = np.asarray(spec.order_bands).reshape(-1)
     edge_bins = np.ceil(shaft[:, None] * edges / spec.bin_hz).astype(np.int64)
-    edge_bins = np.clip(edge_bins, 1, n_bins - 1)
+    edge_bins = np.minimum(np.maximum(edge_bins, 1), n_bins - 1)
     offsets = (np.arange(n_win) * n_bins)[:, None]
     sums = np.add.reduceat(pw.reshape(-1), (edge_bins + offsets).reshape(-1))[0::2]
     sums = sums.reshape(n_win, -1) * (2.0 / spec.window_samples**2)

@@ -49,6 +49,16 @@ def power(spec: np.ndarray) -> np.ndarray:
     return out
 
 
+def power64(spec: np.ndarray) -> np.ndarray:
+    """|spec|^2 of a C-contiguous complex64 array as float64, in two passes."""
+    if spec.dtype != np.complex64 or not spec.flags.c_contiguous:
+        return power(spec).astype(np.float64)
+    flat = spec.view(np.float32)
+    sq = flat * flat
+    out: np.ndarray = np.add(sq[..., 0::2], sq[..., 1::2], dtype=np.float64)
+    return out
+
+
 def power_inplace(spec: np.ndarray) -> np.ndarray:
     """|spec|^2 of a C-contiguous complex array that the caller owns (it is overwritten)."""
     if not spec.flags.c_contiguous or spec.dtype not in (np.complex64, np.complex128):
@@ -62,7 +72,8 @@ def power_inplace(spec: np.ndarray) -> np.ndarray:
 def _gather(pw: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """``pw[row, idx[row, ...]]`` for (n, K) ``pw`` and (n, ...) ``idx`` via one flat take."""
     offsets = (np.arange(pw.shape[0]) * pw.shape[1]).reshape((-1,) + (1,) * (idx.ndim - 1))
-    out: np.ndarray = np.take(pw.reshape(-1), idx + offsets)
+    idx = idx + offsets
+    out: np.ndarray = pw.reshape(-1)[idx]
     return out
 
 
@@ -90,7 +101,7 @@ def peak_power(spec: np.ndarray, centre_bin: np.ndarray, tol: float
     valid = known & (centre_i - half >= 2) & (centre_i + half <= n_bins - 3)
     reach = int(half.max()) if half.size else 1
     offsets = np.arange(-reach, reach + 1)
-    idx = np.clip(centre_i[..., None] + offsets, 1, n_bins - 2)
+    idx = np.minimum(np.maximum(centre_i[..., None] + offsets, 1), n_bins - 2)
     vals = np.where(np.abs(offsets) <= half[..., None], hann_at(spec, idx), 0.0)
     return np.where(valid, vals.max(axis=-1), 0.0), valid
 
@@ -101,22 +112,26 @@ def snr(pw: np.ndarray, centre_bin: np.ndarray, tol: float, floor_bins: int) -> 
     around it; 1.0 (neutral) where the centre is unknown (<= 0, NaN) or the search range
     leaves 2..K-3.
 
-    One gather serves both: the floor span is shifted, not clipped, near the ends of the
-    spectrum, so every floor is a median of the same number of distinct bins; the median
-    ignores the few bins of the peak itself.
+    The floor span is shifted, not clipped, near the ends of the spectrum, so every floor is
+    a median of the same number of distinct bins; the median ignores the few bins of the
+    peak itself. Both are read through sliding-window views (no index cubes).
     """
     n_bins = pw.shape[1]
     span = min(2 * floor_bins + 1, n_bins - 1)
     known = np.isfinite(centre_bin) & (centre_bin > 0)
-    centre = np.rint(np.where(known, centre_bin, 0.0)).astype(np.int64)
-    half = np.maximum(1, np.ceil(tol * centre)).astype(np.int64)
-    start = np.clip(centre - span // 2, 1, n_bins - span)
-    vals = _gather(pw, start[..., None] + np.arange(span))
-    offset = np.arange(span) - (centre - start)[..., None]
-    peak = np.where(np.abs(offset) <= half[..., None], vals, 0.0).max(axis=-1)
-    floor = np.partition(vals, span // 2, axis=-1)[..., span // 2]
-    ok = known & (centre - half >= 2) & (centre + half <= n_bins - 3) & (floor > 0)
-    ok &= half <= span // 2
-    ratio = np.divide(peak, floor, out=np.ones_like(floor), where=ok)
+    centre = np.rint(np.where(known, centre_bin, 0.0)).astype(np.intp)
+    half = np.maximum(1, np.ceil(tol * centre)).astype(np.intp)
+    reach = min(int(half.max()), span // 2)
+    ok = known & (centre - half >= 2) & (centre + half <= n_bins - 3) & (half <= reach)
+    start = np.minimum(np.maximum(centre - span // 2, 1), n_bins - span)
+    floor = np.partition(_gather(pw, start[..., None] + np.arange(span)), span // 2,
+                         axis=-1)[..., span // 2]
+    first = np.minimum(np.maximum(centre - reach, 0), n_bins - 2 * reach - 1)
+    near = _gather(pw, first[..., None] + np.arange(2 * reach + 1))
+    inside = np.abs(first[..., None] + np.arange(2 * reach + 1) - centre[..., None]) \
+        <= half[..., None]
+    peak = np.where(inside, near, 0.0).max(axis=-1)
+    ok &= floor > 0
+    ratio = np.divide(peak, floor, out=np.ones(floor.shape), where=ok)
     out: np.ndarray = np.sqrt(ratio)
     return out
