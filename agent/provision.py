@@ -443,13 +443,14 @@ def enable_unit(prov: Provisioner) -> None:
 
 
 def sign_with_local_ca(ca_dir: Path, csr: bytes) -> bytes:
-    """Sign through ``python -m gateway.ca`` in a child process: the agent never imports the
-    gateway, and the CA key stays in that process."""
+    """Sign through ``foreshock gateway ca sign`` in a child process: the agent never imports
+    the gateway, and the CA key stays in that process."""
     with tempfile.TemporaryDirectory() as tmp:
         csr_path, out = Path(tmp) / "device.csr", Path(tmp) / "device.crt"
         csr_path.write_bytes(csr)
         done = subprocess.run(
-            [sys.executable, "-m", "gateway.ca", "sign", str(csr_path), "--ca-dir",
+            [sys.executable, "-m", "foreshock.cli", "gateway", "ca", "sign", str(csr_path),
+             "--ca-dir",
              str(ca_dir), "--out", str(out)], capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise ConfigError(f"signing with the CA in {ca_dir} failed: "
