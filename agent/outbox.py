@@ -264,27 +264,9 @@ class Outbox:
 
     def put(self, kind: str, body: dict[str, Any], ts: float) -> int:
         """Store one record; returns its seq once it is fsynced (raises OutboxError)."""
-        text, ts = self._encode(kind, body, ts)
-        nbytes = len(text) + RECORD_OVERHEAD_BYTES
-        for attempt in (1, 2):
-            recovered = len(self.recovered)
-            try:
-                seq = self._insert_one(kind, ts, nbytes, text)
-                break
-            except OutboxError as exc:
-                retry = len(self.recovered) > recovered or (
-                    "full" in str(exc) and self._make_room(kind, nbytes))
-                if attempt == 2 or not retry:
-                    raise
-        self._added(kind, 1, nbytes)
-        return seq
-
-    def _insert_one(self, kind: str, ts: float, nbytes: int, text: str) -> int:
-        with self._guard(f"put {kind}"), self._tx() as conn:
-            cur = conn.execute("INSERT INTO records (kind, boot_id, ts, nbytes, body) "
-                               "VALUES (?, ?, ?, ?, ?)", (kind, self.boot_id, ts, nbytes, text))
-            conn.execute(BUMP, (kind, "written", 1))
-            return int(cur.lastrowid or 0)
+        text, tsf = self._encode(kind, body, ts)
+        return self._write(kind, [(kind, self.boot_id, tsf, len(text) + RECORD_OVERHEAD_BYTES,
+                                   text)])[0]
 
     def put_many(self, kind: str, items: Iterable[tuple[dict[str, Any], float]]) -> list[int]:
         """Store ``(body, ts)`` pairs in one fsynced transaction; returns their seqs."""
@@ -292,33 +274,49 @@ class Outbox:
         for body, ts in items:
             text, tsf = self._encode(kind, body, ts)
             rows.append((kind, self.boot_id, tsf, len(text) + RECORD_OVERHEAD_BYTES, text))
-        if not rows:
-            return []
-        with self._guard(f"put_many {kind}"), self._tx() as conn:
-            conn.executemany("INSERT INTO records (kind, boot_id, ts, nbytes, body) "
-                             "VALUES (?, ?, ?, ?, ?)", rows)
-            last = int(conn.execute(
-                "SELECT seq FROM sqlite_sequence WHERE name = 'records'").fetchone()[0])
-            conn.execute(BUMP, (kind, "written", len(rows)))
-        self._added(kind, len(rows), sum(r[3] for r in rows))
-        return list(range(last - len(rows) + 1, last + 1))
+        return self._write(kind, rows) if rows else []
 
-    def _added(self, kind: str, rows: int, nbytes: int) -> None:
+    def _write(self, kind: str, rows: list[tuple[str, str, float, int, str]]) -> list[int]:
+        """Insert in one transaction; on a full file make room once, on a replaced corrupt
+        file retry once (into the fresh file)."""
+        nbytes = sum(r[3] for r in rows)
         with self._lock:
-            self._depth[kind][0] += rows
-            self._depth[kind][1] += nbytes
+            for attempt in (1, 2):
+                recovered = len(self.recovered)
+                try:
+                    seqs = self._insert(kind, rows, nbytes)
+                    break
+                except OutboxError as exc:
+                    retry = len(self.recovered) > recovered or (
+                        "full" in str(exc) and self._make_room(kind, nbytes))
+                    if attempt == 2 or not retry:
+                        raise
             if self._depth[kind][1] > self.config.budget_bytes(kind):
                 self._enforce_budget(kind)
             if time.monotonic() - self._last_housekeeping > self.config.housekeeping_interval_s:
                 self.expire()
+        return seqs
+
+    def _insert(self, kind: str, rows: list[tuple[str, str, float, int, str]],
+                nbytes: int) -> list[int]:
+        with self._guard(f"put {kind}"):
+            with self._tx() as conn:
+                conn.executemany("INSERT INTO records (kind, boot_id, ts, nbytes, body) "
+                                 "VALUES (?, ?, ?, ?, ?)", rows)
+                last = int(conn.execute(
+                    "SELECT seq FROM sqlite_sequence WHERE name = 'records'").fetchone()[0])
+                conn.execute(BUMP, (kind, "written", len(rows)))
+            self._depth[kind][0] += len(rows)
+            self._depth[kind][1] += nbytes
+        return list(range(last - len(rows) + 1, last + 1))
 
     def _make_room(self, kind: str, nbytes: int) -> bool:
-        """The file is full: drop the oldest telemetry (a tenth, at least 64 KiB) so an
-        alert, event or health record still fits."""
-        if kind == "telemetry" or self._depth["telemetry"][0] == 0:
+        """The file is full: drop the oldest telemetry (a tenth, at least 64 KiB and 16x
+        what is being written) so the write still fits; never touches alerts."""
+        if self._depth["telemetry"][0] == 0:
             return False
         over = max(self._depth["telemetry"][1] // 10, 16 * nbytes, 64 * 1024)
-        log.warning("outbox file full: dropping %d bytes of the oldest telemetry for a %s",
+        log.warning("outbox file full: dropping %d bytes of the oldest telemetry for %s",
                     over, kind)
         with self._guard("evict telemetry"):
             self._drop_oldest_bytes("telemetry", over)
@@ -391,6 +389,22 @@ class Outbox:
         return expired
 
     # -- reading and acknowledging ---------------------------------------------------------
+    def _batch_rows(self, kind: str, limit: int, after: int,
+                    max_bytes: int | None) -> tuple[str, list[tuple[int, float, str]]]:
+        """Oldest rows of one boot after ``after``, within ``max_bytes`` (at least one)."""
+        with self._guard(f"pending {kind}"):
+            rows = self._conn.execute(
+                "SELECT id, boot_id, ts, nbytes, body FROM records WHERE kind = ? AND id > ? "
+                "ORDER BY id LIMIT ?", (kind, after, limit)).fetchall()
+        out: list[tuple[int, float, str]] = []
+        total = 0
+        for row_id, boot_id, ts, nbytes, body in rows:
+            total += nbytes
+            if boot_id != rows[0][1] or (out and max_bytes is not None and total > max_bytes):
+                break
+            out.append((row_id, ts, body))
+        return (rows[0][1] if rows else ""), out
+
     def pending(self, kind: str, limit: int, *, after: int = 0) -> list[tuple[int, Record]]:
         """Oldest unacknowledged records of ``kind`` (row id > ``after``), any boot."""
         with self._guard(f"pending {kind}"):
@@ -403,42 +417,17 @@ class Outbox:
                       max_bytes: int | None = None) -> tuple[str, list[tuple[int, Record]]]:
         """Like :meth:`pending` but from one boot only and at most ``max_bytes`` (at least
         one record): what fits one :class:`~foreshock.messages.Batch`. Returns the boot id."""
-        with self._guard(f"pending {kind}"):
-            rows = self._conn.execute(
-                "SELECT id, boot_id, ts, nbytes, body FROM records WHERE kind = ? AND id > ? "
-                "ORDER BY id LIMIT ?", (kind, after, limit)).fetchall()
-        if not rows:
-            return "", []
-        boot, total = rows[0][1], 0
-        out: list[tuple[int, Record]] = []
-        for row_id, boot_id, ts, nbytes, body in rows:
-            total += nbytes
-            if boot_id != boot or (out and max_bytes is not None and total > max_bytes):
-                break
-            out.append((row_id, Record(row_id, ts, json.loads(body))))
-        return boot, out
+        boot, rows = self._batch_rows(kind, limit, after, max_bytes)
+        return boot, [(i, Record(i, ts, json.loads(body))) for i, ts, body in rows]
 
     def pending_json(self, kind: str, limit: int, *, after: int = 0,
                      max_bytes: int | None = None) -> tuple[str, list[int], str]:
         """:meth:`pending_batch` without decoding: ``(boot_id, row_ids, records)`` where
         ``records`` is the JSON array of ``{"seq", "ts", "body"}`` objects of a Batch,
         built from the stored text (the link's hot path)."""
-        with self._guard(f"pending {kind}"):
-            rows = self._conn.execute(
-                "SELECT id, boot_id, ts, nbytes, body FROM records WHERE kind = ? AND id > ? "
-                "ORDER BY id LIMIT ?", (kind, after, limit)).fetchall()
-        if not rows:
-            return "", [], "[]"
-        boot, total = rows[0][1], 0
-        ids: list[int] = []
-        parts: list[str] = []
-        for row_id, boot_id, ts, nbytes, body in rows:
-            total += nbytes
-            if boot_id != boot or (ids and max_bytes is not None and total > max_bytes):
-                break
-            ids.append(row_id)
-            parts.append(f'{{"seq":{row_id},"ts":{ts!r},"body":{body}}}')
-        return boot, ids, "[" + ",".join(parts) + "]"
+        boot, rows = self._batch_rows(kind, limit, after, max_bytes)
+        records = ",".join(f'{{"seq":{i},"ts":{ts!r},"body":{body}}}' for i, ts, body in rows)
+        return boot, [i for i, _, _ in rows], f"[{records}]"
 
     def ack(self, row_ids: Iterable[int]) -> int:
         """Delete acknowledged rows in one statement; returns how many were still there."""

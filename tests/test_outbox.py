@@ -249,23 +249,43 @@ class TestOutboxContract:
         assert len(ob2.recovered) == 1 and ob2.corrupt_recovered == 1
         assert ob2.put("alert", alert(), NOW) > seqs[-1]
 
-    def test_full_file_raises_outbox_error_and_alerts_take_room_from_telemetry(
+    def test_corruption_found_while_running_replaces_the_file(
+            self, make_outbox: MakeOutbox, tmp_path: Path) -> None:
+        ob = make_outbox()
+        seqs: list[int] = []
+        for _ in range(12):  # more than SQLite's page cache, so reads hit the file
+            seqs += ob.put_many("telemetry", [(telemetry(i, pad=1000), NOW) for i in range(500)])
+        ob.close()
+        ob = make_outbox(check_on_open=False)
+        path = tmp_path / "outbox.db"
+        size = path.stat().st_size
+        with open(path, "r+b") as f:
+            for at in range(2 * 4096, size - 4096, 3 * 4096):
+                f.seek(at + 8)
+                f.write(os.urandom(4088))
+        with pytest.raises(OutboxError, match="corrupt"):
+            ob.pending("telemetry", 10**6)
+        assert len(ob.recovered) == 1 and ob.recovered[0].exists()
+        assert ob.corrupt_recovered == 1 and ob.depth()["telemetry"].rows == 0
+        assert ob.ack(seqs[:10]) == 0  # old row ids can never hit a row of the new file
+        assert ob.put("alert", alert(), NOW) > seqs[-1]
+
+    def test_full_file_gives_up_oldest_telemetry_never_alerts(
             self, make_outbox: MakeOutbox) -> None:
         ob = make_outbox(max_file_bytes=400 * 1024)
-        with pytest.raises(OutboxError) as info:
-            for i in range(10_000):
-                ob.put_many("telemetry", [(telemetry(i, pad=400), NOW) for _ in range(20)])
-        assert "full" in str(info.value)
-        before = ob.depth()["telemetry"].rows
-        big = {**alert(), "explanation": {"note": "y" * 2000}}
-        seqs = [ob.put("alert", big, NOW) for i in range(40)]  # 90 kB: needs room
-        assert all_seqs(ob, "alert") == seqs
-        assert ob.depth()["telemetry"].rows < before
-        assert ob.counters()["telemetry"]["dropped_by_policy"] > 0
-        with pytest.raises(OutboxError):  # once no telemetry is left, a full file refuses
-            for _ in range(1000):
+        written: list[int] = []
+        for i in range(60):  # ~750 kB of telemetry into a 400 kB file
+            written += ob.put_many("telemetry", [(telemetry(i, pad=400), NOW)] * 20)
+        kept = all_seqs(ob, "telemetry")
+        assert kept == written[-len(kept):] and len(kept) < len(written)
+        assert ob.counters()["telemetry"]["dropped_by_policy"] == len(written) - len(kept)
+        big = {**alert(), "explanation": {"note": "y" * 2000}}  # one 4 kB page each
+        seqs: list[int] = []
+        with pytest.raises(OutboxError, match="full"):  # refused only once no telemetry
+            for _ in range(1000):                       # is left to give up
                 seqs.append(ob.put("alert", big, NOW))
         assert ob.depth()["telemetry"].rows == 0
+        assert len(seqs) > 60  # telemetry's room went to alerts
         assert all_seqs(ob, "alert") == seqs  # no alert was ever given up
 
 
