@@ -215,8 +215,9 @@ def render(data: Path, femto_dir: Path) -> str:
         *cwru_table(results), "",
         *cwru_detail(results), "",
         normal_scores(data, spec), "",
-        "Reading: inner-race records show BPFI clearly. Outer-race 0.007 and 0.021 in show "
-        "BPFO on every window; the two 0.014 in outer-race records (197, 198) show no BPFO "
+        "Reading: every inner-race record picks BPFI (record 169 on about half its windows). "
+        "Outer-race 0.007 and 0.021 in pick BPFO on (nearly) every window; the two 0.014 in "
+        "outer-race records (197, 198) show no BPFO "
         "family above the floor (the published CWRU benchmark, Smith and Randall 2015, also "
         "finds these records hard). Ball faults are mostly not diagnosable by the envelope "
         "spectrum on this rig, as known: 2xBSF wins on a minority of windows. On this "
