@@ -115,3 +115,48 @@ def _mount_security() -> None:
 
 
 _mount_security()
+
+
+@app.command()
+def deploy(bundle: Path = typer.Argument(..., help="Signed bundle directory."),
+           to: str = typer.Option(..., "--to", help="SITE (every registered device) or "
+                                  "SITE/DEVICE[,DEVICE...]; canaries are taken in order."),
+           key: list[Path] = typer.Option(..., "--key", help="Trusted model-signing public "
+                                          "key (PEM); repeat for several."),
+           canary: int = typer.Option(1, "--canary", help="Devices that go first."),
+           abort_on: float = typer.Option(20.0, "--abort-on", help="Abort and roll back when "
+                                          "this percentage of offered devices failed."),
+           shadow_windows: int = typer.Option(100, "--shadow-windows",
+                                              help="Windows each device runs the candidate "
+                                                   "in shadow before promoting it."),
+           timeout_s: float = typer.Option(3600.0, "--timeout-s", help="Give up waiting."),
+           config: Path = typer.Option(None, "--config", help="Gateway TOML (broker, store)."),
+           broker_url: str = typer.Option(None, "--broker", help="Broker url (overrides "
+                                          "--config)."),
+           db: str = typer.Option(None, "--db", help=f"Store url (default {DEFAULT_DB}).")
+           ) -> None:
+    """Roll a signed model bundle out: canary first, widen, abort and roll back on failure."""
+    from gateway.deploy import deploy as run_deploy
+    from gateway.deploy import targets
+    from gateway.rollout import RolloutManager, RolloutPlan
+    from gateway.store import open_store
+
+    cfg = GatewayConfig.load(config) if config else GatewayConfig()
+    store = open_store(db or cfg.db_url)
+
+    def progress(m: RolloutManager) -> None:
+        counts = ", ".join(f"{n} {s}" for s, n in sorted(m.summary().items()))
+        typer.echo(f"rollout {m.rollout_id} {m.state}: {counts}")
+
+    try:
+        site, devices = targets(store, to)
+        plan = RolloutPlan(bundle, site, devices, canary=canary, abort_on_pct=abort_on,
+                           shadow_windows=shadow_windows)
+        manager = run_deploy(plan, broker_url or cfg.broker_url, store, list(key),
+                             timeout_s=timeout_s, progress=progress)
+    finally:
+        store.close()
+    typer.echo(f"rollout {manager.rollout_id} of {manager.bundle['name']} "
+               f"{manager.bundle['version']}: {manager.state} {manager.summary()}")
+    if manager.state != "complete":
+        raise typer.Exit(1)

@@ -92,3 +92,18 @@ def test_time_parsing_and_age() -> None:
     assert parse_time("2026-11-27T00:00:00", "since") == parse_time("1795737600", "since")
     assert parse_time(None, "since") is None
     assert age(100.0, 10.0) == "2m" and age(100.0, 95.0) == "5s" and age(1.0, None) == "?"
+
+
+def test_deploy_errors_are_one_line(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'gw.db'}"
+    from foreshock import bundle as fsbundle
+
+    pub = tmp_path / "k.pub"
+    pub.write_bytes(fsbundle.public_key_pem(fsbundle.generate_signing_key().public_key()))
+    res = cli("gateway", "deploy", str(tmp_path), "--to", "plant1", "--key", str(pub),
+              "--db", db)
+    assert res.returncode == 2 and "names no devices" in res.stderr
+    res = cli("gateway", "deploy", str(tmp_path / "nothing"), "--to", "plant1/pump-1",
+              "--key", str(pub), "--db", db, "--broker", "mqtt://127.0.0.1:1")
+    assert res.returncode == 1 and res.stderr.startswith("error: ") and "bundle" in res.stderr
+    assert "Traceback" not in res.stderr

@@ -166,11 +166,14 @@ class SimAgent:
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5,
                                   client_id=f"{site}-{device}")
         self.client.on_message = self.on_message
+        subscribed = threading.Event()
+        self.client.on_subscribe = lambda *a: subscribed.set()
         self.client.connect(host, int(port))
         self.client.subscribe([(topics.model_offer(site, device), 1),
                                (topics.model_chunk(site, device), 1),
                                (topics.commands(site, device), 1)])
         self.client.loop_start()
+        assert subscribed.wait(10), "device subscription not granted"
 
     def on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         with self.lock:
@@ -251,3 +254,21 @@ def test_healthy_canary_widens_to_the_whole_fleet(fleet: Any, keys: dict[str, An
     assert manager.summary() == {"active": 3}
     assert all(a.ota.running()["version"] == "0.2.0" for a in agents)
     assert {d.status for d in gw.store.rollout_devices()} == {"active"}
+
+
+def test_deploy_runs_a_rollout_over_its_own_mqtt_client(
+        fleet: Any, keys: dict[str, Any], mosquitto: Any) -> None:
+    from gateway.deploy import deploy, targets
+
+    site, gw, make = fleet
+    make("mill-1", 0.0)
+    make("mill-2", 0.0)
+    time.sleep(0.2)
+    site_, devices = targets(gw.store, f"{site}/mill-1,mill-2")
+    plan = RolloutPlan(keys["bundles"]["0.2.0"], site_, devices, canary=1,
+                       chunk_bytes=CHUNK, shadow_windows=20)
+    seen: list[str] = []
+    manager = deploy(plan, mosquitto.url, gw.store, [keys["pem"]], timeout_s=30,
+                     progress=lambda m: seen.append(m.state))
+    assert manager.state == "complete" and manager.summary() == {"active": 2}
+    assert "canary" in seen
