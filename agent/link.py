@@ -125,6 +125,7 @@ class Link:
         self._gen = 0
         self._current: tuple[int, mqtt.Client | None] = (0, None)
         self._connected_once = False
+        self._window = config.max_inflight
         self._connack_seen = False
         self._silent_tries = 0
         self._connected = threading.Event()
@@ -231,7 +232,7 @@ class Link:
             client.tls_set(ca_certs=cfg.tls_ca_path, certfile=cfg.tls_cert_path,
                            keyfile=cfg.tls_key_path)
         gen = self._gen + 1
-        client.on_connect = lambda c, _u, _f, rc, _p: self._on_connect(c, gen, rc)
+        client.on_connect = lambda c, _u, _f, rc, props: self._on_connect(c, gen, rc, props)
         client.on_disconnect = lambda c, _u, _f, rc, _p: self._on_disconnect(c, gen, rc)
         client.on_publish = lambda _c, _u, mid, rc, _p: self._on_publish(gen, mid, rc)
         client.on_message = self._on_message
@@ -299,8 +300,11 @@ class Link:
         self._connected.clear()
         self._wake.set()
 
-    def _on_connect(self, client: mqtt.Client, gen: int, rc: Any) -> None:
+    def _on_connect(self, client: mqtt.Client, gen: int, rc: Any, props: Any) -> None:
         self._connack_seen = True
+        # paho does not enforce the broker's MQTT 5 Receive Maximum: our window does
+        self._window = min(self.config.max_inflight,
+                           int(getattr(props, "ReceiveMaximum", self.config.max_inflight)))
         if rc.is_failure:
             self._count("connect_failures")
             if rc.value == UNSUPPORTED_PROTOCOL and self.config.protocol == "auto":
@@ -410,7 +414,7 @@ class Link:
 
     def _fill(self, outbox: Outbox, gen: int, client: mqtt.Client) -> int:
         cfg, sent = self.config, 0
-        while len(self._inflight) < cfg.max_inflight:
+        while len(self._inflight) < self._window:
             for kind in DRAIN_ORDER:
                 boot, row_ids, records = outbox.pending_json(
                     kind, cfg.batch_max_records, after=self._cursor.get(kind, 0),

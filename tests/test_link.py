@@ -175,6 +175,19 @@ def test_backlog_arrives_exactly_once_in_bounded_batches_alerts_first(
     outbox.close()
 
 
+def test_inflight_window_respects_the_brokers_receive_maximum(
+        make_mosquitto: Callable[[str], Any], tmp_path: Path, device: str,
+        links: list[Link]) -> None:
+    broker = make_mosquitto(CONF_TEMPLATE.read_text().replace(
+        "max_inflight_messages 100", "max_inflight_messages 3"))
+    outbox = Outbox(tmp_path / "outbox.db", boot_id="boot-w")
+    expected = fill(outbox, 2000)
+    link = make_link(links, broker, device, "boot-w", max_inflight=16, batch_max_records=20)
+    assert link.wait_connected(10)
+    assert link.drain(outbox, timeout_s=20) == len(expected)
+    assert link.stats()["inflight_peak"] == 3 and link.stats()["reconnects"] == 0
+
+
 def persistent_broker(make_mosquitto: Callable[[str], Any]) -> Any:
     """The test broker config, with persistence so a stopped broker keeps the collector's
     session and the messages queued for it (stop is SIGTERM: mosquitto saves on exit)."""
