@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from agent.features.geometry import BEARINGS, ISO_ZONE_LIMITS_MM_S
 from agent.link import LinkConfig
+from agent.monitor import MonitorConfig
 from agent.outbox import OutboxConfig
 from foreshock.config import check_range, from_table, read_toml
 from foreshock.errors import ConfigError, OutboxError
@@ -196,7 +197,7 @@ class ServiceConfig:
 SECTIONS: dict[str, type] = {
     "device": DeviceConfig, "source": SourceConfig, "features": FeaturesConfig,
     "model": ModelConfig, "decision": DecisionConfig, "outbox": OutboxSection,
-    "link": LinkSection, "service": ServiceConfig,
+    "link": LinkSection, "service": ServiceConfig, "monitor": MonitorConfig,
 }
 
 
@@ -210,6 +211,7 @@ class AgentConfig:
     outbox: OutboxSection = field(default_factory=OutboxSection)
     link: LinkSection = field(default_factory=LinkSection)
     service: ServiceConfig = field(default_factory=ServiceConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
 
     @classmethod
     def load(cls, path: Path | str) -> AgentConfig:

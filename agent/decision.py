@@ -192,6 +192,48 @@ class Decider:
             return self._alert(s, obs, "updated")
         return None
 
+    def decide_batch(self, key: Hashable, anomaly: npt.ArrayLike,
+                     observe: Callable[[int], Observation]) -> list[tuple[int, dict[str, Any]]]:
+        """:meth:`decide` for a run of windows of one stream, as array operations.
+
+        ``anomaly[i]`` is window i's score; ``observe(i)`` builds its :class:`Observation`
+        and is called only for windows that may change the incident state: from the first
+        window where k of the last n are above the threshold, and while an incident is open.
+        Returns ``(i, alert body)`` pairs, the same records :meth:`decide` would give.
+        """
+        s = self.stream(key)
+        a = np.asarray(anomaly, dtype=np.float64)
+        if s.baseline is None or a.size == 0:
+            return []
+        with np.errstate(invalid="ignore"):
+            above = np.isfinite(a) & (a > s.threshold)
+        out: list[tuple[int, dict[str, Any]]] = []
+        i = 0
+        while i < a.size:
+            if s.incident is None:
+                hit = self._first_raise(s, above[i:])
+                if hit < 0:
+                    s.recent.extend(above[i:].tolist())
+                    break
+                s.recent.extend(above[i:i + hit].tolist())
+                i += hit
+            body = self.decide(key, observe(i))
+            if body is not None:
+                out.append((i, body))
+            i += 1
+        return out
+
+    def _first_raise(self, s: _Stream, above: npt.NDArray[np.bool_]) -> int:
+        """Index in ``above`` of the first window where k of the last n are above; -1."""
+        n = self.config.n
+        history = np.fromiter(s.recent, dtype=bool, count=len(s.recent))
+        joined = np.concatenate((history, above)).astype(np.int32)
+        total = np.concatenate(([0], np.cumsum(joined)))
+        end = np.arange(history.size + 1, joined.size + 1)
+        counts = total[end] - total[np.maximum(end - n, 0)]
+        hits = np.flatnonzero(counts >= self.config.k)
+        return int(hits[0]) if hits.size else -1
+
     def zone(self, features: FloatArray) -> tuple[str, float]:
         i = self._index.get("vel_rms_mm_s")
         v = float(features[i]) if i is not None else math.nan

@@ -21,7 +21,8 @@ Every frame is checked, and what the checks find is counted in ``counters``:
 
 Sequence numbers are u32 and wrap; a difference of less than 2**31 forward is a gap,
 anything else is backwards. Buffers are bounded: a stream holds at most one window plus one
-frame of samples.
+frame of samples, in one contiguous array per stream; complete windows
+are copied out of it in one vectorised slice per frame.
 
 Pure: no I/O, no clock; times come from the frames' ``timestamp_us``.
 """
@@ -30,7 +31,8 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -84,16 +86,41 @@ class Window:
         return self.start_us / 1e6 + self.duration_s
 
 
-@dataclass
 class _Stream:
-    rate_hz: float
-    last_seq: int
-    start_us: int = 0
-    buf: npt.NDArray[np.float32] = field(default_factory=lambda: np.zeros(0, np.float32))
-    rpm: float = 0.0
+    """One stream's samples in a contiguous buffer: ``data[:fill]`` are the pending ones."""
+
+    __slots__ = ("data", "fill", "last_seq", "rate_hz", "rpm", "start_us")
+
+    def __init__(self, rate_hz: float, last_seq: int, start_us: int = 0) -> None:
+        self.rate_hz = rate_hz
+        self.last_seq = last_seq
+        self.start_us = start_us
+        self.data: npt.NDArray[np.float32] = np.zeros(0, np.float32)
+        self.fill = 0
+        self.rpm = 0.0
+
+    @property
+    def buf(self) -> npt.NDArray[np.float32]:
+        """The pending samples (a view)."""
+        return self.data[:self.fill]
 
     def reset(self) -> None:
-        self.buf = np.zeros(0, np.float32)
+        self.fill = 0
+
+    def append(self, samples: npt.NDArray[np.float32]) -> None:
+        end = self.fill + samples.size
+        if end > self.data.size:
+            grown = np.empty(max(end, 2 * self.data.size), np.float32)
+            grown[:self.fill] = self.data[:self.fill]
+            self.data = grown
+        self.data[self.fill:end] = samples
+        self.fill = end
+
+    def consume(self, samples: int) -> None:
+        """Drop the first ``samples`` pending samples (one memmove of the rest)."""
+        rest = self.fill - samples
+        self.data[:rest] = self.data[samples:self.fill]
+        self.fill = rest
 
 
 class Windower:
@@ -162,36 +189,47 @@ class Windower:
         return (max(8, round(self.spec.window_samples * ratio)),
                 max(1, round(self.hop_samples * ratio)))
 
+    def push_many(self, frames: Iterable[Frame]) -> list[Window]:
+        """:meth:`push` every frame in order; all the windows they completed."""
+        out: list[Window] = []
+        for frame in frames:
+            out += self.push(frame)
+        return out
+
     def _append(self, key: tuple[str, int], stream: _Stream, frame: Frame) -> list[Window]:
         samples = frame.samples
         if not math.isfinite(float(np.add.reduce(samples, dtype=np.float64))) and not np.all(
                 np.isfinite(samples)):
             self.counters["non_finite"] += 1
             samples = np.nan_to_num(samples, nan=0.0, posinf=0.0, neginf=0.0)
-        if stream.buf.size == 0:
+        if stream.fill == 0:
             stream.start_us = frame.timestamp_us
-        stream.buf = np.concatenate((stream.buf, samples))
+        stream.append(samples)
         self.counters["samples"] += samples.size
         if frame.rpm > 0:
             stream.rpm = frame.rpm
         win, hop = self._span(stream.rate_hz)
-        out: list[Window] = []
-        while stream.buf.size >= win:
-            out.append(self._cut(key, stream, stream.buf[:win]))
-            stream.buf = stream.buf[hop:]
-            stream.start_us += round(hop * 1e6 / stream.rate_hz)
-        self.counters["windows"] += len(out)
-        return out
+        if stream.fill < win:
+            return []
+        return self._cut(key, stream, win, hop)
 
-    def _cut(self, key: tuple[str, int], stream: _Stream,
-             chunk: npt.NDArray[np.float32]) -> Window:
+    def _cut(self, key: tuple[str, int], stream: _Stream, win: int, hop: int) -> list[Window]:
+        """Every complete window in the buffer, copied out in one vectorised slice."""
+        count = (stream.fill - win) // hop + 1
+        views = np.lib.stride_tricks.sliding_window_view(stream.data[:stream.fill], win)
+        blocks = views[:(count - 1) * hop + 1:hop].copy()
+        stream.consume(count * hop)
         target = float(self.spec.sample_rate_hz)
-        if chunk.size == self.spec.window_samples:
-            samples = chunk.astype(np.float32, copy=True)
-        else:
-            samples = _fit(_resample(chunk, stream.rate_hz, target), self.spec.window_samples)
-        return Window(key[0], key[1], stream.start_us, samples, float(stream.rpm), target,
-                      stream.rate_hz)
+        if win != self.spec.window_samples:
+            blocks = np.stack([_fit(_resample(b, stream.rate_hz, target),
+                                    self.spec.window_samples) for b in blocks])
+        step_us = hop * 1e6 / stream.rate_hz
+        start, rpm, rate = stream.start_us, float(stream.rpm), stream.rate_hz
+        out = [Window(key[0], key[1], start + round(i * step_us), blocks[i], rpm, target, rate)
+               for i in range(count)]
+        stream.start_us = start + round(count * step_us)
+        self.counters["windows"] += count
+        return out
 
 
 def _resample(x: npt.NDArray[np.float32], from_hz: float, to_hz: float) -> npt.NDArray[np.float32]:
