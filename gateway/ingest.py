@@ -14,6 +14,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 from foreshock import messages, topics
 from foreshock.errors import MessageError
@@ -21,6 +22,8 @@ from foreshock.messages import Record
 from gateway.store import Store
 
 log = logging.getLogger(__name__)
+ROLLOUT_STATUSES = ("offered", "downloading", "verified", "shadow", "active", "failed",
+                    "rolled_back")
 
 
 @dataclass(frozen=True)
@@ -76,9 +79,8 @@ class Ingestor:
                 return self._state(site, device, payload, now)
             if kind in topics.RECORD_KINDS:
                 return self._batch(site, device, kind, payload, now)
-            if kind == "model/status":  # handled by the rollout manager's hook
-                messages.loads(payload)
-                return Outcome(True, site, device)
+            if kind == "model/status":
+                return self._model_status(site, device, payload, now)
             raise MessageError(f"topic kind {kind!r} is not ingested")
         except MessageError as exc:
             self._reject(device, str(exc))
@@ -90,6 +92,21 @@ class Ingestor:
             raise MessageError(f"state for {state.get('site')}/{state['device']} "
                                f"on the topic of {site}/{device}")
         self.store.store_state({**state, "site": site}, now)
+        return Outcome(True, site, device)
+
+    def _model_status(self, site: str, device: str, payload: bytes, now: float) -> Outcome:
+        """Record a device's rollout progress (the rollout manager also watches it)."""
+        status = messages.loads(payload)
+        if status.get("schema") != messages.MODEL_STATUS_SCHEMA:
+            raise MessageError(f"schema {status.get('schema')!r} is not "
+                               f"{messages.MODEL_STATUS_SCHEMA!r}")
+        if not isinstance(status.get("rollout_id"), str) or \
+                status.get("status") not in ROLLOUT_STATUSES:
+            raise MessageError(f"model status needs rollout_id and a status in "
+                               f"{ROLLOUT_STATUSES}")
+        detail: dict[str, Any] = {k: status[k] for k in ("detail", "progress") if k in status}
+        self.store.set_rollout_device(status["rollout_id"], site, device, status["status"],
+                                      detail, now)
         return Outcome(True, site, device)
 
     def _batch(self, site: str, device: str, kind: str, payload: bytes,

@@ -30,13 +30,13 @@ from typing import Any, Final
 from foreshock import bundle as fsbundle
 from foreshock import messages, topics
 from foreshock.errors import ConfigError, MessageError
+from gateway.ingest import ROLLOUT_STATUSES
 from gateway.store import RolloutRow, Store
 
 log = logging.getLogger(__name__)
 OFFER_SCHEMA: Final = "foreshock.model_offer/1"
 CHUNK_SCHEMA: Final = "foreshock.model_chunk/1"
-STATUSES: Final = ("offered", "downloading", "verified", "shadow", "active", "failed",
-                   "rolled_back")
+STATUSES: Final = ROLLOUT_STATUSES
 FAILED: Final = ("failed", "rolled_back")
 Publish = Callable[[str, bytes, int], None]
 

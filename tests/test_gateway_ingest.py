@@ -200,3 +200,23 @@ def test_config_loads_from_toml_and_rejects_bad_keys(tmp_path: Path) -> None:
         GatewayConfig.load(bad)
     with pytest.raises(ConfigError, match="broker_url"):
         GatewayConfig.for_site("http://x", "plant1", "sqlite:///x.db")
+
+
+def test_model_status_is_recorded_for_the_fleet_view(
+        mosquitto: Any, site: str, tmp_path: Path, gateways: list[Gateway]) -> None:
+    from gateway.store import RolloutRow
+
+    gw = start(gateways, GatewayConfig.for_site(mosquitto.url, site,
+                                                f"sqlite:///{tmp_path / 'gw.db'}"))
+    gw.store.save_rollout(RolloutRow("r9", "m", "2.0.0", site, 1, 20.0, "canary", T0, T0))
+    dev = Device(mosquitto.url, site, "kiln-1")
+    status = {"schema": "foreshock.model_status/1", "site": site, "device": "kiln-1",
+              "rollout_id": "r9", "bundle": {"name": "m", "version": "2.0.0"},
+              "status": "shadow", "ts": T0}
+    dev.raw(topics.model_status(site, "kiln-1"), messages.dumps(status))
+    dev.raw(topics.model_status(site, "kiln-1"), messages.dumps({**status, "status": "meh"}))
+    dev.close()
+    wait_for(lambda: gw.stats().messages == 2)
+    wait_for(lambda: len(gw.store.rollout_devices("r9")) == 1)
+    assert gw.store.rollout_devices("r9")[0].status == "shadow"
+    assert gw.stats().invalid == 1
