@@ -127,6 +127,7 @@ class Link:
         self._connected_once = False
         self._window = config.max_inflight
         self._connack_seen = False
+        self._up_since_connect = False
         self._silent_tries = 0
         self._connected = threading.Event()
         self._stop = threading.Event()
@@ -244,9 +245,11 @@ class Link:
         attempt = 0
         while not self._stop.is_set():
             client = self._new_client()
+            started = time.monotonic()
             got_connack = self._run_connection(client)
-            if got_connack and self._connected_once:
-                attempt = 0
+            up_s = time.monotonic() - started
+            if self._up_since_connect and up_s >= min(30.0, self.config.backoff_max_s):
+                attempt = 0  # a connection that held resets the backoff; a flapping one not
             if self._stop.is_set():
                 break
             if not got_connack and self.config.protocol == "auto":
@@ -257,7 +260,7 @@ class Link:
 
     def _run_connection(self, client: mqtt.Client) -> bool:
         """Connect and run the network loop until the connection ends; True if CONNACKed."""
-        self._connack_seen = False
+        self._connack_seen = self._up_since_connect = False
         cfg = self.config
         try:
             if self._protocol == MQTTProtocolVersion.MQTTv5:
@@ -316,6 +319,7 @@ class Link:
             client.disconnect()
             return
         self._silent_tries = 0
+        self._up_since_connect = True
         self._count("connects")
         if self._connected_once:
             self._count("reconnects")

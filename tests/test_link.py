@@ -378,6 +378,19 @@ def test_link_backs_off_while_broker_is_down_and_records_wait(
     outbox.close()
 
 
+def test_refused_connection_backs_off_exponentially(
+        make_mosquitto: Callable[[str], Any], device: str, links: list[Link]) -> None:
+    broker = make_mosquitto(CONF_TEMPLATE.read_text().replace(
+        "allow_anonymous true", "allow_anonymous false"))
+    link = make_link(links, broker, device, "boot-n", backoff_min_s=0.05, backoff_max_s=0.4)
+    assert not link.wait_connected(2.0)
+    failures = link.stats()["connect_failures"]
+    # 0.05 s doubling to 0.4 s (with jitter) allows at most ~12 tries in 2 s; a backoff
+    # that reset after every refused CONNACK would make 40 or more
+    assert 3 <= failures <= 15, failures
+    assert link.stats()["connects"] == 0
+
+
 def test_forced_mqtt_311_works(mosquitto: Any, tmp_path: Path, device: str,
                                collectors: list[Collector], links: list[Link]) -> None:
     col = Collector(mosquitto, f"{topics.device_root(SITE, device)}/#")
