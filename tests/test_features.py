@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -158,3 +160,39 @@ def test_baseline_robust_z_and_round_trip() -> None:
     np.testing.assert_array_equal(again.z(values), base.z(values))
     with pytest.raises(ConfigError, match="scale"):
         Baseline.from_dict({**base.to_dict(), "scale": [1.0]})
+
+
+def test_fixed_envelope_band_is_used_and_finds_the_defect() -> None:
+    spec = dataclasses.replace(DEFAULT_SPEC, envelope_band_hz=(2400.0, 4000.0))
+    t = np.arange(N) / FS
+    rpm = 1800.0
+    period = 1.0 / (bearing("SKF-6205").orders()["bpfi"] * rpm / 60.0)
+    phase = np.mod(t, period)
+    x = np.exp(-phase * 700.0) * np.sin(2 * np.pi * 3200.0 * phase)
+    x += 0.3 * np.sin(2 * np.pi * 7000.0 / 2 * t)              # strong tone outside the band
+    feats = extract(spec, x.astype(np.float32)[None, :], rpm)
+    assert col(spec, feats, "env_band_center_hz")[0] == pytest.approx(3200.0, abs=2 * spec.bin_hz)
+    assert col(spec, feats, "env_bpfi_harm_snr")[0] > 3 * col(spec, feats, "env_bpfo_harm_snr")[0]
+
+
+def test_snapshot_spec_sees_an_impulse_train_in_a_tenth_of_a_second() -> None:
+    spec = SNAPSHOT_SPEC
+    t = np.arange(spec.window_samples) / spec.sample_rate_hz
+    rpm = 1800.0
+    period = 1.0 / (bearing(spec.bearing).orders()["bpfo"] * rpm / 60.0)
+    phase = np.mod(t, period)
+    x = np.exp(-phase * 1500.0) * np.sin(2 * np.pi * 6000.0 * phase)
+    x += 0.1 * np.random.default_rng(5).standard_normal(t.size)
+    feats = extract(spec, x.astype(np.float32)[None, :], rpm)
+    assert col(spec, feats, "env_bpfo_snr")[0] > 3.0
+
+
+def test_feature_engine_keeps_scipy_signal_off_the_device() -> None:
+    code = ("import sys, agent.features; "
+            "sys.exit(1 if 'scipy.signal' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_iso_zone_rejects_non_finite_velocity() -> None:
+    with pytest.raises(ConfigError, match="velocity_mm_s"):
+        iso_zone(float("nan"), "group2-rigid")
