@@ -62,6 +62,8 @@ class WatchModel:
     def feed(self, topic: str, payload: bytes, received_ts: float | None = None) -> bool:
         """Apply one MQTT message; False (and counted) when it is not valid."""
         now = time.time() if received_ts is None else received_ts
+        if topics.is_control(topic):
+            return True  # the gateway's re-publication of an alert the device also sent
         with self._lock:
             self.messages += 1
             try:
@@ -235,15 +237,20 @@ def watch(broker: str = typer.Option("mqtt://127.0.0.1:1883", "--broker",
           refresh_s: float = typer.Option(1.0, "--refresh-s", help="Redraw interval."),
           duration_s: float = typer.Option(0.0, "--duration-s",
                                            help="Exit after this long (0 = until Ctrl-C)."),
+          protocol: str = typer.Option("5", "--protocol", help="MQTT protocol: 5 or 3.1.1 "
+                                       "(the demo's embedded broker)."),
           ) -> None:
     """Live view of devices, scores, open alerts and rollout progress."""
     from rich.console import Console
     from rich.live import Live
 
+    from foreshock.errors import ConfigError
     from gateway.watch_link import WatchSubscriber
 
+    if protocol not in ("5", "3.1.1"):
+        raise ConfigError(f"--protocol {protocol!r} is not allowed; use 5 or 3.1.1")
     model = WatchModel(site)
-    subscriber = WatchSubscriber(broker, site, model)
+    subscriber = WatchSubscriber(broker, site, model, protocol=protocol)
     subscriber.start()
     deadline = time.monotonic() + duration_s if duration_s > 0 else float("inf")
     try:

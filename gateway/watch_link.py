@@ -26,14 +26,16 @@ class WatchSubscriber:
     """Subscribes to ``site`` on ``broker_url`` and feeds every message to ``model``."""
 
     def __init__(self, broker_url: str, site: str, model: WatchModel,
-                 connect_timeout_s: float = 10.0) -> None:
+                 connect_timeout_s: float = 10.0, protocol: str = "5") -> None:
         self.addr = broker(broker_url)
         self.broker_url = broker_url
         self.site = site
         self.model = model
         self.connect_timeout_s = connect_timeout_s
         self.ready = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5,
+        self.protocol = protocol
+        version = mqtt.MQTTv311 if protocol == "3.1.1" else mqtt.MQTTv5
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=version,
                                   client_id=f"foreshock-watch-{uuid.uuid4().hex[:8]}")
         if self.addr.username:
             self.client.username_pw_set(self.addr.username, self.addr.password)
@@ -48,7 +50,10 @@ class WatchSubscriber:
         if reason.is_failure:
             log.error("broker refused the watch client: %s", reason)
             return
-        client.subscribe([(f, SubscribeOptions(qos=1)) for f in subscriptions(self.site)])
+        if self.protocol == "3.1.1":
+            client.subscribe([(f, 1) for f in subscriptions(self.site)])
+        else:
+            client.subscribe([(f, SubscribeOptions(qos=1)) for f in subscriptions(self.site)])
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         self.model.feed(msg.topic, bytes(msg.payload))

@@ -59,6 +59,7 @@ def test_model_tracks_devices_scores_alerts_and_rollout() -> None:
         "bundle": {"name": "m", "version": "1.1.0"}}))
     assert not m.feed(topics.record("p1", "pump-1", "telemetry"), b"junk")
     assert not m.feed("not/a/topic", b"{}")
+    assert m.feed(topics.control_alert("p1"), b"{}")  # ignored, not counted
     out = text(m)
     assert "1/1 devices online" in out and "1 open alerts" in out and "2 invalid" in out
     assert "BPFO 3x baseline" in out and "4.25/3.00" in out and "2.50" in out
@@ -109,6 +110,10 @@ def test_watch_command_runs_for_a_while_and_exits(mosquitto: Any) -> None:
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert "Foreshock site nobody" in res.stdout
+    res = subprocess.run([sys.executable, "-m", "foreshock.cli", "watch", "--broker",
+                          mosquitto.url, "--protocol", "3.1.1", "--duration-s", "0.3"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
     res = subprocess.run([sys.executable, "-m", "foreshock.cli", "watch", "--broker",
                           "mqtt://127.0.0.1:1", "--duration-s", "0.5"],
                          capture_output=True, text=True, timeout=60)
