@@ -69,6 +69,7 @@ CREATE TABLE IF NOT EXISTS counters (
     PRIMARY KEY (kind, name)
 ) WITHOUT ROWID;
 """
+_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 BUMP: Final = ("INSERT INTO counters (kind, name, value) VALUES (?, ?, ?) "
                "ON CONFLICT (kind, name) DO UPDATE SET value = value + excluded.value")
 
@@ -250,7 +251,7 @@ class Outbox:
             raise MessageError(f"{kind} record: ts must be a finite number, got {ts!r}")
         validate_record(kind, {"seq": 0, "ts": ts, "body": body}, f"{kind} record")
         try:
-            text = json.dumps(body, separators=(",", ":"), allow_nan=False)
+            text = _ENCODER.encode(body)
         except ValueError:  # NaN or inf somewhere: stored as null, and must still be valid
             text = dumps(body).decode()
             validate_record(kind, {"seq": 0, "ts": ts, "body": json.loads(text)},
