@@ -41,12 +41,13 @@ FloatArray = npt.NDArray[np.float32]
 Lap = Callable[[str, float], float]
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, slots=True)
 class WindowResult:
     """What the pipeline made of one window. ``anomaly`` is NaN while commissioning.
 
     ``alert`` is the incident record this window produced (raised / updated / cleared), if
     any; ``incident_open`` whether an incident is open on this stream after this window.
+    ``telemetry`` (the body of its telemetry record) is built on access only.
     """
 
     index: int
@@ -58,17 +59,40 @@ class WindowResult:
     commissioning: bool
     threshold: float
     zone: str
-    telemetry: dict[str, Any]
     alert: dict[str, Any] | None = None
-    explanation: dict[str, Any] | None = None
     incident_open: bool = False
+    rms_g: float = 0.0
+    velocity_mm_s: float = 0.0
+    rpm: float = 0.0
+
+    @property
+    def explanation(self) -> dict[str, Any] | None:
+        return self.alert["explanation"] if self.alert else None
+
+    @property
+    def telemetry(self) -> dict[str, Any]:
+        w = self.window
+        return {
+            "channel": w.channel, "window_ts": w.end_s,
+            "anomaly_score": 0.0 if math.isnan(self.anomaly) else self.anomaly,
+            "fault": self.fault, "fault_probability": self.fault_probability,
+            "rms_g": self.rms_g, "velocity_rms_mm_s": self.velocity_mm_s, "zone": self.zone,
+            "commissioning": self.commissioning, "threshold": self.threshold, "rpm": self.rpm,
+            "sensor": w.device_id,
+        }
 
 
 @dataclass
 class StepOutput:
+    """Per-window results, incident records and events of one batch, and the scored
+    windows' model inputs (``z``), scores and alert state for the drift monitor."""
+
     results: list[WindowResult] = field(default_factory=list)
     alerts: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
+    z: FloatArray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    anomaly: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
+    alerted: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, bool))
 
 
 def _no_lap(stage: str, since: float) -> float:
@@ -88,6 +112,7 @@ class Pipeline:
         self.spec = self._make_spec()
         names = self.spec.feature_names
         self.detector, inputs = self._make_detector(detector, input_features, names)
+        self.input_features = tuple(inputs)
         self.input_index = np.asarray(self.spec.index(list(inputs)), dtype=np.intp)
         b = self.bundle
         self.fault_min_probability = b.fault_min_probability if b else 0.5
@@ -151,6 +176,14 @@ class Pipeline:
         z = baseline.z(values)[:, self.input_index]
         return self.detector.score(z.astype(np.float32)).anomaly
 
+    @property
+    def training_stats(self) -> dict[str, Any] | None:
+        """The bundle manifest's ``training_stats`` (for the drift monitor), if shipped."""
+        if self.bundle is None:
+            return None
+        stats = self.bundle.manifest.data.get("training_stats")
+        return stats if stats else None
+
     def rebaseline(self, channel: int | None = None) -> None:
         keys = [k for k in list(self.decider._streams)
                 if channel is None or (isinstance(k, tuple) and k[1] == channel)]
@@ -169,13 +202,40 @@ class Pipeline:
         return out
 
     # -- processing ----------------------------------------------------------------------
-    def process(self, windows: Sequence[Window], lap: Lap = _no_lap) -> StepOutput:
+    def process(self, windows: Sequence[Window], lap: Lap = _no_lap,
+                samples: FloatArray | None = None) -> StepOutput:
+        """Features (one batched call), scores (one model call), decisions (vectorised per
+        stream; the per-window path only where an incident may change). ``samples``: the
+        windows' samples already stacked ``[n, window_samples]``, if the caller has them."""
         t = time.perf_counter()
-        x = fx.extract(self.spec, np.stack([w.samples for w in windows]), self._rpm(windows))
-        x = np.asarray(x, dtype=np.float32)
+        if samples is None:
+            samples = np.stack([w.samples for w in windows])
+        x = np.asarray(fx.extract(self.spec, samples, self._rpm(windows)), dtype=np.float32)
         t = lap("features", t)
         out = StepOutput()
         keys = [(w.device_id, w.channel) for w in windows]
+        live = self._commission(windows, keys, x, out)
+        z = np.zeros((len(windows), x.shape[1]), np.float32)
+        groups: dict[Hashable, list[int]] = {}
+        for i in live:
+            groups.setdefault(keys[i], []).append(i)
+        for key, idx in groups.items():
+            z[idx] = self.decider.baseline(key).z(x[idx])
+        scored = _Scored(len(windows), self.fault_min_probability)
+        if live:
+            out.z = z[live][:, self.input_index]
+            scored.fill(live, self.detector.score(out.z))
+        t = lap("inference", t)
+        state = {k: self.decider.stream(k).incident is not None for k in set(keys)}
+        alerts = self._decide(windows, groups, x, z, scored)
+        self._results(windows, keys, x, scored, alerts, state, out)
+        out.anomaly = scored.anomaly[live]
+        lap("decision", t)
+        return out
+
+    def _commission(self, windows: Sequence[Window], keys: list[tuple[str, int]],
+                    x: FloatArray, out: StepOutput) -> list[int]:
+        """Feed commissioning streams; indices of the windows of monitored streams."""
         live = []
         for i, (w, key) in enumerate(zip(windows, keys, strict=True)):
             if self.decider.baseline(key) is None:
@@ -185,86 +245,104 @@ class Pipeline:
                     out.events.append(event)
             else:
                 live.append(i)
-        z = np.zeros((len(windows), x.shape[1]), np.float32)
-        for key in {keys[i] for i in live}:
-            idx = [i for i in live if keys[i] == key]
-            z[idx] = self.decider.baseline(key).z(x[idx])
-        scored = self._scored(self.detector.score(z[live][:, self.input_index])) if live else []
-        t = lap("inference", t)
-        pos = {i: j for j, i in enumerate(live)}
-        zones, velocity = self._zones(x)
-        for i, w in enumerate(windows):
-            j = pos.get(i)
-            out.results.append(self._decide(
-                i, w, keys[i], x[i], None if j is None else z[i],
-                None if j is None else scored[j], (zones[i], float(velocity[i])), out))
-        lap("decision", t)
-        return out
+        return live
 
-    def _scored(self, scores: Any) -> list[tuple[float, str, float, str, float]]:
-        """Per window: anomaly, most probable label and its probability, and for alerts the
-        most probable non-normal label if it reaches the bundle's
-        ``thresholds.fault.min_probability`` (else ``unknown``) and its probability."""
+    def _decide(self, windows: Sequence[Window], groups: dict[Hashable, list[int]],
+                x: FloatArray, z: FloatArray, scored: _Scored) -> dict[int, dict[str, Any]]:
+        """Alert records by window index, from :meth:`Decider.decide_batch` per stream."""
+        alerts: dict[int, dict[str, Any]] = {}
+        for key, idx in groups.items():
+            def observe(j: int, idx: list[int] = idx) -> Observation:
+                i = idx[j]
+                w = windows[i]
+                return Observation(w.channel, w.end_s, x[i], z[i], float(scored.anomaly[i]),
+                                   scored.alt[i], float(scored.alt_p[i]), self._rpm_of(w))
+
+            for j, body in self.decider.decide_batch(key, scored.anomaly[idx], observe):
+                alerts[idx[j]] = body
+        return alerts
+
+    def _results(self, windows: Sequence[Window], keys: list[tuple[str, int]], x: FloatArray,
+                 scored: _Scored, alerts: dict[int, dict[str, Any]], state: dict[Any, bool],
+                 out: StepOutput) -> None:
+        """One result per window; ``state``: incident open per stream at batch start."""
+        zones, velocity = self._zones(x)
+        rms = self._column(x, "rms_g")
+        anomaly, top_p = scored.anomaly.tolist(), scored.top_p.tolist()
+        alerted = []
+        for i, w in enumerate(windows):
+            key = keys[i]
+            body = alerts.get(i)
+            if body is not None:
+                out.alerts.append(body)
+                state[key] = body["status"] != "cleared"
+            commissioning = math.isnan(anomaly[i])
+            if not commissioning:
+                alerted.append(state[key])
+            out.results.append(WindowResult(
+                i, w, x[i], anomaly[i], scored.top[i], top_p[i], commissioning,
+                self.decider.threshold(key), zones[i], body, state[key], rms[i],
+                velocity[i], self._rpm_of(w)))
+        out.alerted = np.asarray(alerted, dtype=bool)
+
+    def _zones(self, x: FloatArray) -> tuple[list[str], list[float]]:
+        """ISO 10816 zone and velocity (0 if unknown) per window (vectorised
+        :func:`agent.features.iso_zone`)."""
+        i = self._names.get("vel_rms_mm_s")
+        if i is None:
+            return ["?"] * len(x), [0.0] * len(x)
+        v = x[:, i].astype(np.float64)
+        limits = fx.ISO_ZONE_LIMITS_MM_S[self.spec.machine_class]
+        idx = np.searchsorted(np.asarray(limits), v, side="right")
+        ok = np.isfinite(v) & (v >= 0)
+        zones = ["ABCD"[k] if good else "?" for k, good in zip(idx.tolist(), ok.tolist(),
+                                                               strict=True)]
+        return zones, np.where(np.isfinite(v), v, 0.0).tolist()
+
+    def _column(self, x: FloatArray, name: str) -> list[float]:
+        i = self._names.get(name)
+        if i is None:
+            return [0.0] * len(x)
+        v = x[:, i].astype(np.float64)
+        return np.where(np.isfinite(v), v, 0.0).tolist()
+
+    def _rpm(self, windows: Sequence[Window]) -> FloatArray:
+        return np.asarray([self._rpm_of(w) for w in windows], dtype=np.float32)
+
+    def _rpm_of(self, w: Window) -> float:
+        return w.rpm if w.rpm > 0 else self.config.features.rpm
+
+
+class _Scored:
+    """Model outputs of a batch as arrays (NaN / ``unknown`` for unscored windows): anomaly,
+    most probable label and its probability, and for alerts the most probable non-normal
+    label if it reaches the bundle's ``thresholds.fault.min_probability`` (else
+    ``unknown``) and its probability."""
+
+    def __init__(self, n: int, min_probability: float) -> None:
+        self.anomaly = np.full(n, math.nan)
+        self.top: list[str] = ["unknown"] * n
+        self.top_p = np.zeros(n)
+        self.alt: list[str] = ["unknown"] * n
+        self.alt_p = np.zeros(n)
+        self.min_probability = min_probability
+
+    def fill(self, rows: list[int], scores: Any) -> None:
         p = np.asarray(scores.probabilities, dtype=np.float64)
-        rows = np.arange(p.shape[0])
         labels = tuple(scores.labels)
+        r = np.arange(p.shape[0])
         top = p.argmax(axis=1)
         q = p.copy()
         if "normal" in labels and len(labels) > 1:
             q[:, labels.index("normal")] = -1.0
         alt = q.argmax(axis=1)
-        alt_p = np.maximum(q[rows, alt], 0.0)
-        return [(float(a), labels[t], float(tp), labels[k] if kp >= self.fault_min_probability
-                 else "unknown", float(kp))
-                for a, t, tp, k, kp in zip(scores.anomaly.tolist(), top.tolist(),
-                                           p[rows, top].tolist(), alt.tolist(), alt_p.tolist(),
-                                           strict=True)]
-
-    def _zones(self, x: FloatArray) -> tuple[list[str], npt.NDArray[np.float64]]:
-        """ISO 10816 zone per window (vectorised :func:`agent.features.iso_zone`)."""
-        i = self._names.get("vel_rms_mm_s")
-        if i is None:
-            return ["?"] * len(x), np.full(len(x), math.nan)
-        v = x[:, i].astype(np.float64)
-        limits = fx.ISO_ZONE_LIMITS_MM_S[self.spec.machine_class]
-        idx = np.searchsorted(np.asarray(limits), v, side="right")
-        ok = np.isfinite(v) & (v >= 0)
-        return ["ABCD"[k] if good else "?" for k, good in zip(idx.tolist(), ok.tolist(),
-                                                              strict=True)], v
-
-    def _rpm(self, windows: Sequence[Window]) -> FloatArray:
-        fixed = self.config.features.rpm
-        return np.asarray([w.rpm if w.rpm > 0 else fixed for w in windows], dtype=np.float32)
-
-    def _decide(self, i: int, w: Window, key: Hashable, x: FloatArray, z: FloatArray | None,
-                scored: tuple[float, str, float, str, float] | None, zone: tuple[str, float],
-                out: StepOutput) -> WindowResult:
-        anomaly, fault, prob = (math.nan, "unknown", 0.0) if scored is None else scored[:3]
-        rpm = w.rpm if w.rpm > 0 else self.config.features.rpm
-        alert = None
-        if scored is not None:
-            obs = Observation(w.channel, w.end_s, x, z, anomaly, scored[3], scored[4], rpm)
-            alert = self.decider.decide(key, obs)
-        if alert is not None:
-            out.alerts.append(alert)
-        threshold = self.decider.threshold(key)
-        end_s = w.end_s
-        telemetry = {
-            "channel": w.channel, "window_ts": end_s,
-            "anomaly_score": 0.0 if math.isnan(anomaly) else anomaly, "fault": fault,
-            "fault_probability": prob, "rms_g": self._value(x, "rms_g"),
-            "velocity_rms_mm_s": zone[1] if math.isfinite(zone[1]) else 0.0, "zone": zone[0],
-            "commissioning": scored is None, "threshold": threshold, "rpm": rpm,
-            "sensor": w.device_id,
-        }
-        return WindowResult(i, w, x, anomaly, fault, prob, scored is None, threshold, zone[0],
-                            telemetry, alert, alert["explanation"] if alert else None,
-                            self.decider.stream(key).incident is not None)
-
-    def _value(self, x: FloatArray, name: str) -> float:
-        i = self._names.get(name)
-        v = float(x[i]) if i is not None else 0.0
-        return v if math.isfinite(v) else 0.0
+        alt_p = np.maximum(q[r, alt], 0.0)
+        self.anomaly[rows] = np.asarray(scores.anomaly, dtype=np.float64)
+        self.top_p[rows] = p[r, top]
+        self.alt_p[rows] = alt_p
+        for i, t, k, kp in zip(rows, top.tolist(), alt.tolist(), alt_p.tolist(), strict=True):
+            self.top[i] = labels[t]
+            self.alt[i] = labels[k] if kp >= self.min_probability else "unknown"
 
 
 def shipped_bundle() -> tuple[Path, Path] | None:

@@ -37,7 +37,9 @@ import numpy as np
 
 from agent import pipeline
 from agent.config import AgentConfig
+from agent.monitor import Monitor, PrometheusExporter, WindowMeta
 from agent.sdnotify import Notifier
+from agent.security import redact
 from agent.sources import Source
 from agent.window import Window, Windower
 from foreshock import __version__, messages, topics
@@ -45,8 +47,6 @@ from foreshock.errors import ForeshockError
 
 log = logging.getLogger(__name__)
 
-STAGES = ("read", "window", "features", "inference", "decision", "outbox", "link")
-LATENCY_SAMPLES = 1024
 CLOSE_DRAIN_S = 2.0
 QUALITY_COUNTERS = ("seq_gaps", "missing_frames", "duplicates", "out_of_order", "rate_changes",
                     "dropped_streams", "non_finite")
@@ -54,8 +54,13 @@ QUALITY_COUNTERS = ("seq_gaps", "missing_frames", "duplicates", "out_of_order", 
 
 @dataclass(frozen=True)
 class Health:
+    """``body``: the health record body (:meth:`agent.monitor.Monitor.health_body` plus
+    ``model``, ``outbox_depth`` per class and ``link``); ``counters``: its flat counters
+    plus the windower's and the source's counters as nested tables."""
+
     uptime_s: float
     counters: dict[str, Any]
+    body: dict[str, Any]
 
 
 class Agent:
@@ -75,13 +80,14 @@ class Agent:
         self.windower = Windower(self.pipeline.spec)
         self.on_result = on_result
         self.notifier = notifier or Notifier()
-        self.queue: deque[Window] = deque()
+        self.queue: deque[Window] = deque(maxlen=config.service.max_queued_windows)
         self.counters: dict[str, int] = dict.fromkeys(
-            ("steps", "frames", "windows_processed", "dropped_windows", "alerts", "events",
-             "telemetry", "health", "outbox_errors", "link_errors", "commands",
-             "bad_commands"), 0)
-        self.latency: dict[str, deque[float]] = {
-            s: deque(maxlen=LATENCY_SAMPLES) for s in STAGES}
+            ("steps", "frames", "windows_processed", "windows_unscored", "dropped_windows",
+             "alerts", "events", "telemetry", "health", "outbox_errors", "link_errors",
+             "commands", "bad_commands"), 0)
+        self.monitor = Monitor(config.monitor)
+        self._watch_drift()
+        self.exporter: PrometheusExporter | None = None
         self.started = time.monotonic()
         self.started_ts = time.time()
         self.last_alert: dict[str, Any] | None = None
@@ -132,12 +138,32 @@ class Agent:
 
     # -- the loop ----------------------------------------------------------------------------
     def start(self) -> None:
-        """Connect the link (it retries in the background) and tell systemd we are ready."""
+        """Connect the link (it retries in the background), start the metrics endpoint if
+        configured, and tell systemd we are ready."""
         if self.link is not None:
             self.link.start()
+        mc = self.config.monitor
+        if mc.prometheus_port and self.exporter is None:
+            self.exporter = PrometheusExporter(
+                lambda: self.monitor.metrics(self.uptime_s(), self._extra()),
+                host=mc.prometheus_host, port=mc.prometheus_port)
+            log.info("metrics on %s", self.exporter.url)
         self.notifier.ready(f"running model {self.model_info.get('name', '?')}")
         log.info("agent %s/%s running; model %s", self.config.device.site,
                  self.config.device.device_id, self.model_info)
+
+    def _watch_drift(self) -> None:
+        """Drift against the running bundle's training statistics (off without them)."""
+        try:
+            self.monitor.set_drift(self.pipeline.training_stats, self.pipeline.input_features)
+        except ForeshockError as exc:
+            self.monitor.set_drift(None, ())
+            log.warning("drift monitoring off: %s", exc)
+        if self.monitor.drift is None:
+            log.info("drift monitoring off: model %s has no training_stats", self.model_info)
+
+    def uptime_s(self) -> float:
+        return time.monotonic() - self.started
 
     def run(self, stop: threading.Event) -> None:
         """Loop until ``stop`` is set or a finite source is exhausted; then close."""
@@ -151,53 +177,85 @@ class Agent:
             self.close()
 
     def step(self, timeout_s: float | None = None) -> int:
-        """Read, window, process one batch, and do periodic work; returns windows processed."""
+        """Read, check, window, process one batch, and do periodic work; returns windows
+        processed."""
         self.counters["steps"] += 1
         t = time.perf_counter()
         frames = self.source.read(self.config.service.read_timeout_s
                                   if timeout_s is None else timeout_s)
-        t = self._lap("read", t)
-        self.counters["frames"] += len(frames)
-        for frame in frames:
-            for window in self.windower.push(frame):
-                self._enqueue(window)
-        self._lap("window", t)
-        batch = [self.queue.popleft()
-                 for _ in range(min(len(self.queue), self.config.service.batch_windows))]
+        if frames:
+            t = self._lap("source", t)
+            self.counters["frames"] += len(frames)
+            observe = self.monitor.quality.observe_frame
+            for frame in frames:
+                observe(frame)
+            windows = self.windower.push_many(frames)
+            if windows:
+                self._enqueue(windows)
+            self._lap("window", t, max(1, len(windows)))
+        batch = self._next_batch()
         if batch:
             self._process(batch)
         self._periodic()
         return len(batch)
 
-    def _enqueue(self, window: Window) -> None:
-        if len(self.queue) >= self.config.service.max_queued_windows:
-            self.queue.popleft()
-            self.counters["dropped_windows"] += 1
-        self.queue.append(window)
+    def _next_batch(self) -> list[Window]:
+        q = self.queue
+        return [q.popleft() for _ in range(min(len(q), self.config.service.batch_windows))]
 
-    def _lap(self, stage: str, since: float) -> float:
+    def _enqueue(self, windows: list[Window]) -> None:
+        """Queue windows; a full queue drops its oldest (``deque(maxlen)``), counted."""
+        over = len(self.queue) + len(windows) - self.config.service.max_queued_windows
+        if over > 0:
+            self.counters["dropped_windows"] += over
+            self.monitor.count("windows_dropped", over)
+        self.queue.extend(windows)
+
+    def _lap(self, stage: str, since: float, count: int = 1) -> float:
         now = time.perf_counter()
-        self.latency[stage].append(now - since)
+        self.monitor.timer.record(stage, now - since, count)
         return now
 
-    def _process(self, batch: list[Window]) -> None:
-        out = self.pipeline.process(batch, self._lap)
-        self.counters["windows_processed"] += len(batch)
+    def _check(self, batch: list[Window]) -> tuple[list[Window], Any, list[dict[str, Any]]]:
+        """Integrity checks: (scoreable windows, their samples stacked, data_quality events)."""
         t = time.perf_counter()
-        for result in out.results:
-            if self.on_result is not None:
+        samples = np.stack([w.samples for w in batch])
+        verdicts = self.monitor.quality.check_batch(samples, [WindowMeta.of(w) for w in batch])
+        events = [body for q in verdicts for body in q.events]
+        keep = [q.scoreable for q in verdicts]
+        self._lap("quality", t, len(batch))
+        if all(keep):
+            return batch, samples, events
+        self.counters["windows_unscored"] += len(batch) - sum(keep)
+        return [w for w, k in zip(batch, keep, strict=True) if k], samples[keep], events
+
+    def _process(self, batch: list[Window]) -> None:
+        good, samples, events = self._check(batch)
+        at_s = batch[-1].end_s
+        out = pipeline.StepOutput()
+        if good:
+            n = len(good)
+            out = self.pipeline.process(good, lambda stage, t: self._lap(stage, t, n), samples)
+            if out.anomaly.size:
+                events += self.monitor.update_drift(out.z, out.anomaly, out.alerted, at_s=at_s)
+        events += out.events
+        self.counters["windows_processed"] += len(good)
+        t = time.perf_counter()
+        if self.on_result is not None:
+            for result in out.results:
                 self.on_result(result)
-        for body in out.alerts:
-            self.last_alert = body
+        if out.alerts:
+            self.last_alert = out.alerts[-1]
         self.counters["alerts"] += len(out.alerts)
-        self.counters["events"] += len(out.events)
+        self.counters["events"] += len(events)
         every = self.config.service.telemetry_every
+        base = self.counters["windows_processed"] - len(good)
         telemetry = [(r.telemetry, r.window.end_s) for r in out.results
-                     if (self.counters["windows_processed"] + r.index) % every == 0]
+                     if every == 1 or (base + r.index) % every == 0]
         self.counters["telemetry"] += len(telemetry)
         if self.outbox is not None:
-            self._store(out.alerts, out.events, telemetry, batch[-1].end_s)
-        self._lap("outbox", t)
+            self._store(out.alerts, events, telemetry, at_s)
+        self._lap("outbox", t, len(batch))
 
     def _store(self, alerts: list[dict[str, Any]], events: list[dict[str, Any]],
                telemetry: list[tuple[dict[str, Any], float]], at_s: float) -> None:
@@ -282,6 +340,7 @@ class Agent:
             self.queue.clear()
             self.windower = Windower(new.spec)
         self.pipeline = new
+        self._watch_drift()
         if self.link is not None:
             self.link.set_model(self.model_info)
         self._event({"type": "model", "detail": {
@@ -290,27 +349,45 @@ class Agent:
         return True
 
     # -- health and status -------------------------------------------------------------------
+    def _extra(self) -> dict[str, dict[str, float]]:
+        """Counter groups for the health record and the metrics: windower and source."""
+        source = getattr(self.source, "stats", {}) or {}
+        return {"window": dict(self.windower.counters),
+                "source": {k: v for k, v in list(source.items()) if isinstance(v, (int, float))}}
+
+    def _sync_monitor(self) -> dict[str, dict[str, int]] | None:
+        """Copy the agent's counters and gauges into the monitor; outbox depth per class."""
+        mon = self.monitor
+        mon.counters.update(self.counters)
+        mon.set_gauge("queued_windows", len(self.queue))
+        if self.outbox is None:
+            return None
+        depth = {k: {"rows": d.rows, "bytes": d.size_bytes}
+                 for k, d in self.outbox.depth().items()}
+        for kind, d in depth.items():
+            mon.set_gauge(f"outbox_rows_{kind}", d["rows"])
+            mon.set_gauge(f"outbox_bytes_{kind}", d["bytes"])
+        mon.set_gauge("outbox_depth", sum(d["rows"] for d in depth.values()))
+        return depth
+
     def health(self) -> Health:
-        counters: dict[str, Any] = dict(self.counters)
+        """The health record body and counters now (see :class:`Health`)."""
+        depth = self._sync_monitor()
+        uptime = round(self.uptime_s(), 3)
+        body = self.monitor.health_body(uptime, extra=self._extra())
+        body["model"] = self.model_info
+        if depth is not None:
+            body["outbox_depth"] = depth
+        if self.link is not None:
+            body["link"] = dict(self.link.stats())
+        counters: dict[str, Any] = dict(body["counters"])
         counters["windower"] = dict(self.windower.counters)
         counters["source"] = dict(getattr(self.source, "stats", {}) or {})
-        counters["queued_windows"] = len(self.queue)
-        counters["latency_ms"] = self.latency_ms()
-        if self.outbox is not None:
-            counters["outbox_depth"] = {k: {"rows": d.rows, "bytes": d.size_bytes}
-                                        for k, d in self.outbox.depth().items()}
-        if self.link is not None:
-            counters["link"] = dict(self.link.stats())
-        return Health(round(time.monotonic() - self.started, 3), counters)
+        return Health(uptime, counters, body)
 
     def latency_ms(self) -> dict[str, dict[str, float]]:
-        out = {}
-        for stage, values in self.latency.items():
-            if values:
-                arr = np.fromiter(values, dtype=np.float64) * 1e3
-                p50, p99 = np.percentile(arr, [50, 99])
-                out[stage] = {"p50": round(float(p50), 4), "p99": round(float(p99), 4)}
-        return out
+        """Per stage: count, mean, max, p50/p90/p99 in ms (see agent.monitor.StageTimer)."""
+        return self.monitor.timer.stats()
 
     def _quality_deltas(self) -> dict[str, int]:
         """Data-quality counters that grew since the last health record."""
@@ -324,18 +401,16 @@ class Agent:
         return deltas
 
     def emit_health(self) -> Health:
-        """Store a health record (and a data_quality event if checks fired), rewrite the
-        status file."""
+        """Store a health record (and a data_quality event if counters of lost or dropped
+        data grew), rewrite the status file."""
         deltas = self._quality_deltas()
         if deltas:
             self._event({"type": "data_quality", "detail": {"since_last_health": deltas}})
-        health = self.health()
         self.counters["health"] += 1
+        health = self.health()
         if self.outbox is not None:
             try:
-                self.outbox.put("health", {"uptime_s": health.uptime_s,
-                                           "counters": health.counters,
-                                           "model": self.model_info}, time.time())
+                self.outbox.put("health", health.body, time.time())
             except ForeshockError as exc:
                 self.counters["outbox_errors"] += 1
                 log.error("outbox: %s", exc)
@@ -344,23 +419,32 @@ class Agent:
         return health
 
     def status_line(self) -> str:
+        bad = [k for k, v in self.monitor.quality.states().items() if v == "bad"]
         return (f"{self.counters['windows_processed']} windows, "
                 f"{self.counters['alerts']} alert records, "
-                f"{self.counters['dropped_windows']} dropped")
+                f"{self.counters['dropped_windows']} dropped"
+                + (f", bad data on {', '.join(bad)}" if bad else ""))
 
     def status(self, health: Health | None = None) -> dict[str, Any]:
+        """The status document (``foreshock agent status``), secrets redacted."""
         health = health or self.health()
         link = self.link
-        return {
-            "schema": "foreshock.agent_status/1", "device": self.config.device.device_id,
+        body = health.body
+        return dict(redact({
+            "schema": "foreshock.agent_status/2", "device": self.config.device.device_id,
             "site": self.config.device.site, "pid": os.getpid(), "agent_version": __version__,
             "started_ts": self.started_ts, "updated_ts": time.time(),
             "uptime_s": health.uptime_s, "model": self.model_info,
             "link": {"connected": bool(link.connected) if link is not None else False,
-                     "broker": _redact(self.config.link.broker_url)},
-            "counters": health.counters, "last_alert": self.last_alert,
-            "streams": self.pipeline.streams(),
-        }
+                     "broker": self.config.link.broker_url,
+                     **(body.get("link") or {})},
+            "counters": health.counters, "gauges": body["gauges"],
+            "outbox_depth": body.get("outbox_depth", {}), "latency_ms": body["latency_ms"],
+            "channels": body["channels"], "drift": body["drift"],
+            "drift_watched": self.monitor.drift is not None,
+            "metrics_url": self.exporter.url if self.exporter is not None else None,
+            "last_alert": self.last_alert, "streams": self.pipeline.streams(),
+        }))
 
     def write_status(self, health: Health | None = None) -> Path:
         """Write the status JSON atomically (temp file, fsync, rename)."""
@@ -383,9 +467,7 @@ class Agent:
         self._closed = True
         self.notifier.stopping("flushing the outbox")
         while self.queue:
-            batch = [self.queue.popleft()
-                     for _ in range(min(len(self.queue), self.config.service.batch_windows))]
-            self._process(batch)
+            self._process(self._next_batch())
         if self.outbox is not None:
             self.drain(timeout_s=CLOSE_DRAIN_S)
             self.emit_health()
@@ -393,16 +475,11 @@ class Agent:
         self.write_status()
         if self.link is not None:
             self.link.stop()
+        if self.exporter is not None:
+            self.exporter.close()
         if self.outbox is not None:
             self.outbox.close()
         self.source.close()
         self.notifier.close()
         log.info("agent stopped: %s", self.status_line())
 
-
-def _redact(url: str) -> str:
-    """Drop any user:password@ part of a broker URL."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://{rest.split('@', 1)[1]}"
-    return url
