@@ -55,6 +55,8 @@ class Gateway:
         self.client = self._make_client()
         self._subscribed = threading.Event()
         self._started = False
+        self._recovering = False
+        self._recovery_lock = threading.Lock()
         self.hooks: list[Any] = []
 
     def _make_client(self) -> mqtt.Client:
@@ -85,6 +87,17 @@ class Gateway:
 
     def start(self) -> None:
         """Connect, subscribe, and return once the broker granted the subscriptions."""
+        self._connect()
+        self.client.loop_start()
+        self._started = True
+        if not self._subscribed.wait(self.config.connect_timeout_s):
+            self.stop()
+            raise LinkError(f"broker {self.config.broker_url} did not accept the "
+                            f"subscriptions within {self.config.connect_timeout_s:g} s")
+        log.info("gateway %s ingesting %s into %s", self.config.effective_client_id(),
+                 self.config.site, self.config.db_url.split("@")[-1])
+
+    def _connect(self) -> None:
         addr = broker(self.config.broker_url)
         try:
             if self.config.protocol == "3.1.1":
@@ -97,21 +110,43 @@ class Gateway:
         except OSError as exc:
             raise LinkError(f"cannot connect to broker {self.config.broker_url}: {exc}",
                             hint="check broker_url and that the broker is running") from None
-        self.client.loop_start()
-        self._started = True
-        if not self._subscribed.wait(self.config.connect_timeout_s):
-            self.stop()
-            raise LinkError(f"broker {self.config.broker_url} did not accept the "
-                            f"subscriptions within {self.config.connect_timeout_s:g} s")
-        log.info("gateway %s ingesting %s into %s", self.config.effective_client_id(),
-                 self.config.site, self.config.db_url.split("@")[-1])
+
+    def _schedule_recovery(self) -> None:
+        """After a store failure: reconnect in ``store_retry_s`` so the broker redelivers
+        the messages left unacknowledged (the session persists, MQTT 5)."""
+        with self._recovery_lock:
+            if self._recovering or not self._started:
+                return
+            self._recovering = True
+        timer = threading.Timer(self.config.store_retry_s, self._recover)
+        timer.daemon = True
+        timer.start()
+
+    def _recover(self) -> None:
+        try:
+            if not self._started:
+                return
+            log.warning("reconnecting to the broker to get unacknowledged messages again")
+            self.client.disconnect()
+            self.client.loop_stop()
+            self._subscribed.clear()
+            self._connect()
+            self.client.loop_start()
+        except LinkError as exc:
+            log.error("%s; retrying", exc)
+            with self._recovery_lock:
+                self._recovering = False
+            self._schedule_recovery()
+            return
+        with self._recovery_lock:
+            self._recovering = False
 
     def stop(self) -> None:
         """Disconnect and close the store (if the gateway opened it)."""
         if self._started:
+            self._started = False
             self.client.disconnect()
             self.client.loop_stop()
-            self._started = False
         if self._own_store:
             self.store.close()
             self._own_store = False
@@ -156,6 +191,7 @@ class Gateway:
             outcome = self.ingestor.handle(msg.topic, bytes(msg.payload), time.time())
         except StoreError as exc:
             log.error("store failed, message left unacknowledged for redelivery: %s", exc)
+            self._schedule_recovery()
             return
         for hook in self.hooks:
             try:

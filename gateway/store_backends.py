@@ -10,6 +10,7 @@ gateway instances write records of one device at once.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +22,7 @@ import sqlite_utils
 from foreshock.errors import StoreError
 from gateway.store import POSTGRES, SQLITE, Store
 
+log = logging.getLogger(__name__)
 BUSY_TIMEOUT_MS = 10_000
 SYNCHRONOUS = ("FULL", "NORMAL", "EXTRA")
 
@@ -89,13 +91,24 @@ class PostgresStore(Store):
             raise StoreError("PostgreSQL store needs psycopg",
                              hint="pip install 'foreshock[postgres]'") from None
         self._jsonb = Jsonb
+        self._psycopg = psycopg
         self.dsn = dsn
+        self.conn = self._connect()
+
+    def _connect(self) -> Any:
         try:
-            self.conn = psycopg.connect(dsn, autocommit=True)
-        except psycopg.Error as exc:
+            return self._psycopg.connect(self.dsn, autocommit=True)
+        except self._psycopg.Error as exc:
             raise StoreError(f"cannot connect to PostgreSQL store: {exc}".strip(),
                              hint="check the postgresql:// url, the server and its "
                                   "pg_hba.conf") from None
+
+    def _live(self) -> Any:
+        """The connection, opened again if the server dropped it (restart, failover)."""
+        if self.conn.closed or self.conn.broken:
+            log.warning("PostgreSQL connection lost; reconnecting")
+            self.conn = self._connect()
+        return self.conn
 
     def _json(self, value: Any) -> Any:
         json.dumps(value, allow_nan=False)  # same rule as SQLite: no NaN in stored JSON
@@ -103,15 +116,18 @@ class PostgresStore(Store):
 
     @contextmanager
     def _tx(self) -> Iterator[Any]:
-        with self._lock, self.conn.transaction(), self.conn.cursor() as cur:
-            yield cur
+        with self._lock:
+            conn = self._live()
+            with conn.transaction(), conn.cursor() as cur:
+                yield cur
 
     @contextmanager
     def _batch_tx(self) -> Iterator[Any]:
         # pipeline mode: statements whose rows are not needed go out without a round trip
-        with self._lock, self.conn.pipeline(), self.conn.transaction(), \
-                self.conn.cursor() as cur:
-            yield cur
+        with self._lock:
+            conn = self._live()
+            with conn.pipeline(), conn.transaction(), conn.cursor() as cur:
+                yield cur
 
     def close(self) -> None:
         with self._lock:

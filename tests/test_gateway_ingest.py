@@ -220,3 +220,23 @@ def test_model_status_is_recorded_for_the_fleet_view(
     wait_for(lambda: len(gw.store.rollout_devices("r9")) == 1)
     assert gw.store.rollout_devices("r9")[0].status == "shadow"
     assert gw.stats().invalid == 1
+
+
+def test_store_failure_leaves_message_unacked_and_it_is_redelivered(
+        mosquitto: Any, site: str, postgres_dsn: str, gateways: list[Gateway]) -> None:
+    import psycopg
+
+    gw = start(gateways, GatewayConfig.for_site(mosquitto.url, site, postgres_dsn,
+                                                client_id=f"{site}-pg", store_retry_s=0.3))
+    dev = Device(mosquitto.url, site, "chiller-1")
+    dev.send("telemetry", [telemetry(i) for i in range(10)])
+    wait_for(lambda: gw.stats().records_stored == 10)
+    backend_pid = gw.store.conn.info.backend_pid  # type: ignore[attr-defined]
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_terminate_backend(%s)", (backend_pid,))
+    dev.send("telemetry", [telemetry(i) for i in range(10, 20)])
+    dev.close()
+    wait_for(lambda: gw.stats().store_errors >= 1)
+    wait_for(lambda: gw.stats().records_stored == 20, 20)
+    assert gw.store.count() == 20 and gw.store.gaps() == []
+    assert gw.stats().duplicates_dropped == 0
