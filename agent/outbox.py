@@ -53,6 +53,7 @@ COUNTER_NAMES: Final = ("written", "acked", "dropped_by_policy", "expired")
 RECORD_OVERHEAD_BYTES: Final = 64  # {"seq":..,"ts":..,"body":} in a batch; kind, boot id
 MIB: Final = 1024 * 1024
 DAY_S: Final = 86_400.0
+EXPIRE_CHUNK: Final = 2000
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS records (
@@ -372,21 +373,27 @@ class Outbox:
                 self._removed(conn, kind, "dropped_by_policy", sizes)
 
     def expire(self, now: float | None = None) -> int:
-        """Delete records older than their class TTL (by record ts); alerts never expire."""
+        """Delete records older than their class TTL (by record ts); alerts never expire.
+
+        Works from the oldest rows forward, ``EXPIRE_CHUNK`` rows at a time, and stops at a
+        chunk that is not wholly expired: the cost follows what expires, not the backlog
+        (``ts`` grows with ``seq`` as records are written)."""
         now = time.time() if now is None else now
         expired = 0
         with self._guard("expire"):
             self._last_housekeeping = time.monotonic()
             for kind in KINDS:
                 ttl = self.config.ttl_s(kind)
-                if ttl is None or self._depth[kind][0] == 0:
-                    continue
-                with self._tx() as conn:
-                    sizes = [r[0] for r in conn.execute(
-                        "DELETE FROM records WHERE kind = ? AND ts < ? RETURNING nbytes",
-                        (kind, now - ttl))]
-                    self._removed(conn, kind, "expired", sizes)
-                expired += len(sizes)
+                while ttl is not None and self._depth[kind][0] > 0:
+                    with self._tx() as conn:
+                        sizes = [r[0] for r in conn.execute(
+                            "DELETE FROM records WHERE id IN (SELECT id FROM records "
+                            "WHERE kind = ? ORDER BY id LIMIT ?) AND ts < ? RETURNING nbytes",
+                            (kind, EXPIRE_CHUNK, now - ttl))]
+                        self._removed(conn, kind, "expired", sizes)
+                    expired += len(sizes)
+                    if len(sizes) < EXPIRE_CHUNK:
+                        break
         return expired
 
     # -- reading and acknowledging ---------------------------------------------------------

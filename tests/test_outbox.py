@@ -204,6 +204,15 @@ class TestOutboxContract:
         assert counters["telemetry"]["expired"] == 5 and counters["event"]["expired"] == 1
         assert counters["alert"]["dropped_by_policy"] == counters["alert"]["expired"] == 0
 
+    def test_expiry_walks_a_long_backlog_in_chunks(self, make_outbox: MakeOutbox) -> None:
+        ob = make_outbox(telemetry_ttl_s=3600.0)
+        for b in range(5):  # 5,000 expired rows: more than one EXPIRE_CHUNK
+            ob.put_many("telemetry", [(telemetry(i), NOW - 7200 + b) for i in range(1000)])
+        fresh = ob.put_many("telemetry", [(telemetry(i), NOW) for i in range(10)])
+        assert ob.expire(now=NOW) == 5000
+        assert all_seqs(ob, "telemetry") == fresh
+        assert ob.expire(now=NOW) == 0
+
     @pytest.mark.parametrize("kind, body, ts", [
         ("alarm", alert(), NOW),                       # unknown kind
         ("alert", {"incident": "x"}, NOW),             # missing fields
