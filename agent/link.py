@@ -32,7 +32,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 
 from foreshock import __version__, topics
 from foreshock.errors import ConfigError
-from foreshock.messages import Batch, dumps, state_message
+from foreshock.messages import MAX_PAYLOAD_BYTES, Batch, dumps, state_message
 
 from .outbox import DRAIN_ORDER, Outbox
 
@@ -84,7 +84,8 @@ class LinkConfig:
             raise ConfigError(f"broker_url {self.broker_url!r} has a bad port") from None
         checks = {"keepalive_s": self.keepalive_s >= 5, "max_inflight": self.max_inflight >= 1,
                   "batch_max_records": 1 <= self.batch_max_records <= 10_000,
-                  "batch_max_bytes": self.batch_max_bytes > BATCH_ENVELOPE_BYTES,
+                  "batch_max_bytes": BATCH_ENVELOPE_BYTES < self.batch_max_bytes
+                  <= MAX_PAYLOAD_BYTES // 2,
                   "backoff_min_s": 0 < self.backoff_min_s <= self.backoff_max_s,
                   "protocol": self.protocol in ("auto", "5", "3.1.1")}
         for key, ok in checks.items():
@@ -356,7 +357,9 @@ class Link:
     def drain(self, outbox: Outbox, *, timeout_s: float | None = None) -> int:
         """Publish pending records until none is left and every message is acked, the link
         drops, or ``timeout_s`` passes. Returns how many records the broker acknowledged
-        (and the outbox deleted) during this call. Not connected: returns 0 at once."""
+        (and the outbox deleted) during this call. Not connected: returns 0 at once.
+        Messages still in flight at a timeout are acked by a later call on the same
+        connection. An :class:`OutboxError` from the outbox propagates."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         acked = 0
         with self._drain_lock:

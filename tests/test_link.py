@@ -416,6 +416,7 @@ def test_backoff_grows_exponentially_with_jitter_and_is_capped(
     {"broker_url": "http://host:1883"}, {"broker_url": "mqtt://"},
     {"broker_url": "mqtt://host:notaport"}, {"site": "bad site"}, {"device_id": ""},
     {"max_inflight": 0}, {"batch_max_records": 20_000}, {"batch_max_bytes": 100},
+    {"batch_max_bytes": 3 * 1024 * 1024}, {"keepalive_s": 1}, {"protocol": "4"},
     {"backoff_min_s": 10.0, "backoff_max_s": 1.0}, {"tls_cert_path": "c.pem"},
 ])
 def test_bad_link_config_is_refused(overrides: dict[str, Any]) -> None:
