@@ -23,8 +23,10 @@ from __future__ import annotations
 import getpass
 import json
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -97,9 +99,30 @@ class Proc:
         self.bad_exits: list[int] = []
 
     def start(self) -> None:
+        self._reap()
+        ready = self.spec.get("ready")
+        if ready:
+            Path(ready).unlink(missing_ok=True)
         logf = open(self.log, "ab")  # noqa: SIM115 - owned by the process
         self.proc = subprocess.Popen([sys.executable, str(RUNNER), self.mode,
                                       str(self.spec_path)], stdout=logf, stderr=logf)
+
+    def _reap(self) -> None:
+        """Record the exit of a process that ended by itself with an error."""
+        if self.proc is not None and self.proc.poll() not in (None, 0):
+            self.bad_exits.append(int(self.proc.returncode))
+        self.proc = None
+
+    @property
+    def tracebacks(self) -> int:
+        return self.log.read_text(errors="replace").count("Traceback") if self.log.exists() else 0
+
+    def wait_ready(self, timeout_s: float = 30.0) -> None:
+        """Until the process says it runs (its ``ready`` file), or it died."""
+        ready = Path(self.spec["ready"])
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and self.alive and not ready.exists():
+            time.sleep(0.05)
 
     @property
     def alive(self) -> bool:
@@ -147,6 +170,7 @@ class ChaosRun:
         self.share_group = share_group
         workdir.mkdir(parents=True, exist_ok=True)
         self.broker = Mosquitto(workdir, BROKER_CONF.replace("@USER@", getpass.getuser()))
+        self.link: LinkCut | None = None
         self.db = workdir / "gateway.sqlite"
         self.deliveries = workdir / "deliveries.log"
         self.ready = workdir / "gateway.ready"
@@ -166,11 +190,15 @@ class ChaosRun:
                                         "share_group": self.share_group},
                             self.workdir, "gateway")
         self._start_gateway()
+        self.link = LinkCut(self.broker.port)
         for device, extra in devices.items():
-            spec = {"device": device, "site": SITE, "broker_url": self.broker.url,
-                    "state_dir": str(self.workdir / device), **extra}
+            state = self.workdir / device
+            spec = {"device": device, "site": SITE, "broker_url": self.link.url,
+                    "state_dir": str(state), "ready": str(state / "ready"), **extra}
             self.agents[device] = Proc("agent", spec, self.workdir, device)
             self.agents[device].start()
+        for proc in self.agents.values():
+            proc.wait_ready()
         return self
 
     def _wait_subscribed(self, timeout_s: float = 30.0) -> None:
@@ -189,8 +217,11 @@ class ChaosRun:
         self.agents[device].kill()
         self.faults["agent_sigkill"] += 1
 
-    def restart_agent(self, device: str) -> None:
+    def restart_agent(self, device: str, *, wait: bool = True) -> None:
+        """Start the agent again on the same outbox; ``wait`` until its loop runs."""
         self.agents[device].start()
+        if wait:
+            self.agents[device].wait_ready()
 
     def kill_gateway(self) -> None:
         assert self.gateway is not None
@@ -217,13 +248,26 @@ class ChaosRun:
     def start_broker(self) -> None:
         self.broker.start()
 
+    def cut_link(self) -> None:
+        """Partition the devices from the broker (broker and gateway stay up)."""
+        assert self.link is not None
+        self.link.cut()
+        self.faults["link_cut"] += 1
+
+    def heal_link(self) -> None:
+        assert self.link is not None
+        self.link.heal()
+
     # -- the end -----------------------------------------------------------------------------
     def finish(self, *, finite: bool = False, timeout_s: float = 60.0) -> Result:
         """Stop the agents (they drain), deliver leftovers, stop the gateway, count."""
         self.broker.start()
+        assert self.link is not None
+        self.link.heal()
         for proc in self.agents.values():
             if not proc.alive:
                 proc.start()  # a killed agent comes back to drain its outbox
+            proc.wait_ready()
             if finite:
                 proc.wait(timeout_s)
             else:
@@ -236,6 +280,7 @@ class ChaosRun:
         self._settle()
         assert self.gateway is not None
         self.gateway.stop()
+        self.link.close()
         self.broker.stop()
         return self.count()
 
@@ -283,7 +328,9 @@ class ChaosRun:
             classes[kind].duplicates = n
         return Result(self.name, classes, alerts_put, alerts_missing, dict(self.faults),
                       self._agent_counters(), time.monotonic() - self.started,
-                      [f"{p.name}: exit {rc}" for p in self._procs() for rc in p.bad_exits])
+                      [f"{p.name}: exit {rc}" for p in self._procs() for rc in p.bad_exits]
+                      + [f"{p.name}: {p.tracebacks} tracebacks" for p in self._procs()
+                         if p.tracebacks])
 
     def _procs(self) -> list[Proc]:
         return [*self.agents.values(), *([self.gateway] if self.gateway else [])]
@@ -325,7 +372,9 @@ class ChaosRun:
             counters = data["counters"]
             for key in ("windows_processed", "dropped_windows", "outbox_errors"):
                 out[key] += int(counters.get(key, 0))
-            for key, value in counters.get("windower", {}).items():
+            windower = {**counters.get("windower", {}),
+                        **{k[7:]: v for k, v in counters.items() if k.startswith("window.")}}
+            for key, value in windower.items():
                 if key in ("seq_gaps", "duplicates", "out_of_order", "resets", "rate_changes"):
                     out[key] += int(value)
             out["bad_frames"] += int(data["source"].get("bad_frames", 0))
@@ -340,3 +389,75 @@ def _duplicates(path: Path) -> dict[str, int]:
     total = Counter(line.split("\t", 1)[0] for line in lines)
     unique = Counter(line.split("\t", 1)[0] for line in set(lines))
     return {k: total[k] - unique[k] for k in total}
+
+
+class LinkCut:
+    """A TCP relay between the agents and the broker that can be cut: a network partition
+    of the device's link while broker and gateway stay up. Cut: every relayed connection
+    is reset and new ones are closed at once (the agent sees connection refused/reset)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.server.getsockname()[1])
+        self.open = True
+        self._lock = threading.Lock()
+        self._socks: list[socket.socket] = []
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            if not self.open:
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), 2.0)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._socks += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=_pump, args=(a, b), daemon=True).start()
+
+    def cut(self) -> None:
+        self.open = False
+        with self._lock:
+            socks, self._socks = self._socks, []
+        for s in socks:
+            _close(s)
+
+    def heal(self) -> None:
+        self.open = True
+
+    def close(self) -> None:
+        self._closed = True
+        self.cut()
+        _close(self.server)
+
+
+def _pump(src: socket.socket, dst: socket.socket) -> None:
+    try:
+        while data := src.recv(65536):
+            dst.sendall(data)
+    except OSError:
+        pass
+    _close(src)
+    _close(dst)
+
+
+def _close(s: socket.socket) -> None:
+    try:
+        s.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    s.close()

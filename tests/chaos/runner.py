@@ -134,6 +134,7 @@ def run_agent(spec: dict[str, Any]) -> int:
     _install_clock_hook()
     stop = _stop_event()
     state = Path(spec["state_dir"])
+    (state / "ready").unlink(missing_ok=True)
     source = make_source(spec)
     agent = Agent(agent_config(spec), source)
     AlertLog(agent.outbox, state / "alerts.log")
@@ -144,6 +145,7 @@ def run_agent(spec: dict[str, Any]) -> int:
     for t in threads:
         t.start()
     agent.start()
+    (state / "ready").touch()
     while not stop.is_set() and not (source.exhausted and not agent.queue):
         agent.step()
     side.set()
