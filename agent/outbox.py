@@ -313,11 +313,11 @@ class Outbox:
         return list(range(last - len(rows) + 1, last + 1))
 
     def _make_room(self, kind: str, nbytes: int) -> bool:
-        """The file is full: drop the oldest telemetry (a tenth, at least 64 KiB and 16x
+        """The file is full: drop the oldest telemetry (a tenth, at least 64 KiB and twice
         what is being written) so the write still fits; never touches alerts."""
         if self._depth["telemetry"][0] == 0:
             return False
-        over = max(self._depth["telemetry"][1] // 10, 16 * nbytes, 64 * 1024)
+        over = max(self._depth["telemetry"][1] // 10, 2 * nbytes, 64 * 1024)
         log.warning("outbox file full: dropping %d bytes of the oldest telemetry for %s",
                     over, kind)
         with self._guard("evict telemetry"):
