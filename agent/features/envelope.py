@@ -96,10 +96,9 @@ def features(spec: FeatureSpec, eplan: EnvelopePlan, spectrum: np.ndarray, shaft
     """Envelope band centre and kurtosis, defect-family SNRs and BPFI sidebands."""
     width = eplan.band_bins
     start = choose_band(eplan, spectrum)
-    n_win, n_bins = spectrum.shape
+    n_win = spectrum.shape[0]
     padded = np.zeros((n_win, 2 * width), spectrum.dtype)
-    flat_start = start + np.arange(n_win) * n_bins
-    padded[:, :width] = spectrum.reshape(-1)[flat_start[:, None] + np.arange(width)]
+    padded[:, :width] = spectra.spans(spectrum, width)[np.arange(n_win), start]
     analytic = sfft.ifft(padded, axis=1, overwrite_x=True)
     env = spectra.power_inplace(analytic)                       # squared envelope
     m1 = (env @ np.full(env.shape[1], 1.0 / env.shape[1], env.dtype)).astype(np.float64)

@@ -77,6 +77,17 @@ def _gather(pw: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return out
 
 
+def spans(pw: np.ndarray, width: int) -> np.ndarray:
+    """Read-only (n, K - width + 1, width) view of every run of ``width`` bins of each row:
+    ``spans(pw, w)[rows, starts]`` copies whole runs instead of gathering bin by bin."""
+    base = np.ascontiguousarray(pw)
+    step_row, step_bin = base.strides
+    view = np.ndarray(shape=(base.shape[0], base.shape[1] - width + 1, width), dtype=base.dtype,
+                      buffer=base, strides=(step_row, step_bin, step_bin))
+    view.flags.writeable = False
+    return view
+
+
 def hann_at(spec: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """|Hann spectrum|^2 of a complex (n, K) rfft output at bins ``idx`` (n, ...) in 1..K-2,
     gathering three bins per value instead of windowing the whole spectrum."""
@@ -123,14 +134,13 @@ def snr(pw: np.ndarray, centre_bin: np.ndarray, tol: float, floor_bins: int) -> 
     half = np.maximum(1, np.ceil(tol * centre)).astype(np.intp)
     reach = min(int(half.max()), span // 2)
     ok = known & (centre - half >= 2) & (centre + half <= n_bins - 3) & (half <= reach)
+    rows = np.arange(pw.shape[0])[:, None]
     start = np.minimum(np.maximum(centre - span // 2, 1), n_bins - span)
-    floor = np.partition(_gather(pw, start[..., None] + np.arange(span)), span // 2,
-                         axis=-1)[..., span // 2]
+    floor = np.partition(spans(pw, span)[rows, start], span // 2, axis=-1)[..., span // 2]
     first = np.minimum(np.maximum(centre - reach, 0), n_bins - 2 * reach - 1)
-    near = _gather(pw, first[..., None] + np.arange(2 * reach + 1))
-    inside = np.abs(first[..., None] + np.arange(2 * reach + 1) - centre[..., None]) \
-        <= half[..., None]
-    peak = np.where(inside, near, 0.0).max(axis=-1)
+    near = spans(pw, 2 * reach + 1)[rows, first]
+    inside = np.abs((first - centre)[..., None] + np.arange(2 * reach + 1)) <= half[..., None]
+    peak = np.max(near, axis=-1, where=inside, initial=0.0)
     ok &= floor > 0
     ratio = np.divide(peak, floor, out=np.ones(floor.shape), where=ok)
     out: np.ndarray = np.sqrt(ratio)
