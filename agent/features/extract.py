@@ -116,9 +116,10 @@ def _time_features(x: np.ndarray) -> np.ndarray:
     clearance of zero-mean windows. Ratios are 0.0 for an all-constant window."""
     mean = np.full(x.shape[1], 1.0 / x.shape[1], np.float32)
     x2 = x * x
+    work = np.multiply(x2, x)                 # matrix-vector products beat einsum here
     m2 = (x2 @ mean).astype(np.float64)
-    m3 = np.einsum("ij,ij->i", x2, x).astype(np.float64) / x.shape[1]
-    m4 = np.einsum("ij,ij->i", x2, x2).astype(np.float64) / x.shape[1]
+    m3 = (work @ mean).astype(np.float64)
+    m4 = (np.multiply(x2, x2, out=work) @ mean).astype(np.float64)
     ax = np.abs(x, out=x2)
     mabs = (ax @ mean).astype(np.float64)
     msqrt = (np.sqrt(ax, out=ax) @ mean).astype(np.float64)
