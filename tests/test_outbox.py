@@ -183,13 +183,13 @@ class TestOutboxContract:
             assert kept[0] < written[-len(kept)]
 
     def test_event_and_health_drop_oldest(self, make_outbox: MakeOutbox) -> None:
-        ob = make_outbox(event_budget_bytes=5_000, health_budget_bytes=5_000)
-        events = [ob.put("event", event(i), NOW) for i in range(200)]
+        ob = make_outbox(event_budget_bytes=2_000, health_budget_bytes=2_000)
+        events = [ob.put("event", event(i), NOW) for i in range(60)]
         ob.put_many("health", [(health(i), NOW) for i in range(200)])
         kept = all_seqs(ob, "event")
-        assert kept == events[-len(kept):] and 0 < len(kept) < 200
-        assert ob.depth()["health"].size_bytes <= 5_000
-        assert ob.counters()["event"]["dropped_by_policy"] == 200 - len(kept)
+        assert kept == events[-len(kept):] and 0 < len(kept) < 60
+        assert ob.depth()["health"].size_bytes <= 2_000
+        assert ob.counters()["event"]["dropped_by_policy"] == 60 - len(kept)
 
     def test_alerts_are_never_evicted_by_budget_or_ttl(self, make_outbox: MakeOutbox) -> None:
         ob = make_outbox(alert_budget_bytes=1_000, telemetry_ttl_s=60.0)
@@ -345,16 +345,26 @@ def test_records_acknowledged_to_a_writer_killed_with_sigkill_survive(tmp_path: 
 
 
 class OutboxMachine(RuleBasedStateMachine):
-    """Random puts, acks and reopens against a plain model: what is pending is exactly
-    what was written and not acked, and seqs only ever grow."""
+    """Random puts, acks and reopens against a plain model, with a small telemetry budget:
+    alerts pending are exactly those written and not acked; telemetry pending is a subset
+    of the model (the rest was dropped by policy, and counted); seqs only ever grow; every
+    record written is pending, acked, dropped or expired."""
+
+    BUDGET = 20_000  # about 60 telemetry records
+    POLICY = "downsample"
 
     def __init__(self) -> None:
         super().__init__()
         self.dir = Path(tempfile.mkdtemp(prefix="outbox-machine-"))
-        self.ob = Outbox(self.dir / "o.db", boot_id="b0")
+        self.ob = self._open()
         self.model: dict[str, dict[int, Any]] = {k: {} for k in ("alert", "telemetry")}
         self.last_seq = 0
         self.boots = 0
+
+    def _open(self) -> Outbox:
+        config = OutboxConfig(telemetry_budget_bytes=self.BUDGET, alert_budget_bytes=2_000,
+                              telemetry_policy=self.POLICY)  # type: ignore[arg-type]
+        return Outbox(self.dir / "o.db", config, boot_id=f"b{getattr(self, 'boots', 0)}")
 
     def _wrote(self, kind: str, seqs: list[int], bodies: list[dict[str, Any]]) -> None:
         assert seqs and seqs[0] > self.last_seq and seqs == sorted(set(seqs))
@@ -365,15 +375,16 @@ class OutboxMachine(RuleBasedStateMachine):
     def put_alert(self, i: int) -> None:
         self._wrote("alert", [self.ob.put("alert", alert(i), NOW + i)], [alert(i)])
 
-    @rule(n=st.integers(1, 30), start=st.integers(0, 1000))
+    @rule(n=st.integers(1, 40), start=st.integers(0, 1000))
     def put_telemetry(self, n: int, start: int) -> None:
         bodies = [telemetry(start + i) for i in range(n)]
-        self._wrote("telemetry", self.ob.put_many("telemetry", [(b, NOW) for b in bodies]),
-                    bodies)
+        seqs = self.ob.put_many("telemetry", [(b, NOW) for b in bodies])
+        self._wrote("telemetry", seqs, bodies)
+        assert all_seqs(self.ob, "telemetry")[-n:] == seqs  # the newest batch is whole
 
     @rule(data=st.data())
     def ack_some(self, data: st.DataObject) -> None:
-        ids = sorted(self.model["alert"]) + sorted(self.model["telemetry"])
+        ids = [rid for kind in ("alert", "telemetry") for rid in all_seqs(self.ob, kind)]
         chosen = data.draw(st.lists(st.sampled_from(ids), unique=True) if ids else st.just([]))
         assert self.ob.ack(chosen) == len(chosen)
         for kind in self.model:
@@ -384,19 +395,35 @@ class OutboxMachine(RuleBasedStateMachine):
     def reopen(self) -> None:
         self.ob.close()
         self.boots += 1
-        self.ob = Outbox(self.dir / "o.db", boot_id=f"b{self.boots}")
+        self.ob = self._open()
 
     @invariant()
     def pending_matches_model(self) -> None:
-        for kind, rows in self.model.items():
-            got = self.ob.pending(kind, 10**6)
-            assert [(rid, rec.body) for rid, rec in got] == sorted(rows.items())
-            assert self.ob.depth()[kind].rows == len(rows)
+        alerts = self.ob.pending("alert", 10**6)
+        assert [(rid, rec.body) for rid, rec in alerts] == sorted(self.model["alert"].items())
+        tel = self.ob.pending("telemetry", 10**6)
+        assert all(self.model["telemetry"][rid] == rec.body for rid, rec in tel)
+        assert self.ob.depth()["telemetry"].rows == len(tel)
+        assert self.ob.depth()["telemetry"].size_bytes <= self.BUDGET
+
+    @invariant()
+    def every_record_is_accounted_for(self) -> None:
+        depth = self.ob.depth()
+        for kind, c in self.ob.counters().items():
+            assert c["written"] == (depth[kind].rows + c["acked"] + c["dropped_by_policy"]
+                                    + c["expired"]), kind
+        assert self.ob.counters()["alert"]["dropped_by_policy"] == 0
 
     def teardown(self) -> None:
         self.ob.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+class DropOldestMachine(OutboxMachine):
+    POLICY = "drop_oldest"
+
+
 TestOutboxMachine = OutboxMachine.TestCase
-TestOutboxMachine.settings = settings(max_examples=15, stateful_step_count=12, deadline=None)
+TestOutboxMachine.settings = settings(max_examples=10, stateful_step_count=12, deadline=None)
+TestDropOldestMachine = DropOldestMachine.TestCase
+TestDropOldestMachine.settings = TestOutboxMachine.settings
