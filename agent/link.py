@@ -141,7 +141,8 @@ class Link:
         self._stats_lock = threading.Lock()
         self._stats = dict.fromkeys(
             ("published_msgs", "published_records", "acked_records", "reconnects", "connects",
-             "connect_failures", "rejected_msgs", "command_errors", "inflight_peak"), 0)
+             "connect_failures", "rejected_msgs", "command_errors", "inflight_peak",
+             "subscriptions", "subscribe_failures"), 0)
         self._protocol = (MQTTProtocolVersion.MQTTv311 if config.protocol == "3.1.1"
                           else MQTTProtocolVersion.MQTTv5)
         self._command_cb: CommandCallback | None = None
@@ -238,6 +239,7 @@ class Link:
         client.on_disconnect = lambda c, _u, _f, rc, _p: self._on_disconnect(c, gen, rc)
         client.on_publish = lambda _c, _u, mid, rc, _p: self._on_publish(gen, mid, rc)
         client.on_message = self._on_message
+        client.on_subscribe = lambda _c, _u, _mid, codes, _p: self._on_subscribe(codes)
         self._gen, self._client = gen, client
         self._current = (gen, client)
         return client
@@ -341,6 +343,12 @@ class Link:
     def _on_publish(self, gen: int, mid: int, rc: Any) -> None:
         self._acks.put((gen, mid, bool(getattr(rc, "is_failure", False))))
         self._wake.set()
+
+    def _on_subscribe(self, codes: list[Any]) -> None:
+        failed = [c for c in codes if getattr(c, "is_failure", False)]
+        self._count("subscribe_failures" if failed else "subscriptions")
+        if failed:
+            log.warning("broker refused the command subscriptions: %s", failed)
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any,
                     msg: mqtt.MQTTMessage) -> None:

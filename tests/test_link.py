@@ -349,12 +349,12 @@ def test_commands_and_model_topics_are_delivered_and_resubscribed_after_restart(
         pub.disconnect()
         return sent
 
-    time.sleep(0.3)  # let the SUBSCRIBE reach the broker
+    assert wait_for(lambda: link.stats()["subscriptions"] >= 1)  # SUBACK received
     sent = send()
     assert wait_for(lambda: len(got) >= 3)
     mosquitto_private.restart()  # no persistence: the broker forgets every subscription
     assert wait_for(lambda: link.stats()["reconnects"] >= 1, 20) and link.wait_connected(10)
-    time.sleep(0.3)
+    assert wait_for(lambda: link.stats()["subscriptions"] >= 2)
     sent += send()
     assert wait_for(lambda: len(got) >= 6)
     time.sleep(0.2)
