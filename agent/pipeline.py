@@ -41,13 +41,14 @@ FloatArray = npt.NDArray[np.float32]
 Lap = Callable[[str, float], float]
 
 
-@dataclass(frozen=True, eq=False, slots=True)
+@dataclass(eq=False, slots=True)
 class WindowResult:
     """What the pipeline made of one window. ``anomaly`` is NaN while commissioning.
 
     ``alert`` is the incident record this window produced (raised / updated / cleared), if
     any; ``incident_open`` whether an incident is open on this stream after this window.
-    ``telemetry`` (the body of its telemetry record) is built on access only.
+    ``telemetry`` (the body of its telemetry record) is built on access only. Read-only by
+    convention (not frozen: cheaper to build, one per window).
     """
 
     index: int
@@ -268,21 +269,23 @@ class Pipeline:
         """One result per window; ``state``: incident open per stream at batch start."""
         zones, velocity = self._zones(x)
         rms = self._column(x, "rms_g")
-        anomaly, top_p = scored.anomaly.tolist(), scored.top_p.tolist()
+        anomaly, top_p, top = scored.anomaly.tolist(), scored.top_p.tolist(), scored.top
+        rpm = self._rpm(windows).tolist()
+        threshold = {k: self.decider.threshold(k) for k in state}
         alerted = []
+        results = out.results
         for i, w in enumerate(windows):
             key = keys[i]
             body = alerts.get(i)
             if body is not None:
                 out.alerts.append(body)
                 state[key] = body["status"] != "cleared"
-            commissioning = math.isnan(anomaly[i])
+            commissioning = anomaly[i] != anomaly[i]            # NaN: not scored
             if not commissioning:
                 alerted.append(state[key])
-            out.results.append(WindowResult(
-                i, w, x[i], anomaly[i], scored.top[i], top_p[i], commissioning,
-                self.decider.threshold(key), zones[i], body, state[key], rms[i],
-                velocity[i], self._rpm_of(w)))
+            results.append(WindowResult(i, w, x[i], anomaly[i], top[i], top_p[i], commissioning,
+                                        threshold[key], zones[i], body, state[key], rms[i],
+                                        velocity[i], rpm[i]))
         out.alerted = np.asarray(alerted, dtype=bool)
 
     def _zones(self, x: FloatArray) -> tuple[list[str], list[float]]:
@@ -329,20 +332,23 @@ class _Scored:
 
     def fill(self, rows: list[int], scores: Any) -> None:
         p = np.asarray(scores.probabilities, dtype=np.float64)
-        labels = tuple(scores.labels)
+        names = np.asarray((*scores.labels, "unknown"), dtype=object)
         r = np.arange(p.shape[0])
         top = p.argmax(axis=1)
         q = p.copy()
-        if "normal" in labels and len(labels) > 1:
-            q[:, labels.index("normal")] = -1.0
+        if "normal" in names[:-1] and len(names) > 2:
+            q[:, list(names).index("normal")] = -1.0
         alt = q.argmax(axis=1)
         alt_p = np.maximum(q[r, alt], 0.0)
+        alt = np.where(alt_p >= self.min_probability, alt, len(names) - 1)
         self.anomaly[rows] = np.asarray(scores.anomaly, dtype=np.float64)
         self.top_p[rows] = p[r, top]
         self.alt_p[rows] = alt_p
-        for i, t, k, kp in zip(rows, top.tolist(), alt.tolist(), alt_p.tolist(), strict=True):
-            self.top[i] = labels[t]
-            self.alt[i] = labels[k] if kp >= self.min_probability else "unknown"
+        if len(rows) == len(self.top):
+            self.top, self.alt = names[top].tolist(), names[alt].tolist()
+            return
+        for i, t, k in zip(rows, names[top].tolist(), names[alt].tolist(), strict=True):
+            self.top[i], self.alt[i] = t, k
 
 
 def shipped_bundle() -> tuple[Path, Path] | None:

@@ -1,14 +1,17 @@
 """Agent pipeline throughput against a bare FFT, and resident memory of a running agent.
 
-Run: python benchmarks/pipeline.py [--seconds 300] [--channels 2]
+Run: python benchmarks/pipeline.py [--seconds 300] [--channels 2] [--rounds 3]
 
 1. Throughput: ``--seconds`` of a 12.8 kHz stream per channel (noise, a 1x tone and
    bearing-like impulses) as 1024-sample frames go through the live :class:`Agent` path —
-   ReplaySource -> Windower -> extract -> Baseline z -> the shipped ONNX bundle -> Decider —
-   with ``store=False`` (the outbox and link have their own benchmarks). Measured in CPU
+   ReplaySource -> frame checks -> Windower -> window integrity checks -> extract ->
+   Baseline z -> the shipped ONNX bundle -> Decider -> drift -> telemetry bodies — with
+   ``store=False`` (the outbox and link have their own benchmarks). Measured in CPU
    seconds of this process (samples/s/core). The bare FFT is ``scipy.fft.rfft`` of the same
-   windows (same count, same length, one batched call per agent batch). Target: pipeline
-   <= 10x the FFT.
+   windows (same count, same length, one batched call per agent batch). Each round times
+   the pipeline and, right after it, the FFT and the parts alone (windowing with the frame
+   checks, the window integrity checks, features.extract); medians over ``--rounds``.
+   Target: pipeline <= 10x the FFT.
 2. Memory: a child process builds a real agent (shipped bundle, SQLite outbox in a temp
    dir), processes 30 s of data, and reports VmRSS and VmHWM from /proc. Target < 120 MB.
 """
@@ -89,6 +92,46 @@ def extract_cpu_s(windows: int, batch: int) -> float:
     return (time.process_time() - t0) * windows / (calls * batch)
 
 
+def window_cpu_s(frames: list, read_batch: int = 256) -> tuple[float, list]:
+    """CPU seconds of the frame checks plus the windower over all frames; the windows."""
+    from agent.features import DEFAULT_SPEC
+    from agent.monitor import Monitor
+    from agent.window import Windower
+
+    mon, windower, out = Monitor(), Windower(DEFAULT_SPEC), []
+    t0 = time.process_time()
+    for i in range(0, len(frames), read_batch):
+        chunk = frames[i:i + read_batch]
+        for frame in chunk:
+            mon.quality.observe_frame(frame)
+        out += windower.push_many(chunk)
+    return time.process_time() - t0, out
+
+
+def quality_cpu_s(windows: list, batch: int) -> float:
+    """CPU seconds of the window integrity checks (stack, metas, check_batch) alone."""
+    from agent.monitor import Monitor, WindowMeta
+
+    mon = Monitor()
+    t0 = time.process_time()
+    for i in range(0, len(windows), batch):
+        chunk = windows[i:i + batch]
+        mon.quality.check_batch(np.stack([w.samples for w in chunk]),
+                                [WindowMeta.of(w) for w in chunk])
+    return time.process_time() - t0
+
+
+def one_round(frames: list) -> dict[str, float]:
+    from agent.features import DEFAULT_SPEC
+
+    with tempfile.TemporaryDirectory() as state:
+        cpu, windows, batch = pipeline_cpu_s(frames, Path(state))
+    fft = fft_cpu_s(windows, batch, DEFAULT_SPEC.window_samples)
+    win_s, wins = window_cpu_s(frames)
+    return {"pipeline": cpu, "windows": windows, "fft": fft, "window": win_s,
+            "quality": quality_cpu_s(wins, batch), "features": extract_cpu_s(windows, batch)}
+
+
 CHILD = r"""
 import sys, threading, tempfile
 sys.path.insert(0, {root!r})
@@ -113,24 +156,36 @@ def memory() -> str:
 
 
 def main() -> None:
-    from agent.features import DEFAULT_SPEC
+    import statistics
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=300.0)
     ap.add_argument("--channels", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     frames = make_frames(args.seconds, args.channels)
     samples = len(frames) * FRAME
-    with tempfile.TemporaryDirectory() as state:
-        cpu, windows, batch = pipeline_cpu_s(frames, Path(state))
-    fft = fft_cpu_s(windows, batch, DEFAULT_SPEC.window_samples)
-    print(f"pipeline: {samples} samples, {windows} windows in {cpu:.3f} CPU s -> "
-          f"{samples / cpu:,.0f} samples/s/core ({cpu / windows * 1e6:.0f} us/window)")
+    rounds = [one_round(frames) for _ in range(args.rounds)]
+
+    def med(key: str, per_fft: bool = False) -> float:
+        return statistics.median(r[key] / r["fft"] if per_fft else r[key] for r in rounds)
+
+    windows, cpu, fft = int(rounds[0]["windows"]), med("pipeline"), med("fft")
+    print(f"pipeline: {samples} samples, {windows} windows, median of {args.rounds} rounds "
+          f"{cpu:.3f} CPU s -> {samples / cpu:,.0f} samples/s/core "
+          f"({cpu / windows * 1e6:.0f} us/window)")
     print(f"bare rfft of the same windows: {fft:.4f} CPU s ({fft / windows * 1e6:.1f} us/window)")
-    feats = extract_cpu_s(windows, batch)
-    print(f"of which features.extract alone: {feats:.3f} CPU s ({feats / fft:.1f}x the FFT); "
-          f"the rest of the pipeline: {(cpu - feats) / fft:.1f}x the FFT")
-    print(f"ratio pipeline / FFT: {cpu / fft:.1f}x (target <= 10x)")
+    for key, what in (("window", "frame checks + windowing"),
+                      ("quality", "window integrity checks (agent.monitor)"),
+                      ("features", "features.extract")):
+        print(f"  {what} alone: {med(key) / windows * 1e6:.1f} us/window "
+              f"({med(key, True):.1f}x the FFT)")
+    rest = statistics.median((r["pipeline"] - r["window"] - r["quality"] - r["features"])
+                             / r["fft"] for r in rounds)
+    print(f"  the rest (z, inference, decisions, drift, telemetry, loop): {rest:.1f}x the FFT")
+    each = ", ".join(f"{r['pipeline'] / r['fft']:.1f}" for r in rounds)
+    print(f"ratio pipeline / FFT: {med('pipeline', True):.1f}x (rounds: {each}; "
+          "target <= 10x)")
     name, rss_kb, _, hwm_kb, _ = memory().split()
     print(f"running agent with model {name}: VmRSS {int(rss_kb) / 1024:.0f} MB, "
           f"peak VmHWM {int(hwm_kb) / 1024:.0f} MB (target < 120 MB)")
