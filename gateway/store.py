@@ -17,9 +17,10 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from foreshock.errors import StoreError
@@ -27,94 +28,20 @@ from foreshock.messages import Batch, Record
 from gateway import gaps as gapmath
 from gateway.schema import LATEST_VERSION, MIGRATIONS, MIGRATIONS_TABLE
 from gateway.store_sql import DeviceUpdates, device_updates, upsert_device_sql
+from gateway.store_types import (
+    DeviceInfo,
+    Gap,
+    RolloutDevice,
+    RolloutRow,
+    StoredRecord,
+    StoreResult,
+)
+
+__all__ = ["DeviceInfo", "Gap", "RolloutDevice", "RolloutRow", "Store", "StoreResult",
+           "StoredRecord", "open_store"]
 
 log = logging.getLogger(__name__)
 INSERT_CHUNK = 500  # rows per INSERT statement: under SQLite's and PostgreSQL's bind limits
-
-
-@dataclass(frozen=True)
-class StoreResult:
-    """What one batch did to the store."""
-
-    inserted: int
-    duplicates: int
-    new_alerts: tuple[Record, ...] = ()
-    opened_gaps: tuple[tuple[int, int], ...] = ()
-
-
-@dataclass(frozen=True)
-class StoredRecord:
-    site: str
-    device: str
-    boot_id: str
-    seq: int
-    kind: str
-    ts: float
-    received_ts: float
-    body: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Gap:
-    site: str
-    device: str
-    boot_id: str
-    first_seq: int
-    last_seq: int
-    detected_ts: float
-
-    @property
-    def missing(self) -> int:
-        return self.last_seq - self.first_seq + 1
-
-
-@dataclass(frozen=True)
-class DeviceInfo:
-    """One row of the fleet registry. ``None`` means not reported yet."""
-
-    site: str
-    device: str
-    online: bool | None = None
-    boot_id: str | None = None
-    state_ts: float | None = None
-    last_seen_ts: float | None = None
-    agent_version: str | None = None
-    model_name: str | None = None
-    model_version: str | None = None
-    outbox_depth: int | None = None
-    health_ts: float | None = None
-    last_alert_ts: float | None = None
-    last_alert_incident: str | None = None
-    last_alert_status: str | None = None
-    last_alert_severity: str | None = None
-    data_quality: str | None = None
-    data_quality_ts: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class RolloutRow:
-    rollout_id: str
-    bundle_name: str
-    bundle_version: str
-    target: str
-    canary: int
-    abort_on_pct: float
-    state: str
-    created_ts: float
-    updated_ts: float
-    detail: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class RolloutDevice:
-    rollout_id: str
-    site: str
-    device: str
-    status: str
-    detail: dict[str, Any]
-    updated_ts: float
-    bundle_version: str
 
 
 @dataclass(frozen=True)
@@ -413,8 +340,6 @@ def _obj(value: Any) -> Any:
 
 
 def _now() -> float:
-    import time
-
     return time.time()
 
 
