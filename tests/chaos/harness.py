@@ -461,3 +461,21 @@ def _close(s: socket.socket) -> None:
     except OSError:
         pass
     s.close()
+
+
+def problems(result: Result) -> list[str]:
+    """What breaks the guarantees: unexpected loss, missing alerts, leftovers, crashes."""
+    out = [f"{kind}: {c.lost} lost unexpectedly" for kind, c in result.classes.items()
+           if c.lost]
+    out += [f"{kind}: {c.pending} still pending" for kind, c in result.classes.items()
+            if c.pending]
+    if result.classes["alert"].policy:
+        out.append(f"alert: {result.classes['alert'].policy} dropped by policy")
+    if result.alerts_missing:
+        out.append(f"{result.alerts_missing} of {result.alerts_put} alerts whose put() "
+                   "returned are not in the gateway store")
+    out += [f"crash: {c}" for c in result.crashed]
+    for kind in ("telemetry", "alert"):
+        if not result.classes[kind].sent:
+            out.append(f"{kind}: nothing was sent (the scenario did not run)")
+    return out

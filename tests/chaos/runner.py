@@ -170,8 +170,8 @@ def run_gateway(spec: dict[str, Any]) -> int:
 
     stop = _stop_event()
     cfg = GatewayConfig.for_site(spec["broker_url"], spec["site"], f"sqlite:///{spec['db']}",
-                                 share_group=spec.get("share_group", "chaos"), client_id="chaos-gateway",
-                                 connect_timeout_s=5.0)
+                                 share_group=spec.get("share_group", "chaos"),
+                                 client_id="chaos-gateway", connect_timeout_s=5.0)
     gateway = Gateway(cfg)
     fh = open(spec["deliveries"], "a")  # noqa: SIM115 - lives as long as the process
 

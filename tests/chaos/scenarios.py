@@ -108,8 +108,9 @@ def clock_jumps(workdir: Path) -> Result:
 
 
 def partition(workdir: Path) -> Result:
-    """The devices' link is cut (a TCP relay resets and refuses) for PARTITION_S at 3x real time with telemetry for
-    every window and health every 0.5 s, then the backlog drains."""
+    """The devices' link is cut (a TCP relay resets and refuses) for PARTITION_S at 3x
+    real time with telemetry for every window and health every 0.5 s; then the backlog
+    drains."""
     run = ChaosRun(workdir, f"partition {PARTITION_S:g} s, backlog").start(
         {"pump-1": {"alert_rate_hz": 2.0, "speed": 3.0, "health_interval_s": 0.5},
          "pump-2": {"alert_rate_hz": 2.0, "speed": 3.0, "seed": 2,
@@ -136,7 +137,8 @@ def broker_restarts_unshared(workdir: Path) -> Result:
 
 
 SCENARIOS: dict[str, Callable[[Path], Result]] = {
-    "broker_restarts": broker_restarts, "broker_restarts_unshared": broker_restarts_unshared, "agent_kills": agent_kills,
+    "broker_restarts": broker_restarts, "broker_restarts_unshared": broker_restarts_unshared,
+    "agent_kills": agent_kills,
     "gateway_kills": gateway_kills, "power_cut": power_cut, "disk_budget": disk_budget,
     "clock_jumps": clock_jumps, "partition": partition, "sensor_faults": sensor_faults,
 }
