@@ -101,6 +101,7 @@ def _status_lines(data: dict[str, Any]) -> list[str]:
     counters = data.get("counters", {})
     model = data.get("model") or {}
     link = data.get("link") or {}
+    depth = data.get("outbox_depth") or counters.get("outbox_depth") or {}
     lines = [
         f"device   {data.get('site')}/{data.get('device')}  agent {data.get('agent_version')}"
         f"  pid {data.get('pid')}  up {data.get('uptime_s', 0):.0f} s",
@@ -108,9 +109,10 @@ def _status_lines(data: dict[str, Any]) -> list[str]:
         f"link     {'connected' if link.get('connected') else 'DISCONNECTED'} "
         f"{link.get('broker') or '(no broker configured)'}",
         "outbox   " + "  ".join(f"{k} {v.get('rows', 0)} rows/{v.get('bytes', 0)} B"
-                                for k, v in (counters.get("outbox_depth") or {}).items()),
+                                for k, v in depth.items()),
         "counters " + "  ".join(f"{k} {v}" for k, v in counters.items()
-                                if isinstance(v, int)),
+                                if isinstance(v, int) and "." not in k),
+        *_monitor_lines(data),
     ]
     for key, s in (data.get("streams") or {}).items():
         state = "commissioning" if s.get("commissioning") else "monitoring"
@@ -124,6 +126,29 @@ def _status_lines(data: dict[str, Any]) -> list[str]:
                      f"{(alert.get('explanation') or {}).get('summary', '')}")
     else:
         lines.append("alert    none since start")
+    return lines
+
+
+def _monitor_lines(data: dict[str, Any]) -> list[str]:
+    """Data quality per channel, drift state and latency percentiles per stage."""
+    counters = data.get("counters", {})
+    channels = data.get("channels") or {}
+    lines = ["quality  " + ("  ".join(f"{k} {v}" for k, v in channels.items())
+                            or "no channel seen yet")
+             + f"  ({counters.get('windows_unscoreable', 0)} windows not scored)"]
+    drift = data.get("drift")
+    if drift is None:
+        lines.append("drift    off (the model ships no training_stats)")
+    else:
+        moving = ", ".join(drift.get("drifting") or []) or "none"
+        lines.append(f"drift    drifting: {moving}; {drift.get('windows', 0)} windows, "
+                     f"max PSI {drift.get('max_psi', 0)} ({drift.get('max_psi_feature')})")
+    for stage, st in (data.get("latency_ms") or {}).items():
+        lines.append(f"latency  {stage:<9} p50 {st.get('p50_ms', 0):.3f} ms  "
+                     f"p90 {st.get('p90_ms', 0):.3f} ms  p99 {st.get('p99_ms', 0):.3f} ms  "
+                     f"({st.get('count', 0)} windows)")
+    if data.get("metrics_url"):
+        lines.append(f"metrics  {data['metrics_url']}")
     return lines
 
 

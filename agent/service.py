@@ -48,6 +48,7 @@ from foreshock.errors import ForeshockError
 log = logging.getLogger(__name__)
 
 CLOSE_DRAIN_S = 2.0
+SOURCE_LOSSES = ("bad_frames", "dropped_bytes", "overflow_frames")
 QUALITY_COUNTERS = ("seq_gaps", "missing_frames", "duplicates", "out_of_order", "rate_changes",
                     "dropped_streams", "non_finite")
 
@@ -257,6 +258,8 @@ class Agent:
         self.counters["telemetry"] += len(telemetry)
         if self.outbox is not None:
             self._store(out.alerts, events, telemetry, at_s)
+        self.monitor.counters.update(self.counters)     # the loop is the monitor's writer
+        self.monitor.set_gauge("queued_windows", len(self.queue))
         self._lap("outbox", t, len(batch))
 
     def _store(self, alerts: list[dict[str, Any]], events: list[dict[str, Any]],
@@ -395,7 +398,7 @@ class Agent:
         """Data-quality counters that grew since the last health record."""
         now = {k: self.windower.counters[k] for k in QUALITY_COUNTERS}
         now.update({f"source_{k}": int(v) for k, v in
-                    (getattr(self.source, "stats", {}) or {}).items() if isinstance(v, int)})
+                    (getattr(self.source, "stats", {}) or {}).items() if k in SOURCE_LOSSES})
         now["dropped_windows"] = self.counters["dropped_windows"]
         deltas = {k: v - self._quality.get(k, 0) for k, v in now.items()
                   if v > self._quality.get(k, 0)}

@@ -106,7 +106,15 @@ def test_status_reads_the_running_agents_file(tmp_path: Path,
     code, out, _ = run_cli(["agent", "status", "--state-dir", str(tmp_path)], capsys)
     assert code == 0
     assert "plant1/pump-9" in out and "outbox" in out and "secret" not in out
+    # all-zero samples: a flatlined sensor, reported per channel and never scored
+    assert "quality  n/0 bad" in out and "(3 windows not scored)" in out
+    assert "drift    off" in out
+    latency = [line for line in out.splitlines() if line.startswith("latency  quality")]
+    assert latency and "p50" in latency[0] and "p99" in latency[0]
     code, out, _ = run_cli(["agent", "status", "--state-dir", str(tmp_path), "--json"], capsys)
-    assert json.loads(out)["device"] == "pump-9" and "secret" not in out
+    data = json.loads(out)
+    assert data["device"] == "pump-9" and "secret" not in out
+    assert data["link"]["broker"] == "mqtt://[REDACTED]@127.0.0.1:1"
+    assert data["channels"] == {"n/0": "bad"} and data["counters"]["dq_flatline"] == 3
     code, _, err = run_cli(["agent", "status", "--state-dir", str(tmp_path / "none")], capsys)
     assert code == 2 and "no status file" in err

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import paho.mqtt.client as mqtt
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from test_inference import build_bundle
 
@@ -214,3 +215,133 @@ def test_data_quality_event_counts_gaps(tmp_path: Path) -> None:
     dq = [e["detail"]["since_last_health"] for e in events
           if e["type"] == "data_quality" and "since_last_health" in e["detail"]]
     assert dq == [{"seq_gaps": 1, "missing_frames": 2, "duplicates": 1}]
+
+
+def sensor_fault_frames(seconds: float = 45.0) -> list[Frame]:
+    """A healthy simulated machine whose sensor flatlines (20-25 s) and clips (30-35 s)."""
+    import dataclasses
+
+    from firmware_sim.node import NodeSource, SimNode
+    from firmware_sim.scenario import Scenario, SensorFaultSpec
+
+    scenario = dataclasses.replace(
+        Scenario.load("healthy"), sample_rate_hz=FS, sample_format="int16", duration_s=seconds,
+        sensor_faults=(SensorFaultSpec("flatline", start_s=20.0, duration_s=5.0),
+                       SensorFaultSpec("clipping", start_s=30.0, duration_s=5.0, value=0.05)))
+    source = NodeSource(SimNode(scenario, "node-sf", seed=3, start_time_s=1.7e9),
+                        realtime=False)
+    out: list[Frame] = []
+    while not source.exhausted:
+        out += source.read(0.0)
+    return out
+
+
+def test_sensor_fault_is_a_data_quality_event_not_an_alert(tmp_path: Path) -> None:
+    """The shipped model on a flatlined, then clipped sensor: each fault is one bad/ok pair
+    of data_quality events naming the check, its windows are not scored, and no alert."""
+    fr = sensor_fault_frames()
+    cfg = AgentConfig.for_device("node-sf", "plant1", "", tmp_path,
+                                 decision={"commission_s": 10.0})
+    results: list = []
+    agent = Agent(cfg, ReplaySource(fr), on_result=results.append)
+    agent.run(threading.Event())
+    status = json.loads(cfg.service.status_file.read_text())
+    again = Agent(cfg, ReplaySource([]))
+    events = [r.body["detail"] for _, r in again.outbox.pending("event", 100)
+              if r.body["type"] == "data_quality" and "state" in r.body["detail"]]
+    alerts = list(again.outbox.pending("alert", 100))
+    again.close()
+    assert [(e["state"], e["issues"][0]["check"]) for e in events] == [
+        ("bad", "flatline"), ("ok", "flatline"), ("bad", "clipping"), ("ok", "clipping")]
+    assert events[0]["channel"] == 0 and events[0]["device_id"] == "node-sf"
+    assert alerts == [] and agent.counters["alerts"] == 0
+    # ~5 s of each fault at 0.16 s per window: not one of those windows reached the model
+    assert agent.counters["windows_unscored"] >= 50
+    scored_ts = {round(r.window.end_s - 1.7e9, 2) for r in results}
+    assert not any(21.0 < t < 25.0 or 31.0 < t < 35.0 for t in scored_ts)
+    assert status["channels"] == {"node-sf/0": "ok"}
+    assert status["counters"]["dq_flatline"] > 0 and status["counters"]["dq_clipping"] > 0
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_prometheus_endpoint_scraped_over_http(tmp_path: Path) -> None:
+    import urllib.request
+
+    cfg = AgentConfig.for_device("pump-10", "plant1", "", tmp_path,
+                                 model={"default_bundle": False},
+                                 monitor={"prometheus_port": free_port()})
+    agent = Agent(cfg, ReplaySource(frames(80, 1000), batch=20))
+    agent.start()
+    try:
+        assert agent.exporter is not None
+        while not agent.source.exhausted or agent.queue:
+            agent.step()
+        with urllib.request.urlopen(agent.exporter.url, timeout=5) as resp:
+            text = resp.read().decode()
+            assert resp.status == 200
+        status = agent.status()
+    finally:
+        agent.close()
+    samples = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
+               if line and not line.startswith("#")}
+    assert samples["foreshock_windows_processed_total"] == agent.counters["windows_processed"]
+    assert samples['foreshock_channel_bad{channel="node1/0"}'] == 0.0
+    assert 'foreshock_stage_latency_seconds{stage="features",quantile="0.50"}' in samples
+    assert samples["foreshock_window_seq_gaps_total"] == 0.0
+    assert status["metrics_url"] == agent.exporter.url
+    with pytest.raises(OSError):        # closed with the agent
+        urllib.request.urlopen(agent.exporter.url, timeout=2)
+
+
+def test_metrics_endpoint_refuses_non_loopback(tmp_path: Path) -> None:
+    from foreshock.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="prometheus_host"):
+        AgentConfig.for_device("pump-11", "plant1", "", tmp_path,
+                               monitor={"prometheus_port": 9464, "prometheus_host": "0.0.0.0"})
+
+
+def test_drift_from_bundle_training_stats(tmp_path: Path) -> None:
+    """A bundle whose training_stats put every input far from what this machine shows: the
+    drift monitor is on, a drift event names the features, health and status carry it."""
+    from test_inference import INPUTS
+
+    from agent.monitor import training_stats
+    from foreshock import bundle as fb
+
+    path, pub = build_bundle(tmp_path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    shifted = np.random.default_rng(0).normal(8.0, 0.5, size=(500, len(INPUTS)))
+    manifest["training_stats"] = training_stats(shifted, list(INPUTS))
+    for name in ("manifest.json", "manifest.sig"):
+        (path / name).unlink(missing_ok=True)
+    fb.write_manifest(path, {k: v for k, v in manifest.items() if k not in ("files",)})
+    key = fb.generate_signing_key()
+    fb.sign(path, key)
+    pub.write_bytes(fb.public_key_pem(key.public_key()))
+    cfg = AgentConfig.for_device("pump-12", "plant1", "", tmp_path / "s",
+                                 decision={"commission_s": 2.0},
+                                 model={"bundle": str(path), "trusted_keys": [str(pub)]},
+                                 monitor={"drift": {"window": 100, "min_windows": 50,
+                                                    "every": 25}})
+    agent = Agent(cfg, ReplaySource(frames(300, 1000)))
+    assert agent.monitor.drift is not None
+    agent.run(threading.Event())
+    status = json.loads(cfg.service.status_file.read_text())
+    again = Agent(cfg, ReplaySource([]))
+    events = [r.body["detail"] for _, r in again.outbox.pending("event", 100)
+              if r.body["type"] == "drift"]
+    health = [r.body for _, r in again.outbox.pending("health", 10)]
+    again.close()
+    assert events and events[0]["state"] == "started"
+    assert {f["name"] for f in events[0]["features"]} <= set(INPUTS)
+    assert "rms_g" in events[0]["new"]
+    assert "rms_g" in health[-1]["drift"]["drifting"]
+    assert status["drift_watched"] is True and "rms_g" in status["drift"]["drifting"]
