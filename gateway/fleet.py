@@ -49,6 +49,32 @@ def _row(d: DeviceInfo, now: float, rollout: str) -> dict[str, str]:
     }
 
 
+FLEET_SCHEMA = "foreshock.fleet/1"
+
+
+def fleet_summary(store: Store, site: str, now: float | None = None) -> dict[str, Any]:
+    """The retained ``_control/fleet`` document (docs/schemas/fleet.json) of one site."""
+    now = time.time() if now is None else now
+    rollouts = {(r.site, r.device): r for r in store.rollout_devices()}
+    devices = []
+    for d in store.devices(site):
+        r = rollouts.get((d.site, d.device))
+        devices.append({
+            "device": d.device, "online": d.online, "boot_id": d.boot_id,
+            "last_seen_ts": d.last_seen_ts, "agent_version": d.agent_version,
+            "model": {"name": d.model_name, "version": d.model_version}
+            if d.model_name else None,
+            "outbox_depth": d.outbox_depth,
+            "last_alert": {"ts": d.last_alert_ts, "incident": d.last_alert_incident,
+                           "status": d.last_alert_status, "severity": d.last_alert_severity}
+            if d.last_alert_incident else None,
+            "data_quality": d.data_quality,
+            "rollout": {"rollout_id": r.rollout_id, "version": r.bundle_version,
+                        "status": r.status} if r else None,
+        })
+    return {"schema": FLEET_SCHEMA, "site": site, "ts": now, "devices": devices}
+
+
 def latest_rollout_status(store: Store) -> dict[tuple[str, str], str]:
     """``(site, device) -> "<bundle version> <status>"`` from the newest rollout row."""
     return {(r.site, r.device): f"{r.bundle_version} {r.status}"

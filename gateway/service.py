@@ -57,6 +57,8 @@ class Gateway:
         self._started = False
         self._recovering = False
         self._recovery_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._fleet_thread: threading.Thread | None = None
         self.hooks: list[Any] = []
 
     def _make_client(self) -> mqtt.Client:
@@ -96,6 +98,29 @@ class Gateway:
                             f"subscriptions within {self.config.connect_timeout_s:g} s")
         log.info("gateway %s ingesting %s into %s", self.config.effective_client_id(),
                  self.config.site, self.config.db_url.split("@")[-1])
+        if self.config.fleet_interval_s > 0:
+            self._stop.clear()
+            self._fleet_thread = threading.Thread(target=self._fleet_loop, daemon=True,
+                                                  name="gateway-fleet")
+            self._fleet_thread.start()
+
+    def _fleet_loop(self) -> None:
+        while not self._stop.wait(self.config.fleet_interval_s):
+            try:
+                self.publish_fleet()
+            except Exception:  # the summary is a view; ingest goes on without it
+                log.exception("fleet summary not published")
+
+    def publish_fleet(self) -> None:
+        """Publish the retained fleet summary of every site this instance ingests."""
+        from gateway.fleet import fleet_summary
+
+        sites = [self.config.site] if self.config.site != "+" else \
+            sorted({d.site for d in self.store.devices()})
+        for site in sites:
+            self.client.publish(topics.control_fleet(site),
+                                messages.dumps(fleet_summary(self.store, site)), qos=1,
+                                retain=True)
 
     def _connect(self) -> None:
         addr = broker(self.config.broker_url)
@@ -143,6 +168,10 @@ class Gateway:
 
     def stop(self) -> None:
         """Disconnect and close the store (if the gateway opened it)."""
+        self._stop.set()
+        if self._fleet_thread is not None:
+            self._fleet_thread.join(10)
+            self._fleet_thread = None
         if self._started:
             self._started = False
             self.client.disconnect()

@@ -240,3 +240,36 @@ def test_store_failure_leaves_message_unacked_and_it_is_redelivered(
     wait_for(lambda: gw.stats().records_stored == 20, 20)
     assert gw.store.count() == 20 and gw.store.gaps() == []
     assert gw.stats().duplicates_dropped == 0
+
+
+def test_retained_fleet_summary_matches_its_schema(
+        mosquitto: Any, site: str, tmp_path: Path, gateways: list[Gateway]) -> None:
+    import json
+
+    import jsonschema
+
+    gw = start(gateways, GatewayConfig.for_site(mosquitto.url, site,
+                                                f"sqlite:///{tmp_path / 'gw.db'}",
+                                                fleet_interval_s=0.2))
+    dev = Device(mosquitto.url, site, "boiler-1")
+    dev.raw(topics.state(site, "boiler-1"), messages.state_message(
+        site, "boiler-1", online=True, boot_id="boot-1", ts=time.time(), agent_version="0.1.0",
+        model={"name": "m", "version": "1.0.0"}))
+    dev.send("alert", [alert(3)])
+    wait_for(lambda: gw.stats().records_stored == 1)
+    time.sleep(0.5)
+    got: list[bytes] = []
+    dev.client.on_message = lambda c, u, m: got.append(bytes(m.payload))
+    dev.client.subscribe(topics.control_fleet(site), qos=1)  # retained: arrives at once
+    wait_for(lambda: bool(got))
+    dev.close()
+    summary = json.loads(got[0])
+    schema = json.loads((Path(__file__).resolve().parent.parent / "docs" / "schemas"
+                         / "fleet.json").read_text())
+    jsonschema.validate(summary, schema)
+    (device,) = summary["devices"]
+    assert device["device"] == "boiler-1" and device["online"] is True
+    assert device["last_alert"]["incident"] == "inc-9"
+    dev2 = Device(mosquitto.url, site, "boiler-1")  # clean up the retained summary
+    dev2.client.publish(topics.control_fleet(site), b"", retain=True).wait_for_publish(5)
+    dev2.close()
