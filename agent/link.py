@@ -336,6 +336,7 @@ class Link:
         log.info("MQTT link up to %s (MQTT %s)", self.config.broker_url, self.protocol)
 
     def _on_disconnect(self, client: mqtt.Client, gen: int, rc: Any) -> None:
+        log.info("MQTT disconnected from %s: %s", self.config.broker_url, rc)
         if gen == self._gen:
             self._connected.clear()
             self._wake.set()
@@ -410,8 +411,8 @@ class Link:
                 continue
             if failed:
                 self._count("rejected_msgs")
-                log.warning("broker rejected a %s batch; it is resent after a reconnect",
-                            item.kind)
+                log.warning("broker rejected a batch of %d %s records; they are resent "
+                            "after a reconnect", len(item.row_ids), item.kind)
             else:
                 rows.extend(item.row_ids)
         if rows:

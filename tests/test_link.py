@@ -188,6 +188,33 @@ def test_inflight_window_respects_the_brokers_receive_maximum(
     assert link.stats()["inflight_peak"] == 3 and link.stats()["reconnects"] == 0
 
 
+def test_puback_with_a_failure_reason_acks_nothing(
+        make_mosquitto: Callable[[str], Any], tmp_path: Path, device: str,
+        links: list[Link]) -> None:
+    acl = tmp_path / "acl"
+    acl.write_text(f"topic readwrite {topics.record(SITE, device, 'telemetry')}\n"
+                   f"topic readwrite {topics.state(SITE, device)}\n")  # no alert topic
+    # mosquitto 2.0.11 with max_queued_messages 0 drops a client right after denying its
+    # publish ("Bad socket read/write"); the link copes, but this test is about the PUBACK
+    conf = CONF_TEMPLATE.read_text().replace("max_queued_messages 0", "")
+    broker = make_mosquitto(conf + f"acl_file {acl}\nuser root\n")
+    outbox = Outbox(tmp_path / "outbox.db", boot_id="boot-a")
+    expected = fill(outbox, 100, alerts=2)
+    link = make_link(links, broker, device, "boot-a")
+    assert link.wait_connected(10)
+    assert link.drain(outbox, timeout_s=5) == 100  # MQTT 5 PUBACK 0x87 for the alerts
+    assert link.stats()["rejected_msgs"] == 1
+    assert outbox.depth()["alert"].rows == 2 and outbox.depth()["telemetry"].rows == 0
+    acl.write_text(acl.read_text() + f"topic readwrite {topics.record(SITE, device, 'alert')}\n")
+    broker.restart()
+    assert wait_for(lambda: link.stats()["reconnects"] >= 1, 20) and link.wait_connected(10)
+    assert link.drain(outbox, timeout_s=5) == 2
+    assert sum(d.rows for d in outbox.depth().values()) == 0
+    assert outbox.counters()["alert"]["acked"] == 2
+    assert len(expected) == 102
+    outbox.close()
+
+
 def persistent_broker(make_mosquitto: Callable[[str], Any]) -> Any:
     """The test broker config, with persistence so a stopped broker keeps the collector's
     session and the messages queued for it (stop is SIGTERM: mosquitto saves on exit)."""
