@@ -102,6 +102,16 @@ class TestOutboxContract:
         assert ob.counters()["telemetry"]["acked"] == 2
         assert ob.depth()["telemetry"].rows == 8
 
+    def test_writes_commit_with_synchronous_full(self, make_outbox: MakeOutbox) -> None:
+        ob = make_outbox()
+        assert Path(ob.path).with_name("outbox.db-wal").exists()  # WAL mode
+        seqs = ob.put_many("telemetry", [(telemetry(), NOW)])
+        ob.ack(seqs)  # acks commit without fsync, and must switch FULL back on
+        ob.put("alert", alert(), NOW)
+        # white-box: the fsync guarantee lives in this per-connection setting (2 = FULL)
+        assert ob._conn.execute("PRAGMA synchronous").fetchone()[0] == 2
+        assert ob._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
     def test_depth_counts_rows_and_bytes(self, make_outbox: MakeOutbox) -> None:
         ob = make_outbox()
         ob.put_many("telemetry", [(telemetry(i), NOW) for i in range(4)])
