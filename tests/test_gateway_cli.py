@@ -107,3 +107,47 @@ def test_deploy_errors_are_one_line(tmp_path: Path) -> None:
               "--key", str(pub), "--db", db, "--broker", "mqtt://127.0.0.1:1")
     assert res.returncode == 1 and res.stderr.startswith("error: ") and "bundle" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_run_ingests_until_sigterm(tmp_path: Path, mosquitto: object) -> None:
+    import signal
+    import time
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from foreshock import messages, topics
+
+    url = mosquitto.url  # type: ignore[attr-defined]
+    db = tmp_path / "run.db"
+    conf = tmp_path / "gw.toml"
+    conf.write_text(f'[gateway]\nbroker_url = "{url}"\nsite = "runsite"\n'
+                    f'db_url = "sqlite:///{db}"\nclient_id = "cli-run-test"\n'
+                    'session_expiry_s = 0\n')
+    proc = subprocess.Popen([sys.executable, "-m", "foreshock.cli", "gateway", "run",
+                             "--config", str(conf)], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        host, port = url.removeprefix("mqtt://").split(":")
+        dev = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        dev.connect(host, int(port))
+        dev.loop_start()
+        rec = Record(1, T0, {"uptime_s": 1.0, "counters": {}})
+        payload = messages.encode_batch(Batch("runsite", "dev-1", "b", "health", (rec,)))
+        count = 0
+        while count == 0 and time.monotonic() < deadline:
+            dev.publish(topics.record("runsite", "dev-1", "health"), payload,
+                        qos=1).wait_for_publish(5)
+            time.sleep(0.5)
+            if db.exists():
+                store = open_store(f"sqlite:///{db}")
+                count = store.count()
+                store.close()
+        dev.loop_stop()
+        dev.disconnect()
+        assert count == 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
