@@ -1,7 +1,15 @@
 """The running agent: one plain loop from source to outbox and link.
 
-    source.read -> Windower.push -> window queue -> extract (batched) -> Baseline.z
-      -> Detector.score (one call per step) -> Decider -> Outbox -> Link.drain
+    source.read -> Monitor.quality.observe_frame (every frame) -> Windower.push_many
+      -> window queue -> Monitor.quality.check_batch -> extract (batched, scoreable
+      windows only) -> Baseline.z -> Detector.score (one call per step)
+      -> Decider.decide_batch -> Monitor.update_drift -> Outbox -> Link.drain
+
+Data quality (``[monitor]``, docs/monitoring.md): a window that fails a blocking integrity
+check (flatline, clipping, spikes, non-finite, rate drift) is not scored, so a broken
+sensor raises a ``data_quality`` event (when its channel turns bad, and again when it
+recovers) instead of a failure alert; it is counted in ``windows_unscored``. Drift is
+watched against the bundle's ``training_stats`` when it ships them.
 
 Backpressure: windows wait in a bounded queue (``service.max_queued_windows``); when it is
 full the **oldest** window is dropped and counted (``dropped_windows``): fresh data matters
@@ -10,11 +18,14 @@ more than stale data, and memory never grows. Each step processes at most
 
 Records: a ``telemetry`` record per window (every ``service.telemetry_every``-th), an
 ``alert`` record per incident change, ``event`` records (baseline commissioned, data
-quality, model), and a ``health`` record every ``service.health_interval_s`` with uptime,
-counters, outbox depth per class and latency percentiles per stage, preceded by a
-``data_quality`` event when sequence gaps, duplicates, reordering, rate changes, bad frames
-or dropped windows grew since the last one. The same snapshot is written atomically to the
-status file that ``foreshock agent status`` reads.
+quality, drift, model), and a ``health`` record every ``service.health_interval_s``: the
+body of :meth:`agent.monitor.Monitor.health_body` (flat counters, gauges, latency
+percentiles per stage, channel states, drift) plus ``model``, ``outbox_depth`` per class and
+``link``; it is preceded by a ``data_quality`` event (``since_last_health``) when sequence
+gaps, duplicates, reordering, rate changes, bad frames or dropped windows grew since the
+last one. The same snapshot, secrets redacted, is written atomically to the status file
+that ``foreshock agent status`` reads. ``[monitor] prometheus_port`` serves the same figures
+on loopback.
 
 systemd: READY=1 once the loop runs, WATCHDOG=1 at half of WATCHDOG_USEC, STATUS= with a
 one-line summary, STOPPING=1 on shutdown (see agent/sdnotify.py).

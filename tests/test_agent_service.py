@@ -7,6 +7,7 @@ import json
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import paho.mqtt.client as mqtt
@@ -113,7 +114,7 @@ def test_explicit_detector_from_bundle(tmp_path: Path) -> None:
     b = load_bundle(path, [pub], DEFAULT_SPEC.hash)
     cfg = AgentConfig.for_device("pump-3", "plant1", "", tmp_path / "s",
                                  decision={"commission_s": 2.0})
-    results = []
+    results: list[Any] = []
     agent = Agent(cfg, ReplaySource(frames(60, 1000)), bundle=b, store=False,
                   on_result=results.append)
     agent.run(threading.Event())

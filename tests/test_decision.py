@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from agent.config import DecisionConfig
@@ -18,7 +20,7 @@ def score_fn(baseline: Baseline, values: np.ndarray) -> np.ndarray:
     return np.sqrt(np.mean(z * z, axis=1)).astype(np.float32)
 
 
-def make(**kw: float) -> Decider:
+def make(**kw: Any) -> Decider:
     cfg = DecisionConfig(commission_s=10.0, k=3, n=5, update_interval_s=100.0, **kw)
     return Decider(cfg, NAMES, score_fn=score_fn, model={"name": "t", "version": "1.0.0"},
                    orders={"bpfo": 3.5848, "bpfi": 5.4152, "bsf": 2.357, "ftf": 0.39828})
