@@ -120,7 +120,8 @@ _mount_security()
 @app.command()
 def deploy(bundle: Path = typer.Argument(..., help="Signed bundle directory."),
            to: str = typer.Option(..., "--to", help="SITE (every registered device) or "
-                                  "SITE/DEVICE[,DEVICE...]; canaries are taken in order."),
+                                  "SITE/DEVICE[,DEVICE...]; a glob (SITE/pump-*) picks a group "
+                                  "of registered devices; canaries are taken in order."),
            key: list[Path] = typer.Option(..., "--key", help="Trusted model-signing public "
                                           "key (PEM); repeat for several."),
            canary: int = typer.Option(1, "--canary", help="Devices that go first."),

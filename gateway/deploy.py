@@ -8,6 +8,7 @@ device that was offline when the rollout started resumes when it comes back.
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import threading
 import time
@@ -28,15 +29,21 @@ log = logging.getLogger(__name__)
 
 
 def targets(store: Store, to: str) -> tuple[str, tuple[str, ...]]:
-    """``SITE`` (every registered device of the site) or ``SITE/DEV[,DEV...]``."""
+    """``SITE`` (every registered device of the site) or ``SITE/ITEM[,ITEM...]`` where an
+    item is a device id or a group given as a glob over registered ids (``pump-*``)."""
     site, _, rest = to.partition("/")
     topics.check_id(site, "site")
-    if rest:
-        devices = tuple(d for d in rest.split(",") if d)
-        for d in devices:
-            topics.check_id(d, "device")
+    registered = [d.device for d in store.devices(site)]
+    if not rest:
+        devices = tuple(registered)
     else:
-        devices = tuple(d.device for d in store.devices(site))
+        picked: list[str] = []
+        for item in (i for i in rest.split(",") if i):
+            if any(c in item for c in "*?["):
+                picked += fnmatch.filter(registered, item)
+            else:
+                picked.append(topics.check_id(item, "device"))
+        devices = tuple(dict.fromkeys(picked))
     if not devices:
         raise ConfigError(f"--to {to!r} names no devices",
                           hint="list them with `foreshock gateway fleet`, or use SITE/DEVICE")

@@ -151,3 +151,17 @@ def test_run_ingests_until_sigterm(tmp_path: Path, mosquitto: object) -> None:
         _, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
     assert "Traceback" not in err
+
+
+def test_deploy_targets_site_device_list_and_glob_group(tmp_path: Path) -> None:
+    from gateway.deploy import targets
+
+    store = open_store(f"sqlite:///{tmp_path / 'gw.db'}")
+    for device in ("pump-1", "pump-2", "fan-1"):
+        store.store_state({"site": "plant1", "device": device, "online": True,
+                           "boot_id": "b", "ts": T0}, T0)
+    assert targets(store, "plant1") == ("plant1", ("fan-1", "pump-1", "pump-2"))
+    assert targets(store, "plant1/pump-*") == ("plant1", ("pump-1", "pump-2"))
+    assert targets(store, "plant1/fan-1,pump-*,fan-1") == ("plant1",
+                                                          ("fan-1", "pump-1", "pump-2"))
+    store.close()
