@@ -137,6 +137,7 @@ class OtaReceiver:
         self.shadow: ShadowCheck | None = None
         self.candidate: Any = None
         self.refused = 0
+        self.invalid = 0
 
     # --- persistent state ------------------------------------------------------------------
     def _load_state(self) -> dict[str, Any]:
@@ -193,6 +194,21 @@ class OtaReceiver:
         if pending and pending["rollout_id"] == offer["rollout_id"]:
             self._discard()
         return [self._status(offer["rollout_id"], offer["bundle"], "failed", detail=reason)]
+
+    def dispatch(self, topic: str, payload: bytes) -> list[bytes]:
+        """Route a ``model/offer``, ``model/chunk`` or ``cmd/rollback`` message; a payload
+        that fails validation is counted in ``invalid`` and dropped."""
+        try:
+            if topic.endswith("/model/offer"):
+                return self.on_offer(payload)
+            if topic.endswith("/model/chunk"):
+                return self.on_chunk(payload)
+            if topic.endswith("/cmd/rollback"):
+                return self.on_rollback(messages.decode_command(payload))
+        except MessageError as exc:
+            self.invalid += 1
+            log.warning("OTA message on %s dropped: %s", topic, exc)
+        return []
 
     # --- offer and chunks ------------------------------------------------------------------
     def on_offer(self, payload: bytes) -> list[bytes]:

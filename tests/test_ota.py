@@ -23,7 +23,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.ota import OtaConfig, OtaReceiver, ShadowPolicy
 from foreshock import bundle as fsbundle
-from foreshock import messages, topics
+from foreshock import topics
 from foreshock.errors import BundleError, MessageError
 from gateway.config import GatewayConfig
 from gateway.rollout import (
@@ -152,6 +152,9 @@ def test_tampered_unsigned_incompatible_and_older_bundles_are_refused(
     assert status_of(out)[-1] == "failed" and "unsigned" in json.loads(out[-1])["detail"]
     with pytest.raises(MessageError):
         ota.on_chunk(b'{"schema": "foreshock.model_chunk/1", "rollout_id": "r4"}')
+    assert ota.dispatch(topics.model_chunk("plant1", "pump-1"), b"junk") == []
+    assert ota.dispatch(topics.model_offer("plant1", "pump-1"), b"{}") == []
+    assert ota.invalid == 2
 
 
 class SimAgent:
@@ -177,13 +180,7 @@ class SimAgent:
 
     def on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         with self.lock:
-            payload = bytes(msg.payload)
-            if msg.topic.endswith("/model/offer"):
-                out = self.ota.on_offer(payload)
-            elif msg.topic.endswith("/model/chunk"):
-                out = self.ota.on_chunk(payload)
-            else:
-                out = self.ota.on_rollback(messages.decode_command(payload))
+            out = self.ota.dispatch(msg.topic, bytes(msg.payload))
             if self.ota.shadow is not None:
                 out += self.ota.observe(self.z)
         for p in out:
