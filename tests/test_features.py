@@ -196,3 +196,33 @@ def test_feature_engine_keeps_scipy_signal_off_the_device() -> None:
 def test_iso_zone_rejects_non_finite_velocity() -> None:
     with pytest.raises(ConfigError, match="velocity_mm_s"):
         iso_zone(float("nan"), "group2-rigid")
+
+
+def test_custom_defect_orders_are_machine_fields() -> None:
+    custom = dataclasses.replace(DEFAULT_SPEC, defect_orders=(4.4, 6.6, 2.1, 0.41))
+    assert custom.hash == DEFAULT_SPEC.hash
+    assert custom.orders() == {"bpfo": 4.4, "bpfi": 6.6, "bsf": 2.1, "ftf": 0.41}
+    assert DEFAULT_SPEC.orders() == bearing("SKF-6205").orders()
+    assert FeatureSpec.from_dict(custom.to_dict()) == custom
+    assert "defect_orders" not in DEFAULT_SPEC.to_dict()      # older readers keep working
+    for bad in ([4.4, 6.6, 2.1], [4.4, 6.6, 2.1, 0.0], [4.4, 6.6, 2.1, float("nan")],
+                [4.4, "x", 2.1, 0.4]):
+        with pytest.raises(ConfigError, match="defect_orders"):
+            FeatureSpec.from_dict({**DEFAULT_SPEC.to_dict(), "defect_orders": bad})
+
+
+def test_impulse_train_at_a_custom_bpfo_shows_only_with_custom_orders() -> None:
+    """4.4 x shaft speed is no family of the SKF-6205: the catalogue spec sees no BPFO peak,
+    the same spec carrying the custom orders does."""
+    rpm = 1800.0
+    rate_hz = 4.4 * rpm / 60.0
+    t = np.arange(N) / FS
+    phase = np.mod(t, 1.0 / rate_hz)
+    x = np.exp(-phase * 900.0) * np.sin(2 * np.pi * 3000.0 * phase)
+    x += 0.1 * np.random.default_rng(7).standard_normal(N)
+    windows = x.astype(np.float32)[None, :]
+    custom = dataclasses.replace(DEFAULT_SPEC, defect_orders=(4.4, 6.6, 2.1, 0.41))
+    with_orders = col(custom, extract(custom, windows, rpm), "env_bpfo_snr")[0]
+    catalogue = col(DEFAULT_SPEC, extract(DEFAULT_SPEC, windows, rpm), "env_bpfo_snr")[0]
+    assert with_orders > 10.0
+    assert catalogue < 3.0

@@ -30,7 +30,6 @@ import numpy as np
 import scipy.fft as sfft
 
 from agent.features import spectra
-from agent.features.geometry import bearing
 from agent.features.spec import ENV_FAMILIES, ENV_HARMONICS, FeatureSpec
 
 KURTOSIS_ENERGY_FLOOR = 1e-6
@@ -62,7 +61,7 @@ def plan(spec: FeatureSpec) -> EnvelopePlan:
 
 
 def _multiples(spec: FeatureSpec) -> np.ndarray:
-    orders = bearing(spec.bearing).orders()
+    orders = spec.orders()
     base = {"bpfo": orders["bpfo"], "bpfi": orders["bpfi"], "2bsf": 2.0 * orders["bsf"],
             "ftf": orders["ftf"]}
     mult = [base[fam] * h for fam in ENV_FAMILIES for h in range(1, ENV_HARMONICS + 1)]

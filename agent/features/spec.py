@@ -5,11 +5,14 @@ Two kinds of field:
 * **definition fields** decide what every number in the vector means (spec rate, window,
   bands, envelope settings, version). They go into :attr:`FeatureSpec.hash`; a model bundle
   records that hash and the agent refuses a bundle whose hash differs from its own spec.
-* **machine fields** (``bearing``, ``machine_class``, ``nominal_rpm``, ``overlap``) describe
+* **machine fields** (``bearing``, ``defect_orders``, ``machine_class``, ``nominal_rpm``,
+  ``overlap``) describe
   the machine or the streaming, not the meaning of a feature: defect features are in
   bearing-defect units and normalised to the local noise floor, so a model trained on one
   bearing runs on another (``dataclasses.replace(spec, bearing="SKF-6203")``) with the same
-  hash. That transfer across machines is the point of those features.
+  hash. That transfer across machines is the point of those features. ``defect_orders``
+  (BPFO, BPFI, BSF, FTF as multiples of shaft speed) overrides the catalogue geometry of
+  ``bearing`` for a bearing that is not in the catalogue; it is equally excluded from the hash.
 """
 
 from __future__ import annotations
@@ -28,7 +31,10 @@ from agent.features.geometry import ISO_ZONE_LIMITS_MM_S, bearing
 from foreshock.config import from_table
 from foreshock.errors import ConfigError
 
-MACHINE_FIELDS: Final = frozenset({"bearing", "machine_class", "nominal_rpm", "overlap"})
+MACHINE_FIELDS: Final = frozenset({"bearing", "defect_orders", "machine_class", "nominal_rpm",
+                                   "overlap"})
+DEFECT_ORDER_KEYS: Final = ("bpfo", "bpfi", "bsf", "ftf")
+MAX_DEFECT_ORDER: Final = 1000.0
 
 TIME_FEATURES: Final = ("rms_g", "peak_g", "p2p_g", "crest_factor", "kurtosis", "skewness",
                         "shape_factor", "impulse_factor", "clearance_factor")
@@ -49,6 +55,8 @@ class FeatureSpec:
     Frequencies in Hz at the spec rate ``sample_rate_hz`` (windows are resampled to it).
     ``envelope_band_hz = None`` picks the envelope band per window by spectral kurtosis among
     bands of ``envelope_bandwidth_hz`` stepped by half a bandwidth from ``envelope_min_hz``.
+    ``defect_orders = (bpfo, bpfi, bsf, ftf)`` in multiples of shaft speed replaces the orders
+    of ``bearing`` (a machine field, like ``bearing``: not part of :attr:`hash`).
     """
 
     version: int = 1
@@ -56,6 +64,7 @@ class FeatureSpec:
     window_samples: int = 4096
     overlap: float = 0.5
     bearing: str = "SKF-6205"
+    defect_orders: tuple[float, float, float, float] | None = None
     machine_class: str = "group2-rigid"
     nominal_rpm: float = 0.0
     band_min_hz: float = 10.0
@@ -74,6 +83,7 @@ class FeatureSpec:
         self._check_scalars()
         self._check_bands()
         bearing(self.bearing)
+        self._check_defect_orders()
         if self.machine_class not in ISO_ZONE_LIMITS_MM_S:
             raise ConfigError(f"machine_class = {self.machine_class!r} is not allowed; use one "
                               f"of {', '.join(ISO_ZONE_LIMITS_MM_S)}")
@@ -101,6 +111,25 @@ class FeatureSpec:
             if not ok:
                 raise ConfigError(f"feature spec {key} = {getattr(self, key)!r} is out of "
                                   f"range; allowed {allowed}")
+
+    def _check_defect_orders(self) -> None:
+        orders = self.defect_orders
+        if orders is None:
+            return
+        if not isinstance(orders, tuple) or len(orders) != len(DEFECT_ORDER_KEYS) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool)
+                and math.isfinite(v) and 0 < v <= MAX_DEFECT_ORDER for v in orders):
+            raise ConfigError(f"feature spec defect_orders = {orders!r} must be four numbers "
+                              f"[bpfo, bpfi, bsf, ftf], each in (0, {MAX_DEFECT_ORDER:g}] "
+                              "(multiples of shaft speed)")
+
+    def orders(self) -> dict[str, float]:
+        """Defect orders ``bpfo``, ``bpfi``, ``bsf``, ``ftf`` (multiples of shaft speed):
+        ``defect_orders`` when set, else the catalogue geometry of ``bearing``."""
+        if self.defect_orders is not None:
+            return {k: float(v) for k, v in zip(DEFECT_ORDER_KEYS, self.defect_orders,
+                                                 strict=True)}
+        return bearing(self.bearing).orders()
 
     def _check_bands(self) -> None:
         nyq = self.sample_rate_hz / 2.0
@@ -178,9 +207,14 @@ class FeatureSpec:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (tuples as lists); ``from_dict(to_dict())`` gives an equal spec."""
+        """JSON-ready dict (tuples as lists); ``from_dict(to_dict())`` gives an equal spec.
+
+        ``defect_orders`` is left out when None, so a spec without custom orders writes the
+        same dict as before the field existed (readers of older bundles keep working)."""
         out: dict[str, Any] = {}
         for field in dataclasses.fields(self):
+            if field.name == "defect_orders" and self.defect_orders is None:
+                continue
             out[field.name] = _jsonable(getattr(self, field.name))
         return out
 
