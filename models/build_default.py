@@ -13,6 +13,7 @@ is committed, as ``models/bundles/foreshock-dev.pub``).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -85,6 +86,7 @@ def build_default(out: Path | None = None, key: Path | None = None,
     from models.metrics import quick_metrics
 
     metrics = quick_metrics(weights, sets)
+    metrics.update(evaluation_headline())
     manifest = write_bundle(out, weights, DEFAULT_SPEC, sets,
                             BundleInfo(DEFAULT_NAME, version, "Default detector: machine-"
                                        "baseline anomaly score and fault classifier on "
@@ -94,6 +96,19 @@ def build_default(out: Path | None = None, key: Path | None = None,
     pub = DEV_PUBLIC_KEY if in_repo else out.resolve().parent / "signing.pub"
     pub.write_bytes(public_of(key))
     return out, manifest
+
+
+def evaluation_headline() -> dict[str, Any]:
+    """Headline of the last ``foreshock model evaluate`` (models/evaluation_summary.json)."""
+    from models.evaluate import SUMMARY
+
+    if not SUMMARY.is_file():
+        return {}
+    try:
+        return {"evaluation": json.loads(SUMMARY.read_text())["headline"],
+                "evaluation_report": "docs/evaluation.md"}
+    except (ValueError, KeyError):
+        return {}
 
 
 def main(argv: list[str] | None = None) -> None:

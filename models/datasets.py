@@ -299,7 +299,7 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def load_scenario(name: str, *, seconds: float = 60.0, seed: int = 0,
+def load_scenario(name: str, *, seconds: float | None = None, seed: int = 0,
                   rpm: float | None = None, device_id: str = "sim-0") -> Recording:
     """Render a ``firmware_sim`` scenario's frames into a recording (lazy import)."""
     from models.simdata import render_scenario

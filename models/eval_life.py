@@ -26,7 +26,9 @@ log = logging.getLogger(__name__)
 
 COMMISSION_S = 600.0
 CLEAN_WARNING_S = 600.0
-FACTORS = (1.5, 2.0, 3.0, 4.0, 6.0)
+QUANTILES = (0.5, 0.9, 0.95, 0.99)
+FACTORS = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+MARGINS = (0.5, 1.0, 2.0)
 KOFN = ((3, 5), (6, 10), (12, 18))
 
 
@@ -79,10 +81,11 @@ def _score(outcomes: list[dict[str, Any]]) -> tuple[int, int, int]:
 
 
 def choose_policy(train: list[dict[str, Any]], floor: float) -> Policy:
-    """The (factor, k-of-n) with the best (alerts, quiet first halves, clean warnings)."""
+    """The adaptation rule and k-of-n with the best (alerts, quiet first halves, clean
+    warnings) on the training bearings; ties keep the first in grid order."""
     best, best_score = Policy(floor), (-1, -1, -1)
-    for factor, (k, n) in itertools.product(FACTORS, KOFN):
-        p = Policy(floor, factor=factor, k=k, n=n)
+    for q, factor, margin, (k, n) in itertools.product(QUANTILES, FACTORS, MARGINS, KOFN):
+        p = Policy(floor, quantile=q, factor=factor, margin=margin, k=k, n=n)
         score = _score([model_outcome(s, p) for s in train])
         if score > best_score:
             best, best_score = p, score
@@ -91,7 +94,6 @@ def choose_policy(train: list[dict[str, Any]], floor: float) -> Policy:
 
 def femto_lobo(femto: Path, seed: int, n_machines: int) -> dict[str, Any]:
     from agent.features import DEFAULT_SPEC
-
     from models.evaluate import ALL_FAULTS
     from models.simdata import random_machines
     from models.trainsets import sim_sets
@@ -107,7 +109,8 @@ def femto_lobo(femto: Path, seed: int, n_machines: int) -> dict[str, Any]:
     for i, held in enumerate(series):
         policy = choose_policy(series[:i] + series[i + 1:], floor)
         rows.append({"bearing": held["name"], "life_s": held["life_s"],
-                     "policy": {"factor": policy.factor, "k": policy.k, "n": policy.n},
+                     "policy": {"quantile": policy.quantile, "factor": policy.factor,
+                                "margin": policy.margin, "k": policy.k, "n": policy.n},
                      "model": model_outcome(held, policy), "rms_rule": rms_rule(held)})
     return {"bearings": rows, "headline": _femto_headline(rows)}
 
@@ -134,7 +137,6 @@ def fleet_machines(seed: int, count: int) -> list[SimMachine]:
 def sim_fleet(seed: int, n_machines: int, *, quick: bool = False) -> dict[str, Any]:
     """Lead time on degrading simulated machines (faults grow from 20 % of life to failure)."""
     from agent.features import DEFAULT_SPEC
-
     from models.evaluate import ALL_FAULTS
     from models.simdata import random_machines
     from models.trainsets import sim_sets

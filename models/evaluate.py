@@ -130,7 +130,7 @@ def transfer(cwru: Path, spec: Any, seed: int, n_machines: int) -> dict[str, Any
     tests = [*cw[1:], normal_test]
     commission = {s.name: cw[0] for s in tests}
     sim_to_cwru, runners = train_and_test(sim_train, tests, commission, seed)
-    parity = parity_of(runners, tests)
+    parity = parity_of(runners, Policy(sim_to_cwru["threshold_floor"]), tests, commission)
     runners.close()
     machines = random_machines(max(12, n_machines // 3), seed + 100, faults=ALL_FAULTS,
                                bearings=("SKF-6203", "SKF-6204", "FEMTO"),
@@ -152,22 +152,27 @@ def _subset(result: dict[str, Any], tests: list[MachineSet], known: set[str]) ->
             "file_accuracy": round(right / files, 4) if files else None}
 
 
-def parity_of(runners: Runners, tests: list[MachineSet]) -> dict[str, Any]:
-    """Same decision (alert and label) from fp32, int8 and TFLite on the test windows."""
-    z = np.concatenate([s.z[~s.commission] for s in tests])
-    outs = {n: r(z) for n, r in (("fp32", runners.fp32), ("int8", runners.int8),
-                                 ("tflite", runners.tflite))}
-    thr = float(np.quantile(outs["fp32"][0], 0.5))
-    dec = {n: decide(a, p, thr) for n, (a, p) in outs.items()}
-    return {"windows": len(z), "threshold": round(thr, 4),
-            "int8_vs_fp32": round(float(np.mean(dec["int8"] == dec["fp32"])), 4),
-            "tflite_vs_fp32": round(float(np.mean(dec["tflite"] == dec["fp32"])), 4)}
+def parity_of(runners: Runners, policy: Policy, tests: list[MachineSet],
+              commission: dict[str, MachineSet]) -> dict[str, Any]:
+    """Same decision (alert or not, and the fault named) from fp32, int8 and TFLite, each
+    with its own commissioning threshold, as each would run on a device."""
+    dec: dict[str, list[npt.NDArray[np.int64]]] = {"fp32": [], "int8": [], "tflite": []}
+    for s in tests:
+        com = commission.get(s.name, s)
+        for name in dec:
+            run = getattr(runners, name)
+            thr = policy.threshold(run(com.z[com.commission])[0])
+            a, p = run(s.z[~s.commission])
+            dec[name].append(decide(a, p, thr))
+    d = {k: np.concatenate(v) for k, v in dec.items()}
+    return {"windows": len(d["fp32"]),
+            "int8_vs_fp32": round(float(np.mean(d["int8"] == d["fp32"])), 4),
+            "tflite_vs_fp32": round(float(np.mean(d["tflite"] == d["fp32"])), 4)}
 
 
 def run_all(data_dir: Path | None, report: Path, *, quick: bool = False,
             seed: int = 7) -> dict[str, Any]:
     from agent.features import DEFAULT_SPEC
-
     from models.eval_life import femto_lobo, sim_fleet
     from models.report import write_report
 

@@ -5,10 +5,11 @@ The graph (``z`` float32[N, k] are baseline robust z-scores)::
     zc   = clip(z, -z_clip, z_clip)
     h    = relu(zc @ w1 + b1)                      fault classifier hidden layer
     p    = softmax(h @ w2 + b2)                    -> fault_probabilities float32[N, 6]
-    a    = relu(zc) @ w_anomaly + b_anomaly        -> anomaly_score float32[N]
+    a    = sqrt(relu(zc)^2 @ w_anomaly + b_anomaly) -> anomaly_score float32[N]
 
-``anomaly_score`` is a weighted mean of the positive (worse-than-baseline) deviations in
-robust-sd units, higher = more anomalous; the weights are non-negative. Both files are
+``anomaly_score`` is a weighted quadratic mean of the positive (worse-than-baseline)
+deviations in robust-sd units, higher = more anomalous; the weights are non-negative and
+sum to 1, so one feature far out counts more than many slightly out. Both files are
 built from :class:`DetectorWeights` by hand (onnx.helper, and the TFLite schema's object
 API that ``ai_edge_litert`` ships), so the two formats compute the same function and
 :func:`reference_forward` (numpy) is the oracle for tests.
@@ -29,6 +30,10 @@ LABELS = ("normal", "inner_race", "outer_race", "ball", "imbalance", "misalignme
 INPUT = "z"
 OUTPUTS = ("anomaly_score", "fault_probabilities")
 OPSET = 17
+#: Kept in float by the int8 quantizer: the output stages, where int8 steps would move
+#: decisions near the threshold (the matrix products stay int8).
+FLOAT_NODES = ("fc2_matmul", "fc2_add", "softmax", "anomaly_square", "anomaly_matmul",
+               "anomaly_add", "anomaly_sqrt", "anomaly_reshape")
 
 F32 = npt.NDArray[np.float32]
 
@@ -52,8 +57,8 @@ class DetectorWeights:
         if self.b1.shape != (h,) or self.w2.shape[0] != h or self.b2.shape != self.w2.shape[1:]:
             raise ConfigError(f"detector weight shapes disagree: w1 {self.w1.shape}, "
                               f"b1 {self.b1.shape}, w2 {self.w2.shape}, b2 {self.b2.shape}")
-        if self.w_anomaly.shape != (k,) or (self.w_anomaly < 0).any():
-            raise ConfigError("w_anomaly must be k non-negative weights")
+        if self.w_anomaly.shape != (k,) or (self.w_anomaly < 0).any() or self.b_anomaly < 0:
+            raise ConfigError("w_anomaly must be k non-negative weights, b_anomaly >= 0")
 
 
 def reference_forward(w: DetectorWeights, z: npt.ArrayLike) -> tuple[F32, F32]:
@@ -63,7 +68,8 @@ def reference_forward(w: DetectorWeights, z: npt.ArrayLike) -> tuple[F32, F32]:
     logits = h @ w.w2 + w.b2
     e = np.exp(logits - logits.max(axis=1, keepdims=True))
     p = e / e.sum(axis=1, keepdims=True)
-    a = np.maximum(zc, 0) @ w.w_anomaly + np.float32(w.b_anomaly)
+    pos = np.maximum(zc, 0)
+    a = np.sqrt(np.maximum((pos * pos) @ w.w_anomaly + np.float32(w.b_anomaly), 0))
     return a.astype(np.float32), p.astype(np.float32)
 
 
@@ -85,17 +91,19 @@ def to_onnx(w: DetectorWeights, input_features: list[str] | None = None) -> Any:
         numpy_helper.from_array(np.array([-1], np.int64), "flat"),
     ]
     nodes = [
-        helper.make_node("Clip", [INPUT, "z_min", "z_max"], ["zc"]),
-        helper.make_node("MatMul", ["zc", "w1"], ["h_mm"]),
-        helper.make_node("Add", ["h_mm", "b1"], ["h_pre"]),
-        helper.make_node("Relu", ["h_pre"], ["h"]),
-        helper.make_node("MatMul", ["h", "w2"], ["l_mm"]),
-        helper.make_node("Add", ["l_mm", "b2"], ["logits"]),
-        helper.make_node("Softmax", ["logits"], [OUTPUTS[1]], axis=1),
-        helper.make_node("Relu", ["zc"], ["zpos"]),
-        helper.make_node("MatMul", ["zpos", "w_anomaly"], ["a_mm"]),
-        helper.make_node("Add", ["a_mm", "b_anomaly"], ["a2"]),
-        helper.make_node("Reshape", ["a2", "flat"], [OUTPUTS[0]]),
+        helper.make_node("Clip", [INPUT, "z_min", "z_max"], ["zc"], name="clip"),
+        helper.make_node("MatMul", ["zc", "w1"], ["h_mm"], name="fc1_matmul"),
+        helper.make_node("Add", ["h_mm", "b1"], ["h_pre"], name="fc1_add"),
+        helper.make_node("Relu", ["h_pre"], ["h"], name="fc1_relu"),
+        helper.make_node("MatMul", ["h", "w2"], ["l_mm"], name="fc2_matmul"),
+        helper.make_node("Add", ["l_mm", "b2"], ["logits"], name="fc2_add"),
+        helper.make_node("Softmax", ["logits"], [OUTPUTS[1]], axis=1, name="softmax"),
+        helper.make_node("Relu", ["zc"], ["zpos"], name="anomaly_relu"),
+        helper.make_node("Mul", ["zpos", "zpos"], ["zsq"], name="anomaly_square"),
+        helper.make_node("MatMul", ["zsq", "w_anomaly"], ["a_mm"], name="anomaly_matmul"),
+        helper.make_node("Add", ["a_mm", "b_anomaly"], ["a_sq"], name="anomaly_add"),
+        helper.make_node("Sqrt", ["a_sq"], ["a2"], name="anomaly_sqrt"),
+        helper.make_node("Reshape", ["a2", "flat"], [OUTPUTS[0]], name="anomaly_reshape"),
     ]
     graph = helper.make_graph(
         nodes, "detector",
@@ -143,9 +151,14 @@ def to_tflite(w: DetectorWeights) -> bytes:
     b.op(fb.BuiltinOperator.SOFTMAX, [logits], [probs], fb.BuiltinOptions.SoftmaxOptions, softmax)
     zpos = b.tensor("zpos", [1, k], dynamic=True)
     b.op(fb.BuiltinOperator.RELU, [zc], [zpos])
+    zsq = b.tensor("zsq", [1, k], dynamic=True)
+    b.op(fb.BuiltinOperator.MUL, [zpos, zpos], [zsq], fb.BuiltinOptions.MulOptions,
+         fb.MulOptionsT())
+    a_sq = b.tensor("a_sq", [1, 1], dynamic=True)
+    b.fully_connected(zsq, w.w_anomaly.reshape(k, 1), np.array([w.b_anomaly], np.float32),
+                      a_sq, relu=True, name="fca")
     a2 = b.tensor("a2", [1, 1], dynamic=True)
-    b.fully_connected(zpos, w.w_anomaly.reshape(k, 1), np.array([w.b_anomaly], np.float32),
-                      a2, relu=False, name="fca")
+    b.op(fb.BuiltinOperator.SQRT, [a_sq], [a2])
     score = b.tensor(OUTPUTS[0], [1], dynamic=True)
     shape = b.tensor("flat", [1], np.array([-1], np.int32), dtype=fb.TensorType.INT32)
     opts = fb.ReshapeOptionsT()

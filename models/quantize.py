@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from foreshock.errors import ConfigError
+from models.export import FLOAT_NODES
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +40,10 @@ class _Reader:
 def quantize_int8(fp32_path: Path, int8_path: Path, calibration_z: npt.NDArray[np.float32],
                   *, input_name: str = "z", max_samples: int = 4096, seed: int = 0) -> None:
     """Write ``int8_path``: static QDQ int8 of ``fp32_path`` calibrated on ``calibration_z``."""
-    from onnxruntime.quantization import (
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
+    import tempfile
+
+    from onnxruntime.quantization import quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     z = np.asarray(calibration_z, np.float32)
     if z.ndim != 2 or len(z) == 0:
@@ -51,11 +51,22 @@ def quantize_int8(fp32_path: Path, int8_path: Path, calibration_z: npt.NDArray[n
     rng = np.random.default_rng(seed)
     if len(z) > max_samples:
         z = z[np.sort(rng.choice(len(z), max_samples, replace=False))]
+    with tempfile.TemporaryDirectory(prefix="foreshock-quant-") as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(fp32_path), str(prepared), skip_optimization=True,
+                          skip_symbolic_shape=True)
+        _quantize(quantize_static, prepared, int8_path, _Reader(input_name, z))
+    log.info("quantized %s -> %s (%d calibration vectors)", fp32_path, int8_path, len(z))
+
+
+def _quantize(quantize_static: Any, src: Path, dst: Path, reader: _Reader) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
+
     quantize_static(
-        str(fp32_path), str(int8_path), _Reader(input_name, z),
+        str(src), str(dst), reader,
         quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
-        weight_type=QuantType.QInt8, per_channel=False,
+        weight_type=QuantType.QInt8, per_channel=True,
         calibrate_method=CalibrationMethod.MinMax,
+        nodes_to_exclude=list(FLOAT_NODES),
         extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
     )
-    log.info("quantized %s -> %s (%d calibration vectors)", fp32_path, int8_path, len(z))

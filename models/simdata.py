@@ -27,6 +27,11 @@ SIM_BEARINGS: dict[str, dict[str, Any]] = {
     "SKF-6204": {"n_balls": 8, "ball_diameter_mm": 7.938, "pitch_diameter_mm": 33.5},
     "FEMTO": {"n_balls": 13, "ball_diameter_mm": 3.5, "pitch_diameter_mm": 25.6},
 }
+#: Severity is drawn log-uniform in this range: most simulated faults are small.
+SEVERITY_RANGE = (0.03, 0.6)
+#: Impact-spacing jitter per fault: rolling elements slip and spin in and out of the load
+#: zone, so a ball fault's envelope lines are smeared (and often invisible, as on CWRU).
+JITTER_RANGE = {"ball": (0.02, 0.2), "inner_race": (0.005, 0.04), "outer_race": (0.005, 0.04)}
 FAULT_AMPLITUDE_G = {"inner_race": 2.0, "outer_race": 2.0, "ball": 1.5, "imbalance": 0.25,
                      "misalignment": 0.15}
 
@@ -57,13 +62,14 @@ def render(scenario: Any, seconds: float, *, seed: int = 0, device_id: str = "si
                      bearing=scenario.bearing.name, meta=meta)
 
 
-def render_scenario(name: str, *, seconds: float = 60.0, seed: int = 0,
+def render_scenario(name: str, *, seconds: float | None = None, seed: int = 0,
                     rpm: float | None = None, device_id: str = "sim-0") -> Recording:
+    """A built-in or file scenario; ``seconds`` defaults to its duration (else 60 s)."""
     from firmware_sim.scenario import Scenario
 
     scenario = Scenario.load(name)
-    if scenario.duration_s > 0:
-        seconds = scenario.duration_s
+    if seconds is None:
+        seconds = scenario.duration_s if scenario.duration_s > 0 else 60.0
     if rpm is not None:
         table = {"name": scenario.name, "machine": {"rpm": rpm}}
         scenario = _replace(scenario, table)
@@ -90,6 +96,7 @@ class SimMachine:
     resonance_hz: float
     noise_g: float
     imbalance_g: float
+    jitter: float = 0.015  # relative spread of impact spacing (slip)
 
 
 def scenario_of(m: SimMachine, seed: int) -> Any:
@@ -103,7 +110,7 @@ def scenario_of(m: SimMachine, seed: int) -> Any:
         "bearing": {"name": m.bearing, **SIM_BEARINGS[m.bearing]},
     }
     if m.fault != "normal":
-        table["faults"] = [{"kind": m.fault, "severity": m.severity,
+        table["faults"] = [{"kind": m.fault, "severity": m.severity, "jitter": m.jitter,
                             "amplitude_g": FAULT_AMPLITUDE_G[m.fault]}]
     return Scenario.from_dict(table)
 
@@ -120,9 +127,10 @@ def random_machines(n: int, seed: int, *, bearings: tuple[str, ...] = tuple(SIM_
         fault = str(faults[i % len(faults)])
         out.append(SimMachine(
             name=f"m{seed}-{i}-{fault}", fault=fault,
-            severity=float(np.exp(rng.uniform(np.log(0.1), np.log(1.0)))),
+            severity=float(np.exp(rng.uniform(*np.log(SEVERITY_RANGE)))),
             rpm=float(rng.uniform(*rpm_range)), bearing=str(rng.choice(bearings)),
             sample_rate_hz=rate,
             resonance_hz=float(rng.uniform(1500.0, min(5500.0, 0.4 * rate))),
-            noise_g=float(rng.uniform(0.03, 0.12)), imbalance_g=float(rng.uniform(0.01, 0.05))))
+            noise_g=float(rng.uniform(0.03, 0.12)), imbalance_g=float(rng.uniform(0.01, 0.05)),
+            jitter=float(rng.uniform(*JITTER_RANGE.get(fault, (0.005, 0.03))))))
     return out

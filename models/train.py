@@ -35,7 +35,12 @@ ANOMALY_FEATURES: tuple[str, ...] = (
     "rms_g", "kurtosis", "crest_factor", "order_1x_g", "order_2x_g",
     "env_bpfo_harm_snr", "env_bpfi_harm_snr", "env_2bsf_harm_snr", "env_bpfi_sb_snr",
 )
-Z_CLIP = 20.0
+#: What the fault classifier looks at: defect-order envelope SNRs and shaft orders only.
+#: Impulsiveness and level (kurtosis, crest, RMS) say "damaged" on every rig but "which
+#: defect" differently on each; they feed the anomaly head instead (docs/models.md).
+CLASSIFIER_FEATURES: tuple[str, ...] = tuple(
+    n for n in INPUT_FEATURES if n.startswith(("env_bp", "env_2bsf", "order_")))
+Z_CLIP = 10.0
 
 F32 = npt.NDArray[np.float32]
 
@@ -111,6 +116,7 @@ class TrainConfig:
     seed: int = 0
     max_iter: int = 600
     alpha: float = 1e-3
+    classifier_features: tuple[str, ...] = CLASSIFIER_FEATURES
 
 
 def fit_detector(sets: list[MachineSet], cfg: TrainConfig) -> DetectorWeights:
@@ -121,11 +127,12 @@ def fit_detector(sets: list[MachineSet], cfg: TrainConfig) -> DetectorWeights:
     y = np.concatenate([s.labels for s in sets])
     keep = y >= 0
     z, y = np.clip(z[keep], -Z_CLIP, Z_CLIP), y[keep]
+    cols = [INPUT_FEATURES.index(n) for n in cfg.classifier_features]
     # every label gets an output column, even ones absent from this training set
     present = np.unique(y)
     mlp = MLPClassifier(hidden_layer_sizes=(cfg.hidden,), alpha=cfg.alpha, max_iter=cfg.max_iter,
                         random_state=cfg.seed, early_stopping=False)
-    mlp.fit(z, y)
+    mlp.fit(z[:, cols], y)
     w2 = np.zeros((cfg.hidden, len(LABELS)), np.float32)
     b2 = np.full(len(LABELS), -30.0, np.float32)  # absent labels: probability ~0
     if len(present) == 2:  # sklearn uses one logistic output for two classes
@@ -135,8 +142,10 @@ def fit_detector(sets: list[MachineSet], cfg: TrainConfig) -> DetectorWeights:
         w2[:, present] = mlp.coefs_[1]
         b2[present] = mlp.intercepts_[1]
     log.info("classifier trained on %d windows, %d labels, train accuracy %.3f",
-             len(y), len(present), mlp.score(z, y))
-    return DetectorWeights(Z_CLIP, mlp.coefs_[0].astype(np.float32),
+             len(y), len(present), mlp.score(z[:, cols], y))
+    w1 = np.zeros((len(INPUT_FEATURES), cfg.hidden), np.float32)
+    w1[cols] = mlp.coefs_[0]
+    return DetectorWeights(Z_CLIP, w1,
                            mlp.intercepts_[0].astype(np.float32), w2, b2,
                            anomaly_weights(), 0.0)
 
