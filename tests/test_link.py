@@ -215,6 +215,33 @@ def test_puback_with_a_failure_reason_acks_nothing(
     outbox.close()
 
 
+def test_nothing_is_acked_without_a_puback(
+        mosquitto_private: Any, tmp_path: Path, device: str, collectors: list[Collector],
+        links: list[Link]) -> None:
+    outbox = Outbox(tmp_path / "outbox.db", boot_id="boot-p")
+    expected = fill(outbox, 3000, alerts=3)
+    link = make_link(links, mosquitto_private, device, "boot-p", batch_max_records=100,
+                     max_inflight=8)
+    assert link.wait_connected(10)
+    assert mosquitto_private.proc is not None
+    os.kill(mosquitto_private.proc.pid, signal.SIGSTOP)  # the broker hangs: no PUBACKs
+    try:
+        assert link.drain(outbox, timeout_s=1.0) == 0
+        assert link.stats()["published_msgs"] == 8  # a full window went out, unanswered
+    finally:
+        mosquitto_private.kill()  # the connection dies with the messages in flight
+    assert wait_for(lambda: not link.connected, 10)
+    assert link.drain(outbox, timeout_s=1.0) == 0
+    assert sum(d.rows for d in outbox.depth().values()) == len(expected)  # all still here
+    mosquitto_private.start()
+    col = Collector(mosquitto_private, f"{topics.device_root(SITE, device)}/#")
+    collectors.append(col)
+    assert link.wait_connected(10)
+    assert link.drain(outbox, timeout_s=20) == len(expected)
+    assert wait_for(lambda: Counter(col.records()) == Counter(expected))
+    outbox.close()
+
+
 def persistent_broker(make_mosquitto: Callable[[str], Any]) -> Any:
     """The test broker config, with persistence so a stopped broker keeps the collector's
     session and the messages queued for it (stop is SIGTERM: mosquitto saves on exit)."""
