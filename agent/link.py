@@ -122,9 +122,7 @@ class Link:
         self.boot_id = boot_id
         self.agent_version = agent_version
         self._model = dict(model or {})
-        self._client: mqtt.Client | None = None
-        self._gen = 0
-        self._current: tuple[int, mqtt.Client | None] = (0, None)
+        self._current: tuple[int, mqtt.Client | None] = (0, None)  # generation, client
         self._connected_once = False
         self._window = config.max_inflight
         self._connack_seen = False
@@ -173,7 +171,7 @@ class Link:
     def stop(self, timeout_s: float = 5.0) -> None:
         """Mark the device offline (retained state), disconnect cleanly, join the thread."""
         self._stop.set()
-        client = self._client
+        client = self._current[1]
         if client is not None and self.connected:
             info = client.publish(self._topic_state, self._state(online=False), qos=1,
                                   retain=True)
@@ -197,7 +195,7 @@ class Link:
     def set_model(self, model: dict[str, str]) -> None:
         """Record the running model (name, version) and republish the retained state."""
         self._model = dict(model)
-        client = self._client
+        client = self._current[1]
         if client is not None and self.connected:
             client.publish(self._topic_state, self._state(online=True), qos=1, retain=True)
 
@@ -206,7 +204,7 @@ class Link:
 
         The callback runs on the network thread: keep it short (queue the work)."""
         self._command_cb = callback
-        client = self._client
+        client = self._current[1]
         if client is not None and self.connected:
             self._subscribe(client)
 
@@ -234,13 +232,12 @@ class Link:
         if cfg.tls:
             client.tls_set(ca_certs=cfg.tls_ca_path, certfile=cfg.tls_cert_path,
                            keyfile=cfg.tls_key_path)
-        gen = self._gen + 1
+        gen = self._current[0] + 1
         client.on_connect = lambda c, _u, _f, rc, props: self._on_connect(c, gen, rc, props)
         client.on_disconnect = lambda c, _u, _f, rc, _p: self._on_disconnect(c, gen, rc)
         client.on_publish = lambda _c, _u, mid, rc, _p: self._on_publish(gen, mid, rc)
         client.on_message = self._on_message
         client.on_subscribe = lambda _c, _u, _mid, codes, _p: self._on_subscribe(codes)
-        self._gen, self._client = gen, client
         self._current = (gen, client)
         return client
 
@@ -330,14 +327,14 @@ class Link:
         client.publish(self._topic_state, self._state(online=True), qos=1, retain=True)
         if self._command_cb is not None:
             self._subscribe(client)
-        if gen == self._gen:
+        if gen == self._current[0]:
             self._connected.set()
             self._wake.set()
         log.info("MQTT link up to %s (MQTT %s)", self.config.broker_url, self.protocol)
 
     def _on_disconnect(self, client: mqtt.Client, gen: int, rc: Any) -> None:
         log.info("MQTT disconnected from %s: %s", self.config.broker_url, rc)
-        if gen == self._gen:
+        if gen == self._current[0]:
             self._connected.clear()
             self._wake.set()
 

@@ -5,9 +5,10 @@ acknowledged them. Every record gets ``seq``, the file's AUTOINCREMENT row id: s
 increasing and never reused, so ``(device, boot_id, seq)`` names a record for ever. The row
 id is also what :meth:`Outbox.ack` takes; nothing is ever acknowledged by time.
 
-Durability: every write transaction commits with ``synchronous=FULL``, so the WAL is
-fsynced before :meth:`Outbox.put` returns a seq (an alert the caller holds a seq for
-survives ``kill -9`` and power loss) and once per :meth:`Outbox.put_many` batch.
+Durability: every write commits with ``synchronous=FULL``, so the WAL is fsynced before
+:meth:`Outbox.put` returns a seq (an alert the caller holds a seq for survives ``kill -9``
+and power loss) and once per :meth:`Outbox.put_many` batch. Acks commit without fsync: a
+lost ack only means a resend.
 
 Policy when a class goes over its byte budget (accept or evict, always counted):
 
@@ -20,8 +21,9 @@ Policy when a class goes over its byte budget (accept or evict, always counted):
 A corrupt file is moved aside as ``<name>.corrupt-<UTC time>`` (kept for salvage) and a
 fresh file is started whose seq begins above the current Unix time in microseconds, so no
 seq can repeat one already sent. :attr:`Outbox.recovered` and the persistent
-``corrupt_recovered`` counter tell the agent to publish an ``outbox`` event. Disk full,
-I/O errors and a file over ``max_file_bytes`` raise :class:`OutboxError`.
+``corrupt_recovered`` counter tell the agent to publish an ``outbox`` event. When the file
+(``max_file_bytes``) or the disk is full, a write first gives up the oldest telemetry; only
+then, and on any other I/O error, it raises :class:`OutboxError`.
 """
 
 from __future__ import annotations
