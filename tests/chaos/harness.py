@@ -284,7 +284,7 @@ class ChaosRun:
         self.broker.stop()
         return self.count()
 
-    def _settle(self, quiet_s: float = 2.0, timeout_s: float = 30.0) -> None:
+    def _settle(self, quiet_s: float = 1.0, timeout_s: float = 30.0) -> None:
         """Wait until no delivery has reached the gateway for ``quiet_s``."""
         deadline = time.monotonic() + timeout_s
         last, since = -1, time.monotonic()

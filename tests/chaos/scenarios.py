@@ -14,7 +14,7 @@ from pathlib import Path
 
 from harness import ChaosRun, Result
 
-PARTITION_S = 20.0
+PARTITION_S = 15.0
 DAY_S = 86_400.0
 
 
@@ -42,11 +42,11 @@ def agent_kills(workdir: Path, seed: int = 1) -> Result:
     rng = random.Random(seed)
     run = ChaosRun(workdir, "agent SIGKILL mid-batch x3").start(
         {"pump-1": {"alert_rate_hz": 10.0, "speed": 2.0}})
-    run.sleep(4.0)
+    run.sleep(2.0)
     for _ in range(3):
         run.kill_agent("pump-1")
         run.restart_agent("pump-1")
-        run.sleep(rng.uniform(3.0, 5.0))
+        run.sleep(rng.uniform(1.5, 3.0))
     return run.finish()
 
 
@@ -57,7 +57,7 @@ def gateway_kills(workdir: Path, seed: int = 2) -> Result:
     run = ChaosRun(workdir, "gateway SIGKILL x3").start(
         {"pump-1": {"alert_rate_hz": 10.0, "speed": 2.0}})
     for _ in range(3):
-        run.sleep(rng.uniform(2.0, 4.0))
+        run.sleep(rng.uniform(1.5, 3.0))
         run.kill_gateway()
         run.sleep(1.0)
         run.restart_gateway()
@@ -65,14 +65,14 @@ def gateway_kills(workdir: Path, seed: int = 2) -> Result:
     return run.finish()
 
 
-def power_cut(workdir: Path, seed: int = 3, cuts: int = 6) -> Result:
+def power_cut(workdir: Path, seed: int = 3, cuts: int = 5) -> Result:
     """SIGKILL at random moments under load (50 alerts/s plus the pipeline's records):
     every alert whose put() returned must reach the gateway."""
     rng = random.Random(seed)
     run = ChaosRun(workdir, f"power cut (SIGKILL at random) x{cuts}").start(
         {"pump-1": {"alert_rate_hz": 50.0, "speed": 2.0}})
     for _ in range(cuts):
-        run.sleep(rng.uniform(0.3, 2.5))
+        run.sleep(rng.uniform(0.2, 2.0))
         run.kill_agent("pump-1")
         run.restart_agent("pump-1")
     run.sleep(2.0)
@@ -82,7 +82,7 @@ def power_cut(workdir: Path, seed: int = 3, cuts: int = 6) -> Result:
 def disk_budget(workdir: Path) -> Result:
     """Tiny outbox budgets and a long outage: telemetry, events and health are dropped by
     policy and counted; alerts go over their budget and are all kept."""
-    budgets = {"telemetry_budget_bytes": 48 * 1024, "event_budget_bytes": 4 * 1024,
+    budgets = {"telemetry_budget_bytes": 24 * 1024, "event_budget_bytes": 4 * 1024,
                "health_budget_bytes": 8 * 1024, "alert_budget_bytes": 4 * 1024}
     run = ChaosRun(workdir, "disk budget exhausted in outage").start(
         {"pump-1": {"alert_rate_hz": 5.0, "speed": 3.0, "health_interval_s": 0.5,
@@ -125,9 +125,9 @@ def partition(workdir: Path) -> Result:
 
 def sensor_faults(workdir: Path) -> Result:
     """The ``sensor-faults`` node (corrupt, truncated by dropout/disconnect, duplicated,
-    reordered frames, wrong rates) for 60 s of stream at 4x: counted and dropped."""
+    reordered frames, wrong rates) for 60 s of stream at 5x: counted and dropped."""
     run = ChaosRun(workdir, "corrupt/duplicate/reordered frames").start(
-        {"flaky-1": {"scenario": "sensor-faults", "stream_s": 60.0, "speed": 4.0,
+        {"flaky-1": {"scenario": "sensor-faults", "stream_s": 60.0, "speed": 5.0,
                      "alert_rate_hz": 2.0}})
     return run.finish(finite=True, timeout_s=60.0)
 

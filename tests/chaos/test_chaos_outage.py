@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 def test_partition_backlog_is_delivered_whole(tmp_path: Path) -> None:
     result = partition(tmp_path)
-    assert result.classes["telemetry"].sent >= 500, "the backlog must be long"
+    assert result.classes["telemetry"].sent >= 300, "the backlog must be long"
     assert result.classes["telemetry"].policy == 0
     assert not problems(result), result.as_dict()
 
