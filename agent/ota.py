@@ -320,22 +320,36 @@ class OtaReceiver:
                                   self.config.shadow)
 
     def resume(self) -> list[bytes]:
-        """After a restart: reload a candidate in shadow, or report a pending download."""
+        """After a restart: check the promoted model still verifies and loads (else fall
+        back to last-known-good), then resume a download or restart a shadow run."""
+        out = self._check_active()
         pending = self.state["pending"]
         if not pending:
-            return []
+            return out
         offer = pending["offer"]
         if pending["phase"] == "downloading":
             missing = self._missing()
-            return [self._status(offer["rollout_id"], offer["bundle"], "downloading",
-                                 progress=self._progress(missing), missing=missing)]
+            return [*out, self._status(offer["rollout_id"], offer["bundle"], "downloading",
+                                       progress=self._progress(missing), missing=missing)]
         try:
             loaded = self.loader(Path(pending["path"]), self.config.trusted_keys,
                                  self.config.spec_hash)
         except BundleError as exc:
             return self._refuse(offer, str(exc))
         self._start_shadow(loaded)  # the shadow run starts over after a reboot
-        return [self._status(offer["rollout_id"], offer["bundle"], "shadow")]
+        return [*out, self._status(offer["rollout_id"], offer["bundle"], "shadow")]
+
+    def _check_active(self) -> list[bytes]:
+        active = self.state["active"]
+        if not active:
+            return []
+        try:
+            self.loader(Path(active["path"]), self.config.trusted_keys, self.config.spec_hash)
+        except BundleError as exc:
+            log.error("promoted model %s %s no longer loads (%s); back to last-known-good",
+                      active["name"], active["version"], exc)
+            return self.on_rollback({"args": {"rollout_id": active.get("rollout_id", "")}})
+        return []
 
     # --- shadow, promotion, rollback --------------------------------------------------------
     def observe(self, z: npt.NDArray[np.float32]) -> list[bytes]:

@@ -107,6 +107,7 @@ def test_download_resumes_across_reboots_then_shadow_promote_and_rollback(
     healthy = np.zeros((20, keys["width"]), np.float32)
     assert status_of(ota.observe(healthy)) == ["active"]
     ota = receiver(keys, tmp_path)
+    assert ota.resume() == []  # the promoted model still verifies after the reboot
     assert ota.running() == {"name": "foreshock-default", "version": "0.2.0"}
     fsbundle.verify(ota.active_bundle() or Path("/nonexistent"),
                     [fsbundle.load_public_key(keys["pem"])])
@@ -269,3 +270,15 @@ def test_deploy_runs_a_rollout_over_its_own_mqtt_client(
                      progress=lambda m: seen.append(m.state))
     assert manager.state == "complete" and manager.summary() == {"active": 2}
     assert "canary" in seen
+
+
+def test_promoted_model_that_no_longer_verifies_falls_back_at_boot(
+        keys: dict[str, Any], tmp_path: Path) -> None:
+    ota = receiver(keys, tmp_path)
+    deliver(ota, *offer_and_chunks(keys))
+    assert status_of(ota.observe(np.zeros((20, keys["width"]), np.float32))) == ["active"]
+    model = next((ota.active_bundle() or tmp_path).glob("*.onnx"))
+    data = model.read_bytes()
+    model.write_bytes(data[:-1] + bytes([data[-1] ^ 0x01]))  # storage corruption
+    ota = receiver(keys, tmp_path)
+    assert status_of(ota.resume()) == ["rolled_back"] and ota.running() == RUNNING
