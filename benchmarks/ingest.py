@@ -8,7 +8,8 @@ messages/s, records/s and the number of devices one instance serves at default r
     python benchmarks/ingest.py [--messages 3000] [--records 20] [--pg "host=... user=..."]
 
 Default device load assumed for the device count: 2 channels x 2 windows/s = 4 telemetry
-records/s, sent as one batch every 5 s (0.2 messages/s), plus one health message a minute.
+records/s, batched like the benchmark (``--records`` per message: every 5 s with the
+default 20), plus one health message a minute.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from gateway.service import Gateway
 from gateway.store import open_store
 
 DEVICE_RECORDS_PER_S = 4.0
-DEVICE_MESSAGES_PER_S = 0.2 + 1 / 60
+HEALTH_MESSAGES_PER_S = 1 / 60
 N_DEVICES = 50
 
 
@@ -155,7 +156,9 @@ def main() -> None:
                     msg_s, rec_s = end_to_end(url, port, args.messages, args.records)
                 if backend == "postgres":
                     drop_pg(args.pg, url)
-                devices = min(rec_s / DEVICE_RECORDS_PER_S, msg_s / DEVICE_MESSAGES_PER_S)
+                # a device batches its telemetry like the benchmark does, plus health
+                device_msg_s = DEVICE_RECORDS_PER_S / args.records + HEALTH_MESSAGES_PER_S
+                devices = min(rec_s / DEVICE_RECORDS_PER_S, msg_s / device_msg_s)
                 print(f"{backend:13s} {mode:10s}: {msg_s:8.0f} messages/s {rec_s:9.0f} "
                       f"records/s  -> ~{devices:6.0f} devices at default rates")
     finally:
