@@ -30,6 +30,7 @@ import numpy as np
 import scipy.fft as sfft
 
 from agent.features import spectra
+from agent.features.scratch import scratch
 from agent.features.spec import ENV_FAMILIES, ENV_HARMONICS, FeatureSpec
 
 KURTOSIS_ENERGY_FLOOR = 1e-6
@@ -75,8 +76,9 @@ def choose_band(eplan: EnvelopePlan, spectrum: np.ndarray) -> np.ndarray:
     if eplan.cand_starts.size == 0:
         return np.full(n_win, eplan.lowest, np.int64)
     first, count = int(eplan.cand_starts[0]), eplan.cand_starts.size
-    tiles = spectrum[:, first:first + count * eplan.cand_bins]   # contiguous candidate bands
-    bands = sfft.ifft(tiles.reshape(n_win, count, eplan.cand_bins), axis=-1)
+    tiles = scratch("candidates", (n_win, count, eplan.cand_bins), spectrum.dtype.type)
+    tiles.reshape(n_win, -1)[:] = spectrum[:, first:first + count * eplan.cand_bins]
+    bands = sfft.ifft(tiles, axis=-1, overwrite_x=True)        # in place
     energy = spectra.power_inplace(bands)
     flat = energy.reshape(-1, eplan.cand_bins)
     m1 = flat.sum(axis=1).astype(np.float64).reshape(n_win, -1)
@@ -96,7 +98,8 @@ def features(spec: FeatureSpec, eplan: EnvelopePlan, spectrum: np.ndarray, shaft
     width = eplan.band_bins
     start = choose_band(eplan, spectrum)
     n_win = spectrum.shape[0]
-    padded = np.zeros((n_win, 2 * width), spectrum.dtype)
+    padded = scratch("envelope", (n_win, 2 * width), spectrum.dtype.type)
+    padded[:, width:] = 0.0
     padded[:, :width] = spectra.spans(spectrum, width)[np.arange(n_win), start]
     analytic = sfft.ifft(padded, axis=1, overwrite_x=True)
     env = spectra.power_inplace(analytic)                       # squared envelope

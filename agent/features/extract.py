@@ -18,7 +18,6 @@ floor"). The output has no NaN for finite input.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -26,6 +25,7 @@ import numpy as np
 import scipy.fft as sfft
 
 from agent.features import envelope, spectra
+from agent.features.scratch import scratch
 from agent.features.spec import FeatureSpec
 from foreshock.errors import DataError
 
@@ -37,8 +37,10 @@ class _Plan:
     """Per-spec constants, computed once per spec."""
 
     n_bins: int
-    moments: np.ndarray   # (n_bins, 6 + bands) float64, scaled |X|^2 -> g^2: 1, u, u^2, u^3,
-                          # u^4 (u = f / Nyquist), velocity weight, one column per log band
+    weights: np.ndarray   # (6, n_bins) float32, scaled |X|^2 -> g^2: 1, u, u^2, u^3, u^4
+                          # (u = f / Nyquist) and the velocity weight, one row each
+    band_starts: np.ndarray  # (bands,) first bin of each log band (the last ends at Nyquist)
+    band_empty: np.ndarray   # (bands,) bool: a band narrower than one bin
     env: envelope.EnvelopePlan
 
 
@@ -57,10 +59,9 @@ def _plan(spec: FeatureSpec) -> _Plan:
     vel[in_band] = (STANDARD_GRAVITY * 1000.0 / (2 * np.pi * freqs[in_band])) ** 2
     edges = np.ceil(spec.log_band_edges_hz() / spec.bin_hz).astype(np.int64)
     edges[-1] = n_bins
-    bins = np.arange(n_bins)
-    bands = [(bins >= a) & (bins < b) for a, b in itertools.pairwise(edges)]
-    moments = np.stack([np.ones(n_bins), u, u**2, u**3, u**4, vel, *bands], axis=1)
-    return _Plan(n_bins, moments * scale[:, None], envelope.plan(spec))
+    weights = np.stack([np.ones(n_bins), u, u**2, u**3, u**4, vel]) * scale
+    return _Plan(n_bins, np.ascontiguousarray(weights, np.float32), edges[:-1],
+                 edges[1:] <= edges[:-1], envelope.plan(spec))
 
 
 def shaft_hz(spec: FeatureSpec, rpm: float | np.ndarray, n: int) -> np.ndarray:
@@ -99,7 +100,7 @@ def extract(spec: FeatureSpec, windows: np.ndarray, rpm: float | np.ndarray = 0.
     if x.shape[0] == 0:
         return np.zeros((0, len(spec.feature_names)), np.float32)
     ones = np.full(x.shape[1], 1.0 / x.shape[1], np.float32)
-    x = x - (x @ ones)[:, None]
+    x = np.subtract(x, (x @ ones)[:, None], out=scratch("centred", x.shape, np.float32))
     spectrum = sfft.rfft(x, axis=1)
     parts = [_time_features(x), *_spectrum_features(spec, plan, spectrum, shaft),
              envelope.features(spec, plan.env, spectrum, shaft)]
@@ -113,13 +114,15 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 
 def _time_features(x: np.ndarray) -> np.ndarray:
     """RMS, peak, peak-to-peak, crest, kurtosis (3 for Gaussian), skewness, shape, impulse,
-    clearance of zero-mean windows. Ratios are 0.0 for an all-constant window."""
+    clearance of zero-mean windows. Ratios are 0.0 for an all-constant window.
+
+    One scratch temporary: x^2, then |x|, then sqrt|x| in place; the odd and fourth moments
+    are dot products of rows (no product array)."""
     mean = np.full(x.shape[1], 1.0 / x.shape[1], np.float32)
-    x2 = x * x
-    work = np.multiply(x2, x)                 # matrix-vector products beat einsum here
+    x2 = np.multiply(x, x, out=scratch("time_work", x.shape, np.float32))
     m2 = (x2 @ mean).astype(np.float64)
-    m3 = (work @ mean).astype(np.float64)
-    m4 = (np.multiply(x2, x2, out=work) @ mean).astype(np.float64)
+    m3 = np.einsum("ij,ij->i", x2, x).astype(np.float64) / x.shape[1]
+    m4 = np.einsum("ij,ij->i", x2, x2).astype(np.float64) / x.shape[1]
     ax = np.abs(x, out=x2)
     mabs = (ax @ mean).astype(np.float64)
     msqrt = (np.sqrt(ax, out=ax) @ mean).astype(np.float64)
@@ -135,8 +138,10 @@ def _time_features(x: np.ndarray) -> np.ndarray:
 def _spectrum_features(spec: FeatureSpec, plan: _Plan, spectrum: np.ndarray,
                        shaft: np.ndarray) -> list[np.ndarray]:
     """Velocity RMS, spectral centroid and kurtosis, log and order band RMS, 1x/2x/3x."""
-    pw = spectra.power64(spectrum)
-    mom = pw @ plan.moments
+    pw = spectra.power32(spectrum)
+    # one matrix-vector product per weight: a (windows x bins x 6) matrix product would go
+    # to multithreaded BLAS, which stalls for a scheduler tick whenever a core is busy
+    mom = np.stack([pw @ w for w in plan.weights], axis=1).astype(np.float64)
     total = mom[:, 0]
     mean = _ratio(mom[:, 1], total)
     var = _ratio(mom[:, 2], total) - mean**2
@@ -146,8 +151,17 @@ def _spectrum_features(spec: FeatureSpec, plan: _Plan, spectrum: np.ndarray,
     centres = shaft[:, None] * np.arange(1, 4) / spec.bin_hz
     peak, valid = spectra.peak_power(spectrum, centres, spec.order_search_tol)
     amp = np.where(valid, 4.0 * np.sqrt(peak) / spec.window_samples, 0.0)   # g peak
-    bands = np.sqrt(np.maximum(mom[:, 6:], 0.0))
+    bands = np.sqrt(np.maximum(_log_bands(spec, plan, pw), 0.0))
     return [shape, bands, _order_bands(spec, pw, shaft), amp]
+
+
+def _log_bands(spec: FeatureSpec, plan: _Plan, pw: np.ndarray) -> np.ndarray:
+    """Energy in g^2 of each log band; one ``add.reduceat`` (the Nyquist bin counts half)."""
+    sums = np.add.reduceat(pw, plan.band_starts, axis=1, dtype=np.float64)
+    sums[:, -1] -= 0.5 * pw[:, -1]
+    sums *= 2.0 / spec.window_samples**2
+    sums[:, plan.band_empty] = 0.0
+    return sums
 
 
 def _order_bands(spec: FeatureSpec, pw: np.ndarray, shaft: np.ndarray) -> np.ndarray:
@@ -157,7 +171,8 @@ def _order_bands(spec: FeatureSpec, pw: np.ndarray, shaft: np.ndarray) -> np.nda
     edge_bins = np.ceil(shaft[:, None] * edges / spec.bin_hz).astype(np.int64)
     edge_bins = np.minimum(np.maximum(edge_bins, 1), n_bins - 1)
     offsets = (np.arange(n_win) * n_bins)[:, None]
-    sums = np.add.reduceat(pw.reshape(-1), (edge_bins + offsets).reshape(-1))[0::2]
+    sums = np.add.reduceat(pw.reshape(-1), (edge_bins + offsets).reshape(-1),
+                           dtype=np.float64)[0::2]
     sums = sums.reshape(n_win, -1) * (2.0 / spec.window_samples**2)
     empty = edge_bins[:, 1::2] <= edge_bins[:, 0::2]
     return np.where(empty, 0.0, np.sqrt(np.maximum(sums, 0.0)))

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from agent.features.scratch import scratch
+
 
 def hann_spectrum(spec: np.ndarray) -> np.ndarray:
     """Periodic-Hann-windowed spectrum from a rectangular ``rfft`` along the last axis.
@@ -56,6 +58,16 @@ def power64(spec: np.ndarray) -> np.ndarray:
     flat = spec.view(np.float32)
     sq = flat * flat
     out: np.ndarray = np.add(sq[..., 0::2], sq[..., 1::2], dtype=np.float64)
+    return out
+
+
+def power32(spec: np.ndarray) -> np.ndarray:
+    """|spec|^2 of a C-contiguous complex64 array as a C-contiguous float32 array."""
+    if spec.dtype != np.complex64 or not spec.flags.c_contiguous:
+        return power(spec).astype(np.float32)
+    flat = spec.view(np.float32)
+    sq = np.multiply(flat, flat, out=scratch("power32", flat.shape, np.float32))
+    out: np.ndarray = np.add(sq[..., 0::2], sq[..., 1::2])
     return out
 
 
