@@ -147,9 +147,39 @@ def fit_detector(sets: list[MachineSet], cfg: TrainConfig) -> DetectorWeights:
     w1[cols] = mlp.coefs_[0]
     return DetectorWeights(Z_CLIP, w1,
                            mlp.intercepts_[0].astype(np.float32), w2, b2,
-                           anomaly_weights(), 0.0)
+                           anomaly_weights(z, y > 0), 0.0)
 
 
-def anomaly_weights() -> F32:
+#: Share of the anomaly weights learned from data; the rest is the uniform prior over
+#: ANOMALY_FEATURES (docs/models.md).
+LEARNED_SHARE = 0.3
+
+
+def prior_anomaly_weights() -> F32:
     w = np.array([1.0 if n in ANOMALY_FEATURES else 0.0 for n in INPUT_FEATURES], np.float32)
     return w / w.sum()
+
+
+def anomaly_weights(z: F32 | None = None, faulty: npt.NDArray[np.bool_] | None = None) -> F32:
+    """Non-negative weights of the anomaly head, summing to 1: the prior blended with a
+    non-negative logistic fit of faulty vs normal on relu(z)^2 (deterministic L-BFGS-B)."""
+    prior = prior_anomaly_weights()
+    if z is None or faulty is None or faulty.all() or not faulty.any():
+        return prior
+    from scipy.optimize import minimize
+
+    x = np.maximum(np.clip(z, -Z_CLIP, Z_CLIP), 0).astype(np.float64) ** 2
+
+    def loss(p: npt.NDArray[np.float64]) -> float:
+        s = x @ p[:-1] + p[-1]
+        return float(np.mean(np.where(faulty, np.logaddexp(0, -s), np.logaddexp(0, s)))
+                     + 1e-4 * p[:-1].sum())
+
+    k = x.shape[1]
+    start = np.r_[np.full(k, 0.01), -1.0]
+    fit = minimize(loss, start, method="L-BFGS-B", bounds=[(0.0, None)] * k + [(None, None)])
+    learned = fit.x[:-1]
+    if learned.sum() <= 0:
+        return prior
+    w = (1 - LEARNED_SHARE) * prior + LEARNED_SHARE * learned / learned.sum()
+    return (w / w.sum()).astype(np.float32)
