@@ -157,7 +157,7 @@ def _spectrum_features(spec: FeatureSpec, plan: _Plan, spectrum: np.ndarray,
 
 def _log_bands(spec: FeatureSpec, plan: _Plan, pw: np.ndarray) -> np.ndarray:
     """Energy in g^2 of each log band; one ``add.reduceat`` (the Nyquist bin counts half)."""
-    sums = np.add.reduceat(pw, plan.band_starts, axis=1, dtype=np.float64)
+    sums = np.add.reduceat(pw, plan.band_starts, axis=1).astype(np.float64)
     sums[:, -1] -= 0.5 * pw[:, -1]
     sums *= 2.0 / spec.window_samples**2
     sums[:, plan.band_empty] = 0.0
@@ -171,8 +171,7 @@ def _order_bands(spec: FeatureSpec, pw: np.ndarray, shaft: np.ndarray) -> np.nda
     edge_bins = np.ceil(shaft[:, None] * edges / spec.bin_hz).astype(np.int64)
     edge_bins = np.minimum(np.maximum(edge_bins, 1), n_bins - 1)
     offsets = (np.arange(n_win) * n_bins)[:, None]
-    sums = np.add.reduceat(pw.reshape(-1), (edge_bins + offsets).reshape(-1),
-                           dtype=np.float64)[0::2]
-    sums = sums.reshape(n_win, -1) * (2.0 / spec.window_samples**2)
+    sums = np.add.reduceat(pw.reshape(-1), (edge_bins + offsets).reshape(-1))[0::2]
+    sums = sums.reshape(n_win, -1).astype(np.float64) * (2.0 / spec.window_samples**2)
     empty = edge_bins[:, 1::2] <= edge_bins[:, 0::2]
     return np.where(empty, 0.0, np.sqrt(np.maximum(sums, 0.0)))
