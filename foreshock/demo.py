@@ -262,7 +262,8 @@ class DemoRun:
             fig = m.figures
             stored = {kind: len(store.records(device=m.device_id, kind=kind))
                       for kind in ("telemetry", "alert", "event", "health")}
-            raised = [a for a in store.alerts(device=m.device_id) if a["status"] == "raised"]
+            alerts = store.alerts(device=m.device_id)
+            raised = [a for a in alerts if a["status"] == "raised"]
             delivered = fig["written"] - fig["dropped"] - fig["pending"]
             summary.devices.append({
                 "device": m.device_id, "scenario": m.scenario, "faulty": m.faulty,
@@ -272,7 +273,7 @@ class DemoRun:
                 "first_alert_s": (round(raised[0]["ts"] - m.agent.started_ts, 1)
                                   if raised else None),
                 "failure_at_s": m.node.failure_at_s,
-                "alert_fault": raised[0]["fault"] if raised else None,
+                "alert_faults": sorted({a["fault"] for a in alerts}),
                 "alert_summary": (raised[0]["explanation"] or {}).get("summary")
                 if raised else None,
                 "records_written": fig["written"], "dropped_by_policy": fig["dropped"],

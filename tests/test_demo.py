@@ -53,7 +53,9 @@ def test_demo_end_to_end_on_real_mosquitto(mosquitto, tmp_path: Path) -> None:
         assert device["model"]["name"] == "foreshock-default"
         assert device["records_stored"] == device["records_written"] > device["windows"] // 2
         assert device["stored_by_kind"]["telemetry"] > 0
-    assert faulty["alert_fault"] == "outer_race", faulty
+    # The incident names the fault by the time it is updated (a weak early fault may be
+    # raised as "unknown" first).
+    assert "outer_race" in faulty["alert_faults"], faulty
     # A control-room subscriber sees every topic kind on the real broker.
     kinds = {t.split("/", 4)[4] for t in seen}
     assert {"state", "telemetry", "alert", "health"} <= kinds
