@@ -66,7 +66,15 @@ def soak(args: argparse.Namespace, workdir: Path) -> int:
     t0 = time.monotonic()
     series: dict[str, list[tuple[float, int, float]]] = {name: [] for name in procs}
     print(f"{'t s':>6} " + " ".join(f"{n + ' MiB':>14}" for n in procs))
+    cut_at_s = args.duration_s / 3 if args.partition_s > 0 else float("inf")
+    heal_at_s = cut_at_s + args.partition_s
     while (now := time.monotonic() - t0) < args.duration_s:
+        if now >= cut_at_s and not run.faults["link_cut"]:
+            run.cut_link()
+            print(f"{now:6.0f} link cut for {args.partition_s:g} s", flush=True)
+        if now >= heal_at_s and run.link is not None and not run.link.open:
+            run.heal_link()
+            print(f"{now:6.0f} link back", flush=True)
         for name, (rss, cpu) in sample(procs).items():
             series[name].append((now, rss, cpu))
         print(f"{now:6.0f} " + " ".join(
@@ -112,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="stream speed, x real time (25.6 kHz per device at 1)")
     parser.add_argument("--alert-rate-hz", type=float, default=2.0)
     parser.add_argument("--sample-s", type=float, default=5.0)
+    parser.add_argument("--partition-s", type=float, default=0.0,
+                        help="cut the devices' link at a third of the run for this long")
     parser.add_argument("--warmup-s", type=float, default=15.0,
                         help="samples before this are left out of the slope")
     args = parser.parse_args(argv)

@@ -107,6 +107,11 @@ class Proc:
         self.proc = subprocess.Popen([sys.executable, str(RUNNER), self.mode,
                                       str(self.spec_path)], stdout=logf, stderr=logf)
 
+    def update_spec(self, **changes: Any) -> None:
+        """Change the spec for the next start (``None`` removes a key)."""
+        self.spec = {k: v for k, v in {**self.spec, **changes}.items() if v is not None}
+        self.spec_path.write_text(json.dumps(self.spec))
+
     def _reap(self) -> None:
         """Record the exit of a process that ended by itself with an error."""
         if self.proc is not None and self.proc.poll() not in (None, 0):
@@ -214,8 +219,15 @@ class ChaosRun:
         time.sleep(seconds)
 
     def kill_agent(self, device: str) -> None:
-        self.agents[device].kill()
-        self.faults["agent_sigkill"] += 1
+        """SIGKILL the agent; if it already died (it kills itself in power_cut), count
+        where it did, from its kills.log."""
+        proc = self.agents[device]
+        if proc.alive:
+            proc.kill()
+            self.faults["agent_sigkill"] += 1
+        else:
+            proc.kill()
+            self.faults["agent_self_kill"] += 1
 
     def restart_agent(self, device: str, *, wait: bool = True) -> None:
         """Start the agent again on the same outbox; ``wait`` until its loop runs."""
@@ -326,7 +338,12 @@ class ChaosRun:
             store.close()
         for kind, n in _duplicates(self.deliveries).items():
             classes[kind].duplicates = n
-        return Result(self.name, classes, alerts_put, alerts_missing, dict(self.faults),
+        faults = Counter(self.faults)
+        for device in self.agents:
+            log = self.workdir / device / "kills.log"
+            if log.exists():
+                faults.update(f"killed {line}" for line in log.read_text().splitlines())
+        return Result(self.name, classes, alerts_put, alerts_missing, dict(faults),
                       self._agent_counters(), time.monotonic() - self.started,
                       [f"{p.name}: exit {rc}" for p in self._procs() for rc in p.bad_exits]
                       + [f"{p.name}: {p.tracebacks} tracebacks" for p in self._procs()

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import random
 import signal
 import sys
 import threading
@@ -104,6 +106,51 @@ class AlertLog:
         return seq
 
 
+class KillingConnection:
+    """The outbox's SQLite connection, passed through, except that at the ``target``-th
+    write statement (INSERT, DELETE, UPDATE or COMMIT) it SIGKILLs its own process just
+    before or just after the statement: inside a transaction, between the write and the
+    commit's fsync, or after the commit but before ``put()`` returns. The point is
+    written to ``kills.log`` first."""
+
+    def __init__(self, conn: Any, target: int, after: bool, log_path: Path) -> None:
+        self._conn, self._left, self._after, self._log = conn, target, after, log_path
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+    def _maybe_kill(self, sql: str, after: bool) -> None:
+        if self._left <= 0 and after == self._after:
+            with open(self._log, "a") as fh:
+                fh.write(f"{'after' if after else 'before'} {sql.split()[0].upper()}\n")
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def _run(self, method: str, sql: str, *args: Any) -> Any:
+        write = sql.lstrip().upper().startswith(("INSERT", "DELETE", "UPDATE", "COMMIT"))
+        if write:
+            self._left -= 1
+            self._maybe_kill(sql, after=False)
+        out = getattr(self._conn, method)(sql, *args)
+        if write:
+            self._maybe_kill(sql, after=True)
+        return out
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        return self._run("execute", sql, *args)
+
+    def executemany(self, sql: str, *args: Any) -> Any:
+        return self._run("executemany", sql, *args)
+
+
+def _arm_self_kill(outbox: Any, spec: dict[str, Any], state: Path) -> None:
+    lo, hi = spec.get("self_kill_writes") or (0, 0)
+    if hi <= 0:
+        return
+    rng = random.Random()
+    outbox._conn = KillingConnection(outbox._conn, rng.randint(int(lo), int(hi)),
+                                     rng.random() < 0.5, state / "kills.log")
+
+
 def _inject_alerts(outbox: Any, rate_hz: float, stop: threading.Event) -> None:
     n = 0
     while rate_hz > 0 and not stop.wait(1.0 / rate_hz):
@@ -138,6 +185,7 @@ def run_agent(spec: dict[str, Any]) -> int:
     source = make_source(spec)
     agent = Agent(agent_config(spec), source)
     AlertLog(agent.outbox, state / "alerts.log")
+    _arm_self_kill(agent.outbox, spec, state)
     side = threading.Event()
     threads = [threading.Thread(target=_inject_alerts, daemon=True,
                                 args=(agent.outbox, float(spec.get("alert_rate_hz", 0)), side)),

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from harness import ChaosRun, Result
 
-PARTITION_S = 15.0
+PARTITION_S = 12.0
 DAY_S = 86_400.0
 
 
@@ -28,11 +28,11 @@ def broker_restarts(workdir: Path, share_group: str = "chaos", cycles: int = 4) 
     run = ChaosRun(workdir, name, share_group=share_group).start(
         {"pump-1": {"alert_rate_hz": 4.0}, "pump-2": {"alert_rate_hz": 4.0, "seed": 2}})
     for kill in [False, True] * (cycles // 2):
-        run.sleep(3.0)
+        run.sleep(2.0)
         run.stop_broker(kill=kill)
         run.sleep(1.5)
         run.start_broker()
-    run.sleep(3.0)
+    run.sleep(2.0)
     return run.finish()
 
 
@@ -65,31 +65,37 @@ def gateway_kills(workdir: Path, seed: int = 2) -> Result:
     return run.finish()
 
 
-def power_cut(workdir: Path, seed: int = 3, cuts: int = 5) -> Result:
-    """SIGKILL at random moments under load (50 alerts/s plus the pipeline's records):
-    every alert whose put() returned must reach the gateway."""
+def power_cut(workdir: Path, seed: int = 3, cuts: int = 8) -> Result:
+    """Power cuts under load (50 alerts/s plus the pipeline's records): the agent kills
+    itself with SIGKILL just before or after a random outbox write statement (INSERT,
+    DELETE, COMMIT: between the write and the commit's fsync, or after the commit before
+    put() returns), or the harness SIGKILLs it at a random moment, whichever comes first.
+    Every alert whose put() returned must reach the gateway."""
     rng = random.Random(seed)
-    run = ChaosRun(workdir, f"power cut (SIGKILL at random) x{cuts}").start(
-        {"pump-1": {"alert_rate_hz": 50.0, "speed": 2.0}})
+    run = ChaosRun(workdir, f"power cut x{cuts}").start(
+        {"pump-1": {"alert_rate_hz": 50.0, "speed": 2.0, "self_kill_writes": [10, 150]}})
     for _ in range(cuts):
-        run.sleep(rng.uniform(0.2, 2.0))
+        run.sleep(rng.uniform(0.5, 2.5))
         run.kill_agent("pump-1")
         run.restart_agent("pump-1")
-    run.sleep(2.0)
+    run.agents["pump-1"].update_spec(self_kill_writes=None)
+    run.kill_agent("pump-1")
+    run.restart_agent("pump-1")
+    run.sleep(1.0)
     return run.finish()
 
 
 def disk_budget(workdir: Path) -> Result:
     """Tiny outbox budgets and a long outage: telemetry, events and health are dropped by
     policy and counted; alerts go over their budget and are all kept."""
-    budgets = {"telemetry_budget_bytes": 24 * 1024, "event_budget_bytes": 4 * 1024,
+    budgets = {"telemetry_budget_bytes": 16 * 1024, "event_budget_bytes": 4 * 1024,
                "health_budget_bytes": 8 * 1024, "alert_budget_bytes": 4 * 1024}
     run = ChaosRun(workdir, "disk budget exhausted in outage").start(
         {"pump-1": {"alert_rate_hz": 5.0, "speed": 3.0, "health_interval_s": 0.5,
                     "outbox": budgets}})
     run.sleep(2.0)
     run.cut_link()
-    run.sleep(PARTITION_S * 0.6)
+    run.sleep(9.0)
     run.heal_link()
     run.sleep(4.0)
     return run.finish()
@@ -103,7 +109,7 @@ def clock_jumps(workdir: Path) -> Result:
         "clock_jumps": [[2.0, -3600.0], [4.0, 2 * DAY_S], [6.0, -3 * DAY_S],
                         [8.0, DAY_S + 3600.0]],
         "frame_jumps": [[3.0, -600.0], [5.0, DAY_S], [7.0, -DAY_S + 600.0]]}})
-    run.sleep(11.0)
+    run.sleep(10.0)
     return run.finish()
 
 
