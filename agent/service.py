@@ -357,7 +357,7 @@ class Agent(HealthReporting):
             self.drain(timeout_s=CLOSE_DRAIN_S)
             self.emit_health()
             self.drain(timeout_s=CLOSE_DRAIN_S)
-        self.write_status()
+            self.write_status()  # a replay (no outbox) leaves no status file behind
         if self.link is not None:
             self.link.stop()
         if self.exporter is not None:
