@@ -2,7 +2,9 @@
 
 ``sample_issues(x[n, w], full_scale_g, config)`` returns the issues of each row: empty,
 non_finite, clipping, flatline and spikes (see the table in :mod:`agent.monitor.quality`).
-Rows are checked in float64, so huge float32 values cannot overflow the statistics.
+Screens run over the whole batch in its own dtype (float32 from the windower) with array
+operations; exact figures come from float64, and only for rows a screen flagged, so huge
+float32 values cannot overflow the statistics.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ CHECKS = ("empty", "non_finite", "clipping", "flatline", "spikes", "rate_drift",
 NON_BLOCKING = frozenset({"seq_gaps"})
 MAD_TO_SD = 1.4826
 ROBUST_SAMPLES = 512
-CHUNK_VALUES = 32768  # rows per pass so that temporaries stay in cache
 
 
 @dataclass(frozen=True)
@@ -77,28 +78,35 @@ class Issue:
                 "limit": json_number(self.limit), "unit": self.unit}
 
 
-def sample_issues(x: npt.NDArray[np.float64], full_scale_g: float | list[float],
+def sample_issues(x: npt.NDArray[np.floating[Any]], full_scale_g: float | list[float],
                   cfg: QualityConfig) -> list[list[Issue]]:
-    """Run the sample checks on each row of ``x`` (float64 ``[n, w]``)."""
-    n = x.shape[0]
-    full = np.broadcast_to(np.asarray(full_scale_g, dtype=np.float64), (n,))
-    finite = np.isfinite(x)
-    all_finite = finite.all(axis=1)
-    out: list[list[Issue]] = [[] for _ in range(n)]
-    if x.shape[1] == 0:
+    """Run the sample checks on each row of ``x`` (float32 or float64 ``[n, w]``).
+
+    Screens run on the whole batch in the input dtype; exact figures are computed in
+    float64, and only for the rows a screen flagged.
+    """
+    n, w = x.shape
+    if w == 0:
         return [[Issue("empty", 0, 1, "samples")] for _ in range(n)]
+    full = np.broadcast_to(np.asarray(full_scale_g, dtype=np.float64), (n,))
+    with np.errstate(invalid="ignore"):
+        top, bottom = x.max(axis=1), x.min(axis=1)  # NaN propagates; inf is an extreme
+    all_finite = np.isfinite(top) & np.isfinite(bottom)
+    if all_finite.all():
+        return _finite_issues(x, top, bottom, full, cfg)
+    out: list[list[Issue]] = [[] for _ in range(n)]
     clean = np.flatnonzero(all_finite)
-    step = max(1, CHUNK_VALUES // max(x.shape[1], 1))
-    for start in range(0, clean.size, step):
-        rows = clean[start:start + step]
-        for row, issues in zip(rows, _row_checks(x[rows], full[rows], cfg), strict=True):
+    if clean.size:
+        found = _finite_issues(x[clean], top[clean], bottom[clean], full[clean], cfg)
+        for row, issues in zip(clean, found, strict=True):
             out[row] = issues
     for row in np.flatnonzero(~all_finite):
-        bad = int(x.shape[1] - np.count_nonzero(finite[row]))
-        rest = x[row][finite[row]]
-        out[row] = [Issue("non_finite", bad, 0, "samples")]
+        finite = np.isfinite(x[row])
+        rest = x[row][finite].reshape(1, -1)
+        out[row] = [Issue("non_finite", int(w - np.count_nonzero(finite)), 0, "samples")]
         if rest.size:
-            out[row] += _row_checks(rest.reshape(1, -1), full[row:row + 1], cfg)[0]
+            out[row] += _finite_issues(rest, rest.max(axis=1), rest.min(axis=1),
+                                       full[row:row + 1], cfg)[0]
     return out
 
 
@@ -113,58 +121,120 @@ def _subset(width: int) -> npt.NDArray[np.intp]:
     return idx
 
 
-def _robust(x: npt.NDArray[np.float64]) -> tuple[npt.NDArray[np.float64],
-                                                  npt.NDArray[np.float64]]:
+def _robust(x: npt.NDArray[np.floating[Any]]) -> tuple[npt.NDArray[np.float64],
+                                                        npt.NDArray[np.float64]]:
     """Median and MAD-based sd per row, from at most ROBUST_SAMPLES scattered samples."""
-    sub = x[:, _subset(x.shape[1])]
+    sub = np.take(x, _subset(x.shape[1]), axis=1).astype(np.float64, copy=False)
     half = sub.shape[1] // 2
     med = np.partition(sub, half, axis=1)[:, half]
-    mad = np.partition(np.abs(sub - med[:, None]), half, axis=1)[:, half]
+    sub -= med[:, None]
+    np.abs(sub, out=sub)
+    mad = np.partition(sub, half, axis=1)[:, half]
     return med, MAD_TO_SD * mad
 
 
-def _row_checks(x: npt.NDArray[np.float64], full: npt.NDArray[np.float64],
-                cfg: QualityConfig) -> list[list[Issue]]:
+def _finite_issues(x: npt.NDArray[np.floating[Any]], top_in: npt.NDArray[Any],
+                   bottom_in: npt.NDArray[Any], full: npt.NDArray[np.float64],
+                   cfg: QualityConfig) -> list[list[Issue]]:
     """Flatline, clipping and spike checks on finite rows, vectorised over rows.
 
-    Whole-row passes are a handful of array operations; Python per row runs only for rows
-    whose cheap screens found something.
+    Whole-batch passes (max/min, the robust subset, one comparison per screen) find the
+    rows that may have an issue; Python per row runs only for those.
+    """
+    m = x.shape[0]
+    out: list[list[Issue]] = [[] for _ in range(m)]
+    top, bottom = top_in.astype(np.float64), bottom_in.astype(np.float64)
+    med, scale = _robust(x)
+    flat = _flatline(x, top, bottom, cfg)
+    for i, only in flat.items():
+        out[i] = [only]
+    clip = _clip_screen(x, top, bottom, full, cfg)
+    with np.errstate(over="ignore", invalid="ignore"):
+        peak = np.maximum(top - med, med - bottom)
+        spiky = (scale > 0) & (peak > cfg.spike_sigma * scale)
+    spikes = _spike_counts(x, np.flatnonzero(spiky), med, scale, cfg)
+    for i in map(int, np.flatnonzero(clip | spiky)):
+        if i in flat:
+            continue
+        clipped = _clipping(x[i].astype(np.float64), float(full[i]), cfg) if clip[i] else None
+        if clipped is not None:
+            out[i].append(clipped)
+        if spikes.get(i):
+            out[i].append(Issue("spikes", spikes[i], cfg.spike_sigma, "isolated samples"))
+    return out
+
+
+def _flatline(x: npt.NDArray[np.floating[Any]], top: npt.NDArray[np.float64],
+              bottom: npt.NDArray[np.float64], cfg: QualityConfig) -> dict[int, Issue]:
+    """Rows with a standard deviation below ``flat_std_g`` or mostly repeated samples.
+
+    The sd of w samples spanning a range r is at least r / sqrt(2 w), so only rows with a
+    small range need the exact sd. Repeats are counted per row only if the whole batch has
+    enough of them for one row to reach ``repeat_fraction``.
     """
     m, w = x.shape
+    found: dict[int, Issue] = {}
     with np.errstate(over="ignore", invalid="ignore"):
-        med, scale = _robust(x)
-        d = x - med[:, None]
-        mean = d.mean(axis=1)
-        sd = np.sqrt(np.maximum(np.einsum("ij,ij->i", d, d) / w - mean * mean, 0.0))
-        repeats = (np.count_nonzero(x[:, 1:] == x[:, :-1], axis=1) / (w - 1) if w > 1
-                   else np.ones(m))
-        top, bottom = d.max(axis=1), d.min(axis=1)
-        need = max(cfg.clip_min_samples, cfg.clip_min_fraction * w)
-        at_top = np.count_nonzero(d >= (top - 1e-6 * np.abs(top))[:, None], axis=1)
-        at_bottom = np.count_nonzero(d <= (bottom + 1e-6 * np.abs(bottom))[:, None], axis=1)
-        np.abs(d, out=d)
-        peak = np.maximum(top, -bottom)
-    limit = np.abs(med) + peak >= cfg.full_scale_fraction * full
-    out: list[list[Issue]] = []
-    for i in range(m):
-        if not sd[i] >= cfg.flat_std_g:
-            out.append([Issue("flatline", float(sd[i]), cfg.flat_std_g, "g sd")])
-            continue
-        if repeats[i] >= cfg.repeat_fraction:
-            out.append([Issue("flatline", float(repeats[i]), cfg.repeat_fraction,
-                              "fraction repeated")])
-            continue
-        issues: list[Issue] = []
-        if (full[i] > 0 and limit[i]) or max(at_top[i], at_bottom[i]) >= need:
-            clip = _clipping(x[i], float(full[i]), cfg)
-            if clip is not None:
-                issues.append(clip)
-        if peak[i] > cfg.spike_sigma * scale[i]:
-            spikes = _spikes(d[i], float(scale[i]), cfg)
-            if spikes:
-                issues.append(Issue("spikes", spikes, cfg.spike_sigma, "isolated samples"))
-        out.append(issues)
-    return out
+        narrow = ~(top - bottom > 1.01 * cfg.flat_std_g * np.sqrt(2.0 * w))
+    for i in np.flatnonzero(narrow):
+        row = x[i].astype(np.float64)
+        sd = float(np.std(row - np.median(row)))
+        if not sd >= cfg.flat_std_g:
+            found[int(i)] = Issue("flatline", sd, cfg.flat_std_g, "g sd")
+    if w == 1:
+        repeats = np.ones(m)
+    else:
+        equal = x[:, 1:] == x[:, :-1]
+        if np.count_nonzero(equal) < cfg.repeat_fraction * (w - 1):
+            return found
+        repeats = np.count_nonzero(equal, axis=1) / (w - 1)
+    for i in np.flatnonzero(repeats >= cfg.repeat_fraction):
+        found.setdefault(int(i), Issue("flatline", float(repeats[i]), cfg.repeat_fraction,
+                                       "fraction repeated"))
+    return found
+
+
+def _clip_screen(x: npt.NDArray[np.floating[Any]], top: npt.NDArray[np.float64],
+                 bottom: npt.NDArray[np.float64], full: npt.NDArray[np.float64],
+                 cfg: QualityConfig) -> npt.NDArray[np.bool_]:
+    """Rows that may clip: a sample near full scale, or enough samples near an extreme.
+
+    The plateau screen is looser than :func:`_clipping` (twice its tolerance), so every
+    row that function would flag is in it.
+    """
+    m, w = x.shape
+    need = max(cfg.clip_min_samples, cfg.clip_min_fraction * w)
+    near_full = (full > 0) & (np.maximum(np.abs(top), np.abs(bottom))
+                              >= cfg.full_scale_fraction * full)
+    heavy = np.zeros(m, dtype=bool)
+    for signed, extreme in ((1.0, top), (-1.0, -bottom)):
+        tol = 2e-6 * np.maximum(np.abs(extreme), 1e-30)
+        level = (signed * (extreme - tol)).astype(x.dtype)[:, None]
+        at = x >= level if signed > 0 else x <= level
+        if np.count_nonzero(at) >= m - 1 + need:  # one row may reach ``need``
+            heavy |= np.count_nonzero(at, axis=1) >= need
+    return near_full | heavy
+
+
+def _spike_counts(x: npt.NDArray[np.floating[Any]], rows: npt.NDArray[np.intp],
+                  med: npt.NDArray[np.float64], scale: npt.NDArray[np.float64],
+                  cfg: QualityConfig) -> dict[int, int]:
+    """Per row of ``rows``: samples beyond ``spike_sigma`` robust sd whose neighbours stay
+    below ``spike_isolation`` of them (vectorised over rows and candidates)."""
+    if rows.size == 0:
+        return {}
+    w, k = x.shape[1], cfg.spike_neighbours
+    dev = np.zeros((rows.size, w + 2 * k))
+    np.subtract(x[rows], med[rows, None], out=dev[:, k:w + k])
+    np.abs(dev, out=dev)
+    cand = dev[:, k:w + k] > (cfg.spike_sigma * scale[rows])[:, None]
+    cand[np.count_nonzero(cand, axis=1) > w // 4] = False  # not spikes: a broad excursion
+    r, c = np.nonzero(cand)
+    offsets = np.r_[0:k, k + 1:2 * k + 1]
+    neighbours = dev[r[:, None], c[:, None] + offsets[None, :]].max(axis=1)
+    isolated = neighbours < cfg.spike_isolation * dev[r, c + k]
+    counts = np.bincount(r[isolated], minlength=rows.size)
+    return {int(rows[j]): int(counts[j]) for j in np.flatnonzero(counts)}
 
 
 def _clipping(row: npt.NDArray[np.float64], full_scale_g: float,
@@ -188,20 +258,6 @@ def _clipping(row: npt.NDArray[np.float64], full_scale_g: float,
         if n_top >= cfg.clip_pileup_ratio * max(n_next, 1):
             worst = max(worst, n_top)
     return Issue("clipping", worst, need, "samples at the extreme") if worst else None
-
-
-def _spikes(dev: npt.NDArray[np.float64], scale: float, cfg: QualityConfig) -> int:
-    """Count samples beyond ``spike_sigma`` robust sd whose neighbours stay small."""
-    if not scale > 0:
-        return 0
-    cand = np.flatnonzero(dev > cfg.spike_sigma * scale)
-    if cand.size == 0 or cand.size > dev.size // 4:
-        return 0
-    k = cfg.spike_neighbours
-    padded = np.concatenate((np.zeros(k), dev, np.zeros(k)))
-    offsets = np.r_[-k:0, 1:k + 1]
-    neighbours = padded[cand[:, None] + k + offsets[None, :]].max(axis=1)
-    return int(np.count_nonzero(neighbours < cfg.spike_isolation * dev[cand]))
 
 
 def json_number(value: float) -> float | None:
