@@ -68,13 +68,16 @@ def export_tflite(
 @app.command()
 def evaluate(
     data_dir: Path | None = typer.Option(None, help="Shared data directory (cwru/, femto/)."),
-    report: Path = typer.Option(Path("docs/evaluation.md"), help="Markdown report to write."),
+    report: Path | None = typer.Option(None, help="Markdown report to write (default: the "
+                                       "repository's docs/evaluation.md)."),
     quick: bool = typer.Option(False, help="Smaller simulated fleets (minutes -> seconds)."),
 ) -> None:
     """Run the whole evaluation (CWRU cross-load, transfer, FEMTO, simulated fleet)."""
-    from models.evaluate import run_all
+    from models.evaluate import REPORT, run_all
 
-    summary = run_all(data_dir, report, quick=quick)
+    if data_dir is not None and not (data_dir / "cwru").is_dir():
+        raise ConfigError(f"--data-dir {data_dir} has no cwru/ folder")
+    summary = run_all(data_dir, report or REPORT, quick=quick)
     typer.echo(json.dumps(summary, indent=2))
 
 

@@ -21,7 +21,7 @@ import numpy.typing as npt
 
 from foreshock.errors import DataError
 from models.export import LABELS
-from models.metrics import confusion, decide
+from models.metrics import confusion, decide, device_decision
 from models.policy import Policy, Runners, floor_from, kofn_mask
 from models.simdata import random_machines
 from models.train import MachineSet, TrainConfig, fit_detector
@@ -30,6 +30,7 @@ from models.trainsets import cwru_load, cwru_sets, sim_sets
 log = logging.getLogger(__name__)
 
 SUMMARY = Path(__file__).resolve().parent / "evaluation_summary.json"
+REPORT = Path(__file__).resolve().parent.parent / "docs" / "evaluation.md"
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 ALL_FAULTS = ("normal", "inner_race", "outer_race", "ball", "imbalance", "misalignment")
 
@@ -154,8 +155,8 @@ def _subset(result: dict[str, Any], tests: list[MachineSet], known: set[str]) ->
 
 def parity_of(runners: Runners, policy: Policy, tests: list[MachineSet],
               commission: dict[str, MachineSet]) -> dict[str, Any]:
-    """Same decision (alert or not, and the fault named) from fp32, int8 and TFLite, each
-    with its own commissioning threshold, as each would run on a device."""
+    """Same device decision (no alert / alert naming a fault / alert with fault unknown)
+    from fp32, int8 and TFLite, each with its own commissioning threshold."""
     dec: dict[str, list[npt.NDArray[np.int64]]] = {"fp32": [], "int8": [], "tflite": []}
     for s in tests:
         com = commission.get(s.name, s)
@@ -163,7 +164,7 @@ def parity_of(runners: Runners, policy: Policy, tests: list[MachineSet],
             run = getattr(runners, name)
             thr = policy.threshold(run(com.z[com.commission])[0])
             a, p = run(s.z[~s.commission])
-            dec[name].append(decide(a, p, thr))
+            dec[name].append(device_decision(a, p, thr))
     d = {k: np.concatenate(v) for k, v in dec.items()}
     return {"windows": len(d["fp32"]),
             "int8_vs_fp32": round(float(np.mean(d["int8"] == d["fp32"])), 4),

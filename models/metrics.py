@@ -18,6 +18,19 @@ def decide(scores: npt.NDArray[np.float32], probs: npt.NDArray[np.float32],
     return np.where(scores >= threshold, fault, 0).astype(np.int64)
 
 
+UNKNOWN = len(LABELS)  # "alert, fault type unknown" in device decisions
+
+
+def device_decision(scores: npt.NDArray[np.float32], probs: npt.NDArray[np.float32],
+                    threshold: float, min_probability: float = 0.5) -> npt.NDArray[np.int64]:
+    """What the device reports per window (docs/bundle.md thresholds.fault): 0 = no alert,
+    else the most probable fault if its probability >= min_probability, else UNKNOWN."""
+    fault = 1 + np.argmax(probs[:, 1:], axis=1)
+    sure = probs[np.arange(len(fault)), fault] >= min_probability
+    named = np.where(sure, fault, UNKNOWN)
+    return np.where(scores >= threshold, named, 0).astype(np.int64)
+
+
 def classify(probs: npt.NDArray[np.float32]) -> npt.NDArray[np.int64]:
     return np.argmax(probs, axis=1).astype(np.int64)
 

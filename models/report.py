@@ -100,8 +100,10 @@ def write_report(path: Path, results: dict[str, Any], headline: dict[str, Any]) 
               "### Decision parity (simulator-trained model on the CWRU windows)", "",
               f"{t['parity']['windows']} windows: int8 vs fp32 same decision "
               f"{t['parity']['int8_vs_fp32']:.2%}, TFLite vs fp32 "
-              f"{t['parity']['tflite_vs_fp32']:.2%} (decision = alert or not, and the fault "
-              "named; each runtime with its own commissioning threshold).", ""]
+              f"{t['parity']['tflite_vs_fp32']:.2%} (decision = what the device reports: no "
+              "alert, alert naming a fault, or alert with the fault unknown when no fault "
+              "reaches probability 0.5; each runtime with its own commissioning threshold).",
+              ""]
     if "femto" in results:
         lines += ["## FEMTO learning set, leave one bearing out", "",
                   "Detector trained on the simulator only. Commissioning: the held-out "

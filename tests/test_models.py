@@ -13,7 +13,7 @@ from models.build import DETECTOR_FP32, DETECTOR_INT8, DETECTOR_TFLITE
 from models.build_default import BUNDLES, DEFAULT_NAME, DEFAULT_VERSION
 from models.evaluate import parity_of, split_normal
 from models.export import LABELS, DetectorWeights, reference_forward, save_onnx, save_tflite
-from models.metrics import decide
+from models.metrics import device_decision
 from models.policy import Policy, Runners, first_kofn
 from models.quantize import quantize_int8
 from models.runtime import OnnxRunner, TfliteRunner
@@ -100,7 +100,7 @@ def test_shipped_files_agree_on_simulated_machines() -> None:
             policy = Policy(2.0)
             thr = policy.threshold(run(s.z[s.commission])[0])
             a, p = run(s.z[~s.commission])
-            decisions[name].append(decide(a, p, thr))
+            decisions[name].append(device_decision(a, p, thr))
     d = {k: np.concatenate(v) for k, v in decisions.items()}
     assert len(d["fp32"]) > 100
     assert np.mean(d["int8"] == d["fp32"]) >= 0.99
