@@ -116,13 +116,13 @@ def _time_features(x: np.ndarray) -> np.ndarray:
     """RMS, peak, peak-to-peak, crest, kurtosis (3 for Gaussian), skewness, shape, impulse,
     clearance of zero-mean windows. Ratios are 0.0 for an all-constant window.
 
-    One scratch temporary: x^2, then |x|, then sqrt|x| in place; the odd and fourth moments
-    are dot products of rows (no product array)."""
+    One scratch temporary: x^2, then |x|, then sqrt|x| in place; the third and fourth
+    moments are dot products of rows (no product array)."""
     mean = np.full(x.shape[1], 1.0 / x.shape[1], np.float32)
     x2 = np.multiply(x, x, out=scratch("time_work", x.shape, np.float32))
     m2 = (x2 @ mean).astype(np.float64)
-    m3 = np.einsum("ij,ij->i", x2, x).astype(np.float64) / x.shape[1]
-    m4 = np.einsum("ij,ij->i", x2, x2).astype(np.float64) / x.shape[1]
+    m3 = _row_dots(x2, x) / x.shape[1]
+    m4 = _row_dots(x2, x2) / x.shape[1]
     ax = np.abs(x, out=x2)
     mabs = (ax @ mean).astype(np.float64)
     msqrt = (np.sqrt(ax, out=ax) @ mean).astype(np.float64)
@@ -133,6 +133,13 @@ def _time_features(x: np.ndarray) -> np.ndarray:
     num = np.stack([peak, m4, m3, rms, peak, peak], axis=1)
     den = np.stack([rms, m2 * m2, m2 * rms, mabs, mabs, msqrt * msqrt], axis=1)
     return np.column_stack([rms, peak, top - bottom, _ratio(num, den)])
+
+
+def _row_dots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Dot product of each row of ``a`` with the same row of ``b`` (n, K) as float64: a
+    stacked matrix product of (1, K) by (K, 1), twice as fast as ``einsum`` here."""
+    out: np.ndarray = np.matmul(a[:, None, :], b[:, :, None])[:, 0, 0]
+    return out.astype(np.float64)
 
 
 def _spectrum_features(spec: FeatureSpec, plan: _Plan, spectrum: np.ndarray,

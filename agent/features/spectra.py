@@ -152,7 +152,7 @@ def snr(pw: np.ndarray, centre_bin: np.ndarray, tol: float, floor_bins: int) -> 
     first = np.minimum(np.maximum(centre - reach, 0), n_bins - 2 * reach - 1)
     near = spans(pw, 2 * reach + 1)[rows, first]
     inside = np.abs((first - centre)[..., None] + np.arange(2 * reach + 1)) <= half[..., None]
-    peak = np.max(near, axis=-1, where=inside, initial=0.0)
+    peak = np.max(near * inside, axis=-1)         # power >= 0: zeroing outside is masking
     ok &= floor > 0
     ratio = np.divide(peak, floor, out=np.ones(floor.shape), where=ok)
     out: np.ndarray = np.sqrt(ratio)
