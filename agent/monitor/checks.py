@@ -22,6 +22,7 @@ CHECKS = ("empty", "non_finite", "clipping", "flatline", "spikes", "rate_drift",
 NON_BLOCKING = frozenset({"seq_gaps"})
 MAD_TO_SD = 1.4826
 ROBUST_SAMPLES = 512
+HUGE = 1e30  # beyond this, statistics of float32 rows run in float64
 
 
 @dataclass(frozen=True)
@@ -121,16 +122,19 @@ def _subset(width: int) -> npt.NDArray[np.intp]:
     return idx
 
 
-def _robust(x: npt.NDArray[np.floating[Any]]) -> tuple[npt.NDArray[np.float64],
-                                                        npt.NDArray[np.float64]]:
-    """Median and MAD-based sd per row, from at most ROBUST_SAMPLES scattered samples."""
-    sub = np.take(x, _subset(x.shape[1]), axis=1).astype(np.float64, copy=False)
+def _robust(x: npt.NDArray[np.floating[Any]], huge: bool) -> tuple[npt.NDArray[np.float64],
+                                                                   npt.NDArray[np.float64]]:
+    """Median and MAD-based sd per row, from at most ROBUST_SAMPLES scattered samples (in
+    float64 if ``huge`` values could overflow the deviations)."""
+    sub = np.take(x, _subset(x.shape[1]), axis=1)
+    if huge:
+        sub = sub.astype(np.float64)
     half = sub.shape[1] // 2
     med = np.partition(sub, half, axis=1)[:, half]
     sub -= med[:, None]
     np.abs(sub, out=sub)
     mad = np.partition(sub, half, axis=1)[:, half]
-    return med, MAD_TO_SD * mad
+    return med.astype(np.float64), MAD_TO_SD * mad.astype(np.float64)
 
 
 def _finite_issues(x: npt.NDArray[np.floating[Any]], top_in: npt.NDArray[Any],
@@ -138,13 +142,13 @@ def _finite_issues(x: npt.NDArray[np.floating[Any]], top_in: npt.NDArray[Any],
                    cfg: QualityConfig) -> list[list[Issue]]:
     """Flatline, clipping and spike checks on finite rows, vectorised over rows.
 
-    Whole-batch passes (max/min, the robust subset, one comparison per screen) find the
-    rows that may have an issue; Python per row runs only for those.
+    Whole-batch passes (max/min, the robust subset, one comparison of neighbours)
+    find the rows that may have an issue; Python per row runs only for those.
     """
     m = x.shape[0]
     out: list[list[Issue]] = [[] for _ in range(m)]
     top, bottom = top_in.astype(np.float64), bottom_in.astype(np.float64)
-    med, scale = _robust(x)
+    med, scale = _robust(x, bool(m) and max(top.max(), -bottom.min()) > HUGE)
     flat = _flatline(x, top, bottom, cfg)
     for i, only in flat.items():
         out[i] = [only]
@@ -200,20 +204,20 @@ def _clip_screen(x: npt.NDArray[np.floating[Any]], top: npt.NDArray[np.float64],
     """Rows that may clip: a sample near full scale, or enough samples near an extreme.
 
     The plateau screen is looser than :func:`_clipping` (twice its tolerance), so every
-    row that function would flag is in it.
+    row that function would flag is in it. Samples are counted per row only when the
+    whole batch holds enough of them for one row to reach the limit.
     """
     m, w = x.shape
     need = max(cfg.clip_min_samples, cfg.clip_min_fraction * w)
-    near_full = (full > 0) & (np.maximum(np.abs(top), np.abs(bottom))
-                              >= cfg.full_scale_fraction * full)
-    heavy = np.zeros(m, dtype=bool)
-    for signed, extreme in ((1.0, top), (-1.0, -bottom)):
+    heavy = (full > 0) & (np.maximum(np.abs(top), np.abs(bottom))
+                          >= cfg.full_scale_fraction * full)
+    for upper, extreme in ((True, top), (False, bottom)):
         tol = 2e-6 * np.maximum(np.abs(extreme), 1e-30)
-        level = (signed * (extreme - tol)).astype(x.dtype)[:, None]
-        at = x >= level if signed > 0 else x <= level
-        if np.count_nonzero(at) >= m - 1 + need:  # one row may reach ``need``
+        level = (extreme - tol if upper else extreme + tol).astype(x.dtype)[:, None]
+        at = x >= level if upper else x <= level
+        if np.count_nonzero(at) >= m - 1 + need:  # each row has at least its extreme
             heavy |= np.count_nonzero(at, axis=1) >= need
-    return near_full | heavy
+    return heavy
 
 
 def _spike_counts(x: npt.NDArray[np.floating[Any]], rows: npt.NDArray[np.intp],
