@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -226,3 +227,27 @@ def test_impulse_train_at_a_custom_bpfo_shows_only_with_custom_orders() -> None:
     catalogue = col(DEFAULT_SPEC, extract(DEFAULT_SPEC, windows, rpm), "env_bpfo_snr")[0]
     assert with_orders > 10.0
     assert catalogue < 3.0
+
+
+def test_results_never_alias_the_scratch_arrays() -> None:
+    """extract reuses per-thread scratch arrays; a result must survive the next call."""
+    rng = np.random.default_rng(11)
+    first_in, second_in = rng.standard_normal((2, 3, N)).astype(np.float32)
+    first = extract(DEFAULT_SPEC, first_in, 1797.0)
+    kept = first.copy()
+    extract(DEFAULT_SPEC, second_in, 1500.0)
+    extract(DEFAULT_SPEC, second_in[:1], 0.0)                  # smaller batch, same buffers
+    np.testing.assert_array_equal(first, kept)
+    np.testing.assert_array_equal(extract(DEFAULT_SPEC, first_in, 1797.0), kept)
+
+
+def test_concurrent_threads_give_the_serial_results() -> None:
+    rng = np.random.default_rng(12)
+    batches = [rng.standard_normal((4, N)).astype(np.float32) * (i + 1) for i in range(6)]
+    rpms = [1200.0 + 100.0 * i for i in range(6)]
+    serial = [extract(DEFAULT_SPEC, b, r) for b, r in zip(batches, rpms, strict=True)]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        for _ in range(3):
+            threaded = list(pool.map(lambda b, r: extract(DEFAULT_SPEC, b, r), batches, rpms))
+            for got, want in zip(threaded, serial, strict=True):
+                np.testing.assert_array_equal(got, want)
