@@ -4,6 +4,7 @@ Public API (see docs/features.md for every feature and its units)::
 
     BearingGeometry, BEARINGS, bearing            bearing geometry -> defect orders
     FeatureSpec, DEFAULT_SPEC, SNAPSHOT_SPEC      versioned, hashable feature definition
+    FeatureSpec.defect_orders, spec.orders()      custom (bpfo, bpfi, bsf, ftf) or catalogue
     extract(spec, windows, rpm)                   float32[n, F], vectorised over windows
     resample(x, from_hz, to_hz)                   FFT-based, float32
     Baseline.fit(values, names).z(values)         robust signed z-scores

@@ -51,16 +51,6 @@ def power(spec: np.ndarray) -> np.ndarray:
     return out
 
 
-def power64(spec: np.ndarray) -> np.ndarray:
-    """|spec|^2 of a C-contiguous complex64 array as float64, in two passes."""
-    if spec.dtype != np.complex64 or not spec.flags.c_contiguous:
-        return power(spec).astype(np.float64)
-    flat = spec.view(np.float32)
-    sq = flat * flat
-    out: np.ndarray = np.add(sq[..., 0::2], sq[..., 1::2], dtype=np.float64)
-    return out
-
-
 def power32(spec: np.ndarray) -> np.ndarray:
     """|spec|^2 of a C-contiguous complex64 array as a C-contiguous float32 array."""
     if spec.dtype != np.complex64 or not spec.flags.c_contiguous:
