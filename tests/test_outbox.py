@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import settings
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
@@ -434,6 +434,7 @@ class DropOldestMachine(OutboxMachine):
 
 
 TestOutboxMachine = OutboxMachine.TestCase
-TestOutboxMachine.settings = settings(max_examples=10, stateful_step_count=12, deadline=None)
+TestOutboxMachine.settings = settings(max_examples=10, stateful_step_count=12, deadline=None,
+                                      suppress_health_check=[HealthCheck.too_slow])
 TestDropOldestMachine = DropOldestMachine.TestCase
 TestDropOldestMachine.settings = TestOutboxMachine.settings
