@@ -148,8 +148,9 @@ class Pipeline:
         if self.bundle is not None and self.bundle.feature_spec:
             base = fx.FeatureSpec.from_dict(self.bundle.feature_spec)
         f = self.config.features
-        return dataclasses.replace(base, bearing=f.bearing, machine_class=f.machine_class,
-                                   nominal_rpm=f.rpm)
+        orders = (f.bpfo, f.bpfi, f.bsf, f.ftf) if f.bpfo > 0 else None
+        return dataclasses.replace(base, bearing=f.bearing, defect_orders=orders,
+                                   machine_class=f.machine_class, nominal_rpm=f.rpm)
 
     def _make_detector(self, detector: Detector | None, inputs: Sequence[str] | None,
                        names: tuple[str, ...]) -> tuple[Detector, tuple[str, ...]]:
@@ -161,10 +162,7 @@ class Pipeline:
         return ZScoreDetector(len(names)), names
 
     def _orders(self) -> dict[str, float]:
-        f = self.config.features
-        if f.bpfo > 0:
-            return {"bpfo": f.bpfo, "bpfi": f.bpfi, "bsf": f.bsf, "ftf": f.ftf}
-        return fx.bearing(self.spec.bearing).orders()
+        return self.spec.orders()
 
     @property
     def model_info(self) -> dict[str, str]:
