@@ -48,6 +48,26 @@ def test_percentiles_match_numpy_over_the_recent_ring(values: list[float], capac
     assert st_["mean_ms"] == pytest.approx(1e3 * np.mean(values), abs=1e-3)
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.floats(0.0, 10.0, allow_nan=False), st.integers(1, 300)),
+                min_size=1, max_size=40), st.integers(8, 128))
+def test_batched_percentiles_match_numpy_per_window(batches: list[tuple[float, int]],
+                                                    capacity: int) -> None:
+    """``record(stage, s, count=n)`` is n windows of s / n each: percentiles over the last
+    ``capacity`` windows, count, mean and max over all of them, as numpy computes them."""
+    timer = StageTimer(capacity)
+    for seconds, n in batches:
+        timer.record("quality", seconds, count=n)
+    per_window = np.concatenate([np.full(n, s / n) for s, n in batches])
+    got = timer.percentiles_s("quality")
+    want = np.percentile(per_window[-capacity:], [50, 90, 99])
+    assert [got["p50"], got["p90"], got["p99"]] == pytest.approx(list(want), rel=1e-12, abs=0)
+    st_ = timer.stats()["quality"]
+    assert st_["count"] == per_window.size
+    assert st_["mean_ms"] == pytest.approx(1e3 * per_window.mean(), abs=1e-3)
+    assert st_["max_ms"] == pytest.approx(1e3 * per_window.max(), abs=1e-4)
+
+
 def test_batched_records_and_bad_durations() -> None:
     timer = StageTimer(64)
     timer.record("inference", 0.064, count=64)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,15 @@ def clean(seed: int = 0, amp_g: float = 1.0, noise: float = 0.3, f_hz: float = 4
     t = np.arange(N) / RATE_HZ
     x = amp_g * np.sin(2 * np.pi * f_hz * t) + noise * amp_g * rng.standard_normal(N)
     return x.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """What agent.window.Windower reads of a feature spec."""
+
+    sample_rate_hz: float = RATE_HZ
+    window_samples: int = N
+    overlap: float = 0.5
 
 
 def meta(channel: int = 0, at_s: float = 0.0) -> WindowMeta:
@@ -222,19 +232,11 @@ def test_shared_data_windows_are_clean(shared_data: Path) -> None:
 
 def test_with_the_real_windower() -> None:
     """Frames -> observe_frame -> Windower -> check: a NaN the windower zeroed still counts."""
-    from dataclasses import dataclass
-
     from agent.window import Windower
-
-    @dataclass(frozen=True)
-    class Spec:
-        sample_rate_hz: float = RATE_HZ
-        window_samples: int = N
-        overlap: float = 0.5
 
     x = np.tile(clean(15), 6)
     x[5 * N + 100] = np.nan
-    mon, windower = DataQualityMonitor(), Windower(Spec())
+    mon, windower = DataQualityMonitor(), Windower(WindowSpec())
     verdicts = []
     for frame in frames(x):
         mon.observe_frame(frame)
@@ -243,3 +245,49 @@ def test_with_the_real_windower() -> None:
             verdicts.append(mon.check(win.samples, WindowMeta.of(win)).checks)
     assert verdicts[:9] == [()] * 9
     assert verdicts[9] == ("non_finite",)
+
+
+def test_duplicate_and_late_frames_are_not_rate_drift() -> None:
+    """firmware_sim duplicates and reorders frames: the rate estimate ignores frames whose
+    sequence number does not advance, so the channel never turns bad for ``rate_drift``."""
+    from agent.window import Windower
+    from firmware_sim.node import SimNode
+    from firmware_sim.scenario import Scenario, SensorFaultSpec
+    from foreshock.wire import decode
+
+    faults = (SensorFaultSpec("duplicate", rate=0.3), SensorFaultSpec("reorder", rate=0.02))
+    scenario = Scenario("dup-reorder", sample_rate_hz=RATE_HZ, frame_samples=512,
+                        sample_format="float32", sensor_faults=faults)
+    node = SimNode(scenario, "pump-1", seed=3, start_time_s=1.7e9)
+    mon, windower = DataQualityMonitor(), Windower(WindowSpec())
+    verdicts: list[Quality] = []
+    rates_hz = []
+    for _ in range(600):  # 24 s of stream
+        frame = decode(node.next_frame_bytes())
+        mon.observe_frame(frame)
+        rates_hz.append(mon.observed_rate_hz("pump-1", 0))
+        windows = windower.push(frame)
+        if windows:
+            verdicts += mon.check_batch(np.stack([w.samples for w in windows]),
+                                        [WindowMeta.of(w) for w in windows])
+    assert windower.counters["duplicates"] > 20 and windower.counters["out_of_order"] > 3
+    assert mon.counters["frames_ignored"] == (windower.counters["duplicates"]
+                                              + windower.counters["out_of_order"])
+    assert len(verdicts) > 10
+    estimated = np.array([r for r in rates_hz if r > 0])
+    assert estimated.size > 100  # gaps restart the estimate, but it runs most of the time
+    assert np.all(np.abs(estimated / RATE_HZ - 1) < 0.002), estimated.max()
+    assert not any("rate_drift" in q.checks for q in verdicts)
+    assert all(q.scoreable for q in verdicts), [q.checks for q in verdicts if not q.scoreable]
+    assert mon.states() == {"pump-1/0": "ok"}
+
+
+def test_one_duplicated_frame_leaves_rate_and_sequence_alone() -> None:
+    x = np.tile(clean(16), 8)
+    fs = frames(x)
+    mon = DataQualityMonitor()
+    for f in [*fs[:60], fs[59], fs[58], *fs[60:]]:  # a duplicate, then a late repeat
+        mon.observe_frame(f)
+    assert mon.counters["frames_ignored"] == 2
+    assert mon.observed_rate_hz("pump-1", 0) == pytest.approx(RATE_HZ, rel=1e-6)
+    assert mon.check(x[-N:], meta()).ok

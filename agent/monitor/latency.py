@@ -3,7 +3,9 @@
 ``StageTimer.record(stage, seconds)`` is pure (the caller measured the duration);
 ``with timer.measure(stage):`` measures with ``time.perf_counter`` for the service loop.
 Each stage keeps its last ``capacity`` durations in a ring (memory is bounded however long
-the agent runs) plus a lifetime count, sum and max. ``stats()`` gives p50/p90/p99 over the
+the agent runs) plus a lifetime count, sum and max. A batch of n windows timed together
+(``record(stage, seconds, count=n)``) fills n ring entries of ``seconds / n`` with one slice
+write, so the percentiles weigh every window alike. ``stats()`` gives p50/p90/p99 over the
 ring, computed with ``numpy.percentile`` (linear interpolation) only when asked.
 """
 
@@ -31,13 +33,21 @@ class _Ring:
         self.total_s = 0.0
         self.max_s = 0.0
 
-    def add(self, seconds: float) -> None:
-        self.values[self.head] = seconds
-        self.head = (self.head + 1) % self.values.size
-        self.filled = min(self.values.size, self.filled + 1)
-        self.count += 1
-        self.total_s += seconds
-        self.max_s = max(self.max_s, seconds)
+    def add(self, seconds_each: float, count: int = 1) -> None:
+        """``count`` durations of ``seconds_each``: at most two slice writes into the ring."""
+        cap = self.values.size
+        k = min(count, cap)
+        end = self.head + k
+        if end <= cap:
+            self.values[self.head:end] = seconds_each
+        else:
+            self.values[self.head:] = seconds_each
+            self.values[:end - cap] = seconds_each
+        self.head = end % cap
+        self.filled = min(cap, self.filled + k)
+        self.count += count
+        self.total_s += seconds_each * count
+        self.max_s = max(self.max_s, seconds_each)
 
     def recent(self) -> np.ndarray[Any, np.dtype[np.float64]]:
         return self.values[:self.filled]
@@ -55,9 +65,12 @@ class StageTimer:
         self.dropped = 0
 
     def record(self, stage: str, seconds: float, count: int = 1) -> None:
-        """Add one duration (or ``count`` windows that took ``seconds`` in total, per window).
+        """Add one duration, or ``count`` windows that took ``seconds`` in total: ``count``
+        entries of ``seconds / count`` each (one slice write, whatever ``count``), so the
+        percentiles are per window however the service batches.
 
-        Negative or non-finite durations are counted in ``dropped`` and ignored.
+        Negative or non-finite durations, and counts below 1, are counted in ``dropped``
+        and ignored.
         """
         if not (np.isfinite(seconds) and seconds >= 0 and count >= 1):
             self.dropped += 1
@@ -68,10 +81,7 @@ class StageTimer:
                 self.dropped += 1
                 return
             ring = self._rings[stage] = _Ring(self.capacity)
-        per = seconds / count
-        for _ in range(min(count, self.capacity)):
-            ring.add(per)
-        ring.count += count - min(count, self.capacity)
+        ring.add(seconds / count, int(count))
 
     @contextmanager
     def measure(self, stage: str, count: int = 1) -> Iterator[None]:
