@@ -24,16 +24,14 @@ Each ``on_*`` method returns the ``model/status`` payloads to publish
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -45,10 +43,8 @@ from foreshock.bundle import parse_semver
 from foreshock.errors import BundleError, MessageError
 
 log = logging.getLogger(__name__)
-OFFER_SCHEMA: Final = "foreshock.model_offer/1"
-CHUNK_SCHEMA: Final = "foreshock.model_chunk/1"
-FILE_RE: Final = re.compile(r"^[A-Za-z0-9_.-]+$")
-MAX_BUNDLE_BYTES: Final = 256 * 1024 * 1024
+OFFER_SCHEMA: Final = messages.MODEL_OFFER_SCHEMA
+CHUNK_SCHEMA: Final = messages.MODEL_CHUNK_SCHEMA
 
 
 @dataclass(frozen=True)
@@ -138,6 +134,7 @@ class OtaReceiver:
         self.candidate: Any = None
         self.refused = 0
         self.invalid = 0
+        self.io_errors = 0
 
     # --- persistent state ------------------------------------------------------------------
     def _load_state(self) -> dict[str, Any]:
@@ -174,18 +171,9 @@ class OtaReceiver:
     def _status(self, rollout_id: str, bundle: dict[str, str], status: str, *,
                 detail: str = "", progress: float | None = None,
                 missing: dict[str, list[int]] | None = None) -> bytes:
-        msg: dict[str, Any] = {
-            "schema": messages.MODEL_STATUS_SCHEMA, "site": self.config.site,
-            "device": self.config.device, "rollout_id": rollout_id,
-            "bundle": {"name": bundle["name"], "version": bundle["version"]},
-            "status": status, "ts": time.time()}
-        if detail:
-            msg["detail"] = detail
-        if progress is not None:
-            msg["progress"] = round(progress, 4)
-        if missing is not None:
-            msg["missing_chunks"] = missing
-        return messages.dumps(msg)
+        return messages.model_status_message(
+            self.config.site, self.config.device, rollout_id, bundle, status, ts=time.time(),
+            detail=detail, progress=progress, missing=missing)
 
     def _refuse(self, offer: dict[str, Any], reason: str) -> list[bytes]:
         self.refused += 1
@@ -208,6 +196,9 @@ class OtaReceiver:
         except MessageError as exc:
             self.invalid += 1
             log.warning("OTA message on %s dropped: %s", topic, exc)
+        except OSError as exc:
+            self.io_errors += 1
+            log.error("OTA state under %s: %s", self.dir, exc)
         return []
 
     # --- offer and chunks ------------------------------------------------------------------
@@ -260,12 +251,7 @@ class OtaReceiver:
         spec = {f["name"]: f for f in pending["offer"]["files"]}.get(chunk["file"])
         if spec is None or chunk["count"] != spec["chunks"] or chunk["index"] >= spec["chunks"]:
             raise MessageError(f"chunk {chunk['file']}#{chunk['index']} is not in the offer")
-        try:
-            data = base64.b64decode(chunk["data"], validate=True)
-        except ValueError:
-            raise MessageError(f"chunk {chunk['file']}#{chunk['index']}: bad base64") from None
-        if hashlib.sha256(data).hexdigest() != chunk["sha256"]:
-            raise MessageError(f"chunk {chunk['file']}#{chunk['index']}: SHA-256 mismatch")
+        data = messages.chunk_data(chunk)
         staging = self._staging()
         staging.mkdir(parents=True, exist_ok=True)
         tmp = staging / f".{chunk['file']}.{chunk['index']}.tmp"
@@ -315,9 +301,13 @@ class OtaReceiver:
                 raise BundleError(f"file {f['name']} does not match the offer's size and hash")
 
     def _start_shadow(self, loaded: Any) -> None:
+        """Shadow-run ``loaded`` for the offer's ``shadow_windows`` (else the policy's)."""
         self.candidate = loaded
-        self.shadow = ShadowCheck(loaded.detector, float(loaded.anomaly_floor),
-                                  self.config.shadow)
+        policy = self.config.shadow
+        windows = self.state["pending"]["offer"].get("shadow_windows")
+        if isinstance(windows, int) and not isinstance(windows, bool) and windows > 0:
+            policy = replace(policy, windows=windows)
+        self.shadow = ShadowCheck(loaded.detector, float(loaded.anomaly_floor), policy)
 
     def resume(self) -> list[bytes]:
         """After a restart: check the promoted model still verifies and loads (else fall
@@ -411,37 +401,9 @@ def _newer_or_equal(running: str, offered: str) -> bool:
 
 def parse_offer(payload: bytes) -> dict[str, Any]:
     """Validate a ``foreshock.model_offer/1`` payload; MessageError names the problem."""
-    obj = messages.loads(payload)
-    if obj.get("schema") != OFFER_SCHEMA:
-        raise MessageError(f"schema {obj.get('schema')!r} is not {OFFER_SCHEMA!r}")
-    bundle = obj.get("bundle")
-    if not isinstance(obj.get("rollout_id"), str) or not isinstance(bundle, dict) or \
-            not all(isinstance(bundle.get(k), str) for k in ("name", "version")):
-        raise MessageError("offer: rollout_id and bundle {name, version} are required")
-    files = obj.get("files")
-    if not isinstance(files, list) or not files:
-        raise MessageError("offer: files must be a non-empty list")
-    total = 0
-    for f in files:
-        if not isinstance(f, dict) or not FILE_RE.match(str(f.get("name", ""))) or \
-                not isinstance(f.get("size"), int) or not isinstance(f.get("chunks"), int) \
-                or f["chunks"] < 1 or not re.fullmatch(r"[0-9a-f]{64}", str(f.get("sha256"))):
-            raise MessageError(f"offer: bad file entry {f!r}")
-        total += f["size"]
-    if total > MAX_BUNDLE_BYTES:
-        raise MessageError(f"offer: bundle of {total} bytes exceeds {MAX_BUNDLE_BYTES}")
-    obj["bundle"] = {"name": bundle["name"], "version": bundle["version"]}
-    return obj
+    return messages.decode_model_offer(payload)
 
 
 def parse_chunk(payload: bytes) -> dict[str, Any]:
-    obj = messages.loads(payload)
-    if obj.get("schema") != CHUNK_SCHEMA:
-        raise MessageError(f"schema {obj.get('schema')!r} is not {CHUNK_SCHEMA!r}")
-    for key, types in (("rollout_id", str), ("file", str), ("index", int), ("count", int),
-                       ("sha256", str), ("data", str)):
-        if not isinstance(obj.get(key), types) or isinstance(obj.get(key), bool):
-            raise MessageError(f"chunk: field {key!r} missing or mistyped")
-    if not FILE_RE.match(obj["file"]) or obj["index"] < 0:
-        raise MessageError("chunk: bad file name or index")
-    return obj
+    """Validate a ``foreshock.model_chunk/1`` payload (its data is checked on arrival)."""
+    return messages.decode_model_chunk(payload)

@@ -15,7 +15,6 @@ it again: the gateway is not trusted with the fleet's models).
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import logging
 import math
@@ -34,8 +33,8 @@ from gateway.ingest import ROLLOUT_STATUSES
 from gateway.store import RolloutRow, Store
 
 log = logging.getLogger(__name__)
-OFFER_SCHEMA: Final = "foreshock.model_offer/1"
-CHUNK_SCHEMA: Final = "foreshock.model_chunk/1"
+OFFER_SCHEMA: Final = messages.MODEL_OFFER_SCHEMA
+CHUNK_SCHEMA: Final = messages.MODEL_CHUNK_SCHEMA
 STATUSES: Final = ROLLOUT_STATUSES
 FAILED: Final = ("failed", "rolled_back")
 Publish = Callable[[str, bytes, int], None]
@@ -88,21 +87,20 @@ def read_bundle(path: Path, trusted: Sequence[Any]) -> tuple[fsbundle.Manifest, 
 
 def offer_message(rollout_id: str, manifest: fsbundle.Manifest, files: list[BundleFile],
                   chunk_bytes: int, shadow_windows: int) -> bytes:
-    return messages.dumps({
-        "schema": OFFER_SCHEMA, "rollout_id": rollout_id,
-        "bundle": {"name": manifest.name, "version": manifest.version},
-        "files": [{"name": f.name, "size": len(f.data), "sha256": f.sha256,
-                   "chunks": max(1, math.ceil(len(f.data) / chunk_bytes))} for f in files],
-        "chunk_bytes": chunk_bytes, "shadow_windows": shadow_windows, "ts": time.time()})
+    return messages.model_offer_message(
+        rollout_id, {"name": manifest.name, "version": manifest.version},
+        [{"name": f.name, "size": len(f.data), "sha256": f.sha256,
+          "chunks": _chunks(f, chunk_bytes)} for f in files],
+        chunk_bytes=chunk_bytes, shadow_windows=shadow_windows, ts=time.time())
 
 
 def chunk_message(rollout_id: str, f: BundleFile, index: int, chunk_bytes: int) -> bytes:
-    data = f.data[index * chunk_bytes:(index + 1) * chunk_bytes]
-    count = max(1, math.ceil(len(f.data) / chunk_bytes))
-    return messages.dumps({
-        "schema": CHUNK_SCHEMA, "rollout_id": rollout_id, "file": f.name, "index": index,
-        "count": count, "sha256": hashlib.sha256(data).hexdigest(),
-        "data": base64.b64encode(data).decode()})
+    return messages.model_chunk_message(rollout_id, f.name, index, _chunks(f, chunk_bytes),
+                                        f.data[index * chunk_bytes:(index + 1) * chunk_bytes])
+
+
+def _chunks(f: BundleFile, chunk_bytes: int) -> int:
+    return max(1, math.ceil(len(f.data) / chunk_bytes))
 
 
 class RolloutManager:
@@ -173,11 +171,11 @@ class RolloutManager:
         if kind != "model/status" or site != self.plan.site:
             return
         try:
-            msg = messages.loads(payload)
+            msg = messages.decode_model_status(payload)
         except MessageError as exc:
             log.warning("bad model status from %s: %s", device, exc)
             return
-        if msg.get("rollout_id") != self.rollout_id or msg.get("status") not in STATUSES:
+        if msg["rollout_id"] != self.rollout_id:
             return
         with self._lock:
             if device not in self.status:
@@ -195,8 +193,7 @@ class RolloutManager:
             if f is None or not isinstance(indexes, list):
                 continue
             for i in indexes:
-                if isinstance(i, int) and 0 <= i < max(1, math.ceil(len(f.data) /
-                                                                    self.plan.chunk_bytes)):
+                if isinstance(i, int) and 0 <= i < _chunks(f, self.plan.chunk_bytes):
                     self.publish(topic, chunk_message(self.rollout_id, f, i,
                                                       self.plan.chunk_bytes), 1)
 
