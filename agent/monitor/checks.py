@@ -148,7 +148,8 @@ def _finite_issues(x: npt.NDArray[np.floating[Any]], top_in: npt.NDArray[Any],
     m = x.shape[0]
     out: list[list[Issue]] = [[] for _ in range(m)]
     top, bottom = top_in.astype(np.float64), bottom_in.astype(np.float64)
-    med, scale = _robust(x, bool(m) and max(top.max(), -bottom.min()) > HUGE)
+    huge = bool(m) and max(top.max(), -bottom.min()) > HUGE
+    med, scale = _robust(x, huge)
     flat = _flatline(x, top, bottom, cfg)
     for i, only in flat.items():
         out[i] = [only]
@@ -156,7 +157,7 @@ def _finite_issues(x: npt.NDArray[np.floating[Any]], top_in: npt.NDArray[Any],
     with np.errstate(over="ignore", invalid="ignore"):
         peak = np.maximum(top - med, med - bottom)
         spiky = (scale > 0) & (peak > cfg.spike_sigma * scale)
-    spikes = _spike_counts(x, np.flatnonzero(spiky), med, scale, cfg)
+    spikes = _spike_counts(x, np.flatnonzero(spiky), med, scale, cfg, huge)
     for i in map(int, np.flatnonzero(clip | spiky)):
         if i in flat:
             continue
@@ -222,21 +223,26 @@ def _clip_screen(x: npt.NDArray[np.floating[Any]], top: npt.NDArray[np.float64],
 
 def _spike_counts(x: npt.NDArray[np.floating[Any]], rows: npt.NDArray[np.intp],
                   med: npt.NDArray[np.float64], scale: npt.NDArray[np.float64],
-                  cfg: QualityConfig) -> dict[int, int]:
+                  cfg: QualityConfig, huge: bool) -> dict[int, int]:
     """Per row of ``rows``: samples beyond ``spike_sigma`` robust sd whose neighbours stay
-    below ``spike_isolation`` of them (vectorised over rows and candidates)."""
+    below ``spike_isolation`` of them (vectorised over rows and candidates; in float64 if
+    ``huge`` values could overflow the deviations)."""
     if rows.size == 0:
         return {}
     w, k = x.shape[1], cfg.spike_neighbours
-    dev = np.zeros((rows.size, w + 2 * k))
-    np.subtract(x[rows], med[rows, None], out=dev[:, k:w + k])
-    np.abs(dev, out=dev)
-    cand = dev[:, k:w + k] > (cfg.spike_sigma * scale[rows])[:, None]
-    cand[np.count_nonzero(cand, axis=1) > w // 4] = False  # not spikes: a broad excursion
-    r, c = np.nonzero(cand)
-    offsets = np.r_[0:k, k + 1:2 * k + 1]
-    neighbours = dev[r[:, None], c[:, None] + offsets[None, :]].max(axis=1)
-    isolated = neighbours < cfg.spike_isolation * dev[r, c + k]
+    sub = x if rows.size == x.shape[0] else x[rows]
+    if huge:
+        sub = sub.astype(np.float64)
+    centre, reach = med[rows], cfg.spike_sigma * scale[rows]
+    beyond = sub > (centre + reach).astype(sub.dtype)[:, None]
+    beyond |= sub < (centre - reach).astype(sub.dtype)[:, None]
+    r, c = np.divmod(np.flatnonzero(beyond), w)  # 2-D np.nonzero is many times slower
+    keep = np.bincount(r, minlength=rows.size)[r] <= w // 4  # else a broad excursion
+    r, c = r[keep], c[keep]
+    pos = c[:, None] + np.r_[-k:0, 1:k + 1][None, :]
+    near = np.abs(sub[r[:, None], np.clip(pos, 0, w - 1)] - centre[r, None])
+    near[(pos < 0) | (pos >= w)] = 0.0  # outside the window: no neighbour
+    isolated = near.max(axis=1) < cfg.spike_isolation * np.abs(sub[r, c] - centre[r])
     counts = np.bincount(r[isolated], minlength=rows.size)
     return {int(rows[j]): int(counts[j]) for j in np.flatnonzero(counts)}
 
