@@ -199,6 +199,15 @@ class Link:
         if client is not None and self.connected:
             client.publish(self._topic_state, self._state(online=True), qos=1, retain=True)
 
+    def publish(self, topic: str, payload: bytes, qos: int = 1) -> bool:
+        """Publish one message outside the outbox (model status); False when the link is
+        down or the client refuses it, so the caller keeps it and tries again later."""
+        client = self._current[1]
+        if client is None or not self.connected:
+            return False
+        info = client.publish(topic, payload, qos=qos)
+        return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+
     def subscribe_commands(self, callback: CommandCallback) -> None:
         """Deliver every command, model offer and model chunk as ``callback(topic, payload)``.
 

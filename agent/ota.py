@@ -87,7 +87,10 @@ class ShadowCheck:
     def observe(self, z: npt.NDArray[np.float32]) -> Verdict | None:
         """Score a batch of windows' z-scores; a Verdict once the run is decided."""
         t0 = time.perf_counter()
-        anomaly = np.asarray(self.detector.score(z).anomaly, dtype=np.float64)
+        try:
+            anomaly = np.asarray(self.detector.score(z).anomaly, dtype=np.float64)
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            return Verdict(False, f"candidate failed to score: {exc}")
         per_window_ms = (time.perf_counter() - t0) * 1e3 / max(1, len(anomaly))
         self.worst_ms = max(self.worst_ms, per_window_ms)
         if not np.all(np.isfinite(anomaly)):

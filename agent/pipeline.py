@@ -86,12 +86,15 @@ class WindowResult:
 @dataclass
 class StepOutput:
     """Per-window results, incident records and events of one batch, and the scored
-    windows' model inputs (``z``), scores and alert state for the drift monitor."""
+    windows' model inputs (``z``), scores and alert state for the drift monitor;
+    ``z_all``: their z-scores over every feature of the spec (a candidate model in shadow
+    may read other columns)."""
 
     results: list[WindowResult] = field(default_factory=list)
     alerts: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
     z: FloatArray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    z_all: FloatArray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
     anomaly: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
     alerted: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, bool))
 
@@ -222,7 +225,8 @@ class Pipeline:
             z[idx] = self.decider.baseline(key).z(x[idx])
         scored = _Scored(len(windows), self.fault_min_probability)
         if live:
-            out.z = z[live][:, self.input_index]
+            out.z_all = z[live]
+            out.z = out.z_all[:, self.input_index]
             scored.fill(live, self.detector.score(out.z))
         t = lap("inference", t)
         state = {k: self.decider.stream(k).incident is not None for k in set(keys)}

@@ -46,6 +46,7 @@ import numpy as np
 from agent import pipeline
 from agent.config import AgentConfig
 from agent.health import HealthReporting
+from agent.model_updates import OTA_KINDS, ModelUpdates
 from agent.monitor import Monitor, PrometheusExporter, WindowMeta
 from agent.sdnotify import Notifier
 from agent.sources import Source
@@ -58,7 +59,7 @@ log = logging.getLogger(__name__)
 CLOSE_DRAIN_S = 2.0
 
 
-class Agent(HealthReporting):
+class Agent(ModelUpdates, HealthReporting):
     """Composes the pipeline for one device; see the module doc.
 
     ``detector``/``bundle``: see :class:`agent.pipeline.Pipeline`. ``store=False`` skips the
@@ -95,6 +96,7 @@ class Agent(HealthReporting):
         self.link: Any = None
         if store:
             self._open_outbox()
+            self._open_ota()
         self._closed = False
 
     # -- composition -----------------------------------------------------------------------
@@ -119,6 +121,9 @@ class Agent(HealthReporting):
         """Called from the link's thread: parse and queue it for the loop."""
         try:
             _, _, kind = topics.parse(topic)
+            if kind in OTA_KINDS and self.ota is not None:
+                self._queue_ota(topic, payload)
+                return
             command = messages.decode_command(payload)
         except (ValueError, ForeshockError) as exc:
             self.counters["bad_commands"] += 1
@@ -126,10 +131,6 @@ class Agent(HealthReporting):
             return
         if kind.startswith("cmd/"):
             self._commands.append((kind[4:], dict(command["args"])))
-
-    @property
-    def model_info(self) -> dict[str, str]:
-        return self.pipeline.model_info
 
     # -- the loop ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -232,6 +233,7 @@ class Agent(HealthReporting):
             out = self.pipeline.process(good, lambda stage, t: self._lap(stage, t, n), samples)
             if out.anomaly.size:
                 events += self.monitor.update_drift(out.z, out.anomaly, out.alerted, at_s=at_s)
+                self._shadow(out.z_all)
         events += out.events
         self.counters["windows_processed"] += len(good)
         t = time.perf_counter()
@@ -270,6 +272,7 @@ class Agent(HealthReporting):
         now = time.monotonic()
         while self._commands:
             self._command(*self._commands.popleft())
+        self._handle_ota()
         if self.notifier.watchdog_interval_s and now >= self._next_watchdog:
             self.notifier.watchdog()
             self._next_watchdog = now + self.notifier.watchdog_interval_s
@@ -309,40 +312,6 @@ class Agent(HealthReporting):
             self.counters["link_errors"] += 1
             log.debug("link drain: %s", exc)
         self._lap("link", t)
-
-    # -- model updates -------------------------------------------------------------------------
-    def replace_model(self, path: Path | str, trusted_keys: list[Path] | None = None) -> bool:
-        """Verify and switch to another bundle; on any failure keep the running model.
-
-        A new model scores on its own scale, so every stream commissions again (baseline
-        and threshold). Emits a ``model`` event either way; returns whether it switched.
-        """
-        from agent.features import DEFAULT_SPEC
-        from agent.inference import load_bundle
-
-        keys = list(trusted_keys if trusted_keys is not None else self.config.model.trusted_keys)
-        old = self.model_info
-        try:
-            loaded = load_bundle(path, keys, pipeline.Pipeline._spec_hashes(),
-                                 backend=self.config.model.backend,
-                                 feature_names=DEFAULT_SPEC.feature_names)
-            new = pipeline.Pipeline(self.config, bundle=loaded)
-        except ForeshockError as exc:
-            log.warning("model update refused, keeping %s: %s", old, exc)
-            self._event({"type": "model", "detail": {
-                "status": "refused", "bundle": str(path), "reason": str(exc), "running": old}})
-            return False
-        if new.spec != self.pipeline.spec:
-            self.queue.clear()
-            self.windower = Windower(new.spec)
-        self.pipeline = new
-        self._watch_drift()
-        if self.link is not None:
-            self.link.set_model(self.model_info)
-        self._event({"type": "model", "detail": {
-            "status": "loaded", "bundle": str(path), "previous": old, "running": self.model_info}})
-        log.info("model switched from %s to %s", old, self.model_info)
-        return True
 
     # -- shutdown ----------------------------------------------------------------------------
     def close(self) -> None:
