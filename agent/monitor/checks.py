@@ -154,11 +154,8 @@ def _finite_issues(x: npt.NDArray[np.floating[Any]], top_in: npt.NDArray[Any],
     for i, only in flat.items():
         out[i] = [only]
     clip = _clip_screen(x, top, bottom, full, cfg)
-    with np.errstate(over="ignore", invalid="ignore"):
-        peak = np.maximum(top - med, med - bottom)
-        spiky = (scale > 0) & (peak > cfg.spike_sigma * scale)
-    spikes = _spike_counts(x, np.flatnonzero(spiky), med, scale, cfg, huge)
-    for i in map(int, np.flatnonzero(clip | spiky)):
+    spikes = _spike_counts(x, med, scale, (top, bottom), cfg, huge)
+    for i in sorted(set(map(int, np.flatnonzero(clip))) | set(spikes)):
         if i in flat:
             continue
         clipped = _clipping(x[i].astype(np.float64), float(full[i]), cfg) if clip[i] else None
@@ -221,30 +218,38 @@ def _clip_screen(x: npt.NDArray[np.floating[Any]], top: npt.NDArray[np.float64],
     return heavy
 
 
-def _spike_counts(x: npt.NDArray[np.floating[Any]], rows: npt.NDArray[np.intp],
-                  med: npt.NDArray[np.float64], scale: npt.NDArray[np.float64],
+def _spike_counts(x: npt.NDArray[np.floating[Any]], med: npt.NDArray[np.float64],
+                  scale: npt.NDArray[np.float64], extremes: tuple[npt.NDArray[np.float64], ...],
                   cfg: QualityConfig, huge: bool) -> dict[int, int]:
-    """Per row of ``rows``: samples beyond ``spike_sigma`` robust sd whose neighbours stay
-    below ``spike_isolation`` of them (vectorised over rows and candidates; in float64 if
-    ``huge`` values could overflow the deviations)."""
-    if rows.size == 0:
+    """Per row: samples beyond ``spike_sigma`` robust sd whose neighbours stay below
+    ``spike_isolation`` of them. Only the side (above or below the median) of the rows
+    whose extreme reaches that far is scanned, with one mask per side over those rows;
+    candidates are then checked together (in float64 if ``huge`` values could overflow)."""
+    m, w = x.shape
+    reach = cfg.spike_sigma * scale
+    r_parts, c_parts = [], []
+    for sign, extreme in zip((1.0, -1.0), extremes, strict=True):
+        with np.errstate(invalid="ignore", over="ignore"):
+            rows = np.flatnonzero((scale > 0) & (sign * (extreme - med) > reach))
+        if rows.size == 0:
+            continue
+        sub = x[rows].astype(np.float64) if huge else x[rows]
+        edge = (med[rows] + sign * reach[rows]).astype(sub.dtype)[:, None]
+        r, c = np.divmod(np.flatnonzero(sub > edge if sign > 0 else sub < edge), w)
+        r_parts.append(rows[r])  # 2-D np.nonzero is many times slower than this
+        c_parts.append(c)
+    if not r_parts:
         return {}
-    w, k = x.shape[1], cfg.spike_neighbours
-    sub = x if rows.size == x.shape[0] else x[rows]
-    if huge:
-        sub = sub.astype(np.float64)
-    centre, reach = med[rows], cfg.spike_sigma * scale[rows]
-    beyond = sub > (centre + reach).astype(sub.dtype)[:, None]
-    beyond |= sub < (centre - reach).astype(sub.dtype)[:, None]
-    r, c = np.divmod(np.flatnonzero(beyond), w)  # 2-D np.nonzero is many times slower
-    keep = np.bincount(r, minlength=rows.size)[r] <= w // 4  # else a broad excursion
+    r, c = np.concatenate(r_parts), np.concatenate(c_parts)
+    keep = np.bincount(r, minlength=m)[r] <= w // 4  # else a broad excursion
     r, c = r[keep], c[keep]
+    k = cfg.spike_neighbours
     pos = c[:, None] + np.r_[-k:0, 1:k + 1][None, :]
-    near = np.abs(sub[r[:, None], np.clip(pos, 0, w - 1)] - centre[r, None])
+    near = np.abs(x[r[:, None], np.clip(pos, 0, w - 1)] - med[r, None])
     near[(pos < 0) | (pos >= w)] = 0.0  # outside the window: no neighbour
-    isolated = near.max(axis=1) < cfg.spike_isolation * np.abs(sub[r, c] - centre[r])
-    counts = np.bincount(r[isolated], minlength=rows.size)
-    return {int(rows[j]): int(counts[j]) for j in np.flatnonzero(counts)}
+    isolated = near.max(axis=1) < cfg.spike_isolation * np.abs(x[r, c] - med[r])
+    counts = np.bincount(r[isolated], minlength=m)
+    return {int(j): int(counts[j]) for j in np.flatnonzero(counts)}
 
 
 def _clipping(row: npt.NDArray[np.float64], full_scale_g: float,

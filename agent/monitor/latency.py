@@ -20,7 +20,7 @@ import numpy as np
 
 from foreshock.errors import ConfigError
 
-STAGES = ("source", "window", "features", "inference", "decision", "outbox", "link")
+STAGES = ("source", "window", "quality", "features", "inference", "decision", "outbox", "link")
 PERCENTILES = (50.0, 90.0, 99.0)
 
 
