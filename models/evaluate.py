@@ -30,6 +30,7 @@ from models.trainsets import cwru_load, cwru_sets, sim_sets
 log = logging.getLogger(__name__)
 
 SUMMARY = Path(__file__).resolve().parent / "evaluation_summary.json"
+RESULTS = Path(__file__).resolve().parent / "evaluation_results.json"
 REPORT = Path(__file__).resolve().parent.parent / "docs" / "evaluation.md"
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 ALL_FAULTS = ("normal", "inner_race", "outer_race", "ball", "imbalance", "misalignment")
@@ -190,6 +191,7 @@ def run_all(data_dir: Path | None, report: Path, *, quick: bool = False,
     summary = headline(results)
     write_report(report, results, summary)
     SUMMARY.write_text(json.dumps({"headline": summary}, indent=2, sort_keys=True) + "\n")
+    RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True, default=float) + "\n")
     return summary
 
 
