@@ -131,6 +131,36 @@ def test_batch_matches_single_checks() -> None:
     assert [q.checks for q in batch] == [(), ("clipping",), ("flatline",), ("non_finite",)]
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.sampled_from(["clean", "plateau", "spike", "impacts", "quantized", "stuck"]),
+                min_size=1, max_size=12), st.integers(0, 2**16))
+def test_batch_screens_agree_with_each_window_alone(kinds: list[str], seed: int) -> None:
+    """The screens run over the whole batch (counts summed over rows, per-side masks);
+    every row must get the verdict it gets alone, whatever its neighbours in the batch."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for k, kind in enumerate(kinds):
+        x = clean(seed + k, amp_g=float(rng.uniform(0.05, 3.0)))
+        if kind == "plateau":  # a few samples exactly at the top: near the plateau limit
+            x[rng.choice(N, int(rng.integers(2, 14)), replace=False)] = x.max()
+        elif kind == "spike":
+            x[int(rng.integers(0, N))] += float(rng.choice([-1, 1]) * rng.uniform(5, 50))
+        elif kind == "impacts":
+            hits = np.zeros(N)
+            hits[int(rng.integers(0, 60))::int(rng.integers(60, 200))] = rng.uniform(2, 20)
+            ring = np.exp(-np.arange(40) / 6.0) * np.sin(np.arange(40) * 1.4)
+            x += np.convolve(hits, ring)[:N].astype(np.float32)
+        elif kind == "quantized":
+            x = np.round(x * 20) / np.float32(20)
+        elif kind == "stuck":
+            x = np.repeat(x[::40], 40)[:N]
+        rows.append(x.astype(np.float32))
+    mon = DataQualityMonitor()
+    batch = [q.checks for q in mon.check_batch(np.stack(rows), [meta(i) for i in range(len(rows))])]
+    alone = [DataQualityMonitor().check(x, meta(i)).checks for i, x in enumerate(rows)]
+    assert batch == alone
+
+
 def frames(x: np.ndarray, *, rate_hz: float = RATE_HZ, true_rate_hz: float = RATE_HZ,
            seqs: list[int] | None = None, fmt: SampleFormat = SampleFormat.FLOAT32,
            scale: float = 1.0, t0_s: float = 1.7e9) -> list[Frame]:

@@ -6,14 +6,15 @@ One :class:`Monitor` per agent; the service loop calls it like this::
     for frame in source.read(timeout_s):
         mon.quality.observe_frame(frame)                # raw NaN, int16 saturation, gaps, rate
         windows += windower.push(frame)
-    for win in windows:
-        q = mon.quality.check(win.samples, WindowMeta.of(win))
+    with mon.timer.measure("quality", count=len(windows)):  # or timer.record(stage, s, n)
+        verdicts = mon.quality.check_batch(np.stack([w.samples for w in windows]),
+                                           [WindowMeta.of(w) for w in windows])
+    for q in verdicts:
         for body in q.events:                           # data_quality transitions only
             outbox.put("event", body, ts)
-        if q.scoreable:                                 # never score a bad window
-            ...features, inference, decision...
-    with mon.timer.measure("features", count=len(batch)):   # or timer.record(stage, s)
-        ...
+    good = [w for w, q in zip(windows, verdicts) if q.scoreable]  # never score a bad window
+    with mon.timer.measure("features", count=len(good)):
+        ...features, inference, decision...
     for body in mon.update_drift(features, scores, alerts, at_s=ts):  # after scoring a batch
         outbox.put("event", body, ts)
     mon.count("windows_dropped", n); mon.set_gauge("outbox_depth", depth)
