@@ -1,0 +1,146 @@
+"""Alert latency: from the last sample of a window to a control-room subscriber.
+
+Real parts on loopback: a mosquitto process, simulated machines paced to the wall clock,
+one in-process agent per machine (features, int8 ONNX model, decisions, SQLite outbox with
+fsync, MQTT link), and a paho subscriber on the device topics (what a SCADA or Node-RED
+sees). The simulator stamps each frame with wall-clock time, so for every record
+
+    latency = time the subscriber received it - window_ts (the window's last sample)
+
+Alerts are rare (one per incident change), so the run uses several faulty machines and
+reports telemetry records too: they take the same path (outbox, drain, broker) except the
+per-record fsync that alerts get.
+
+    python benchmarks/alert_latency.py [--devices 4] [--duration-s 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import paho.mqtt.client as mqtt
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from foreshock import demo, messages, topics  # noqa: E402
+
+SITE = "bench"
+
+
+def start_mosquitto(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    conf = workdir / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                    "max_queued_messages 0\nmax_inflight_messages 100\n")
+    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+            return proc, port
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit("mosquitto did not start")
+
+
+def subscribe(port: int, latencies: dict[str, list[float]]) -> mqtt.Client:
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+
+    def on_message(c: mqtt.Client, u: object, msg: mqtt.MQTTMessage) -> None:
+        now = time.time()
+        batch = messages.decode_batch(msg.payload)
+        for rec in batch.records:
+            if "window_ts" in rec.body:
+                latencies[batch.kind].append(now - float(rec.body["window_ts"]))
+
+    client.on_message = on_message
+    client.connect("127.0.0.1", port)
+    for kind in ("alert", "telemetry"):
+        client.subscribe(topics.device_filter(kind, SITE), qos=1)
+    client.loop_start()
+    return client
+
+
+def run(devices: int, duration_s: float, workdir: Path) -> dict[str, list[float]]:
+    from agent.config import AgentConfig
+    from agent.service import Agent
+    from firmware_sim.node import NodeSource, SimNode
+    from firmware_sim.scenario import Scenario
+
+    broker, port = start_mosquitto(workdir)
+    latencies: dict[str, list[float]] = {"alert": [], "telemetry": []}
+    sub = subscribe(port, latencies)
+    bundle, key = demo.default_bundle()
+    stop = threading.Event()
+    threads = []
+    try:
+        for i in range(devices):
+            scenario = demo.demo_scenario(Scenario.load(demo.FAULTY), duration_s)
+            node = SimNode(scenario, f"m{i}", seed=i + 1)
+            config = AgentConfig.for_device(
+                f"m{i}", SITE, f"mqtt://127.0.0.1:{port}", workdir / f"m{i}",
+                model={"bundle": str(bundle), "trusted_keys": [str(key)]},
+                decision={"commission_s": demo.commission_s(duration_s)})
+            agent = Agent(config, NodeSource(node, realtime=True))
+            t = threading.Thread(target=agent.run, args=(stop,), daemon=True)
+            t.start()
+            threads.append(t)
+        time.sleep(duration_s)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+        time.sleep(1.0)
+        sub.loop_stop()
+        broker.terminate()
+        broker.wait(5)
+    return latencies
+
+
+def describe(values: list[float]) -> str:
+    if not values:
+        return "no records"
+    ms = np.asarray(values) * 1e3
+    p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+    return (f"n={ms.size:5d}  p50={p50:7.1f} ms  p90={p90:7.1f} ms  p99={p99:7.1f} ms  "
+            f"max={ms.max():7.1f} ms")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", type=int, default=4)
+    parser.add_argument("--duration-s", type=float, default=40.0)
+    parser.add_argument("--json", type=Path, help="also write the raw latencies here")
+    args = parser.parse_args()
+    load_before = os.getloadavg()[0]
+    workdir = Path(tempfile.mkdtemp(prefix="foreshock-latency-"))
+    try:
+        latencies = run(args.devices, args.duration_s, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(f"alert latency, last sample of the window -> subscriber, through mosquitto "
+          f"({args.devices} faulty machines, {args.duration_s:g} s, load "
+          f"{load_before:.1f} -> {os.getloadavg()[0]:.1f})")
+    print(f"  alert      {describe(latencies['alert'])}")
+    print(f"  telemetry  {describe(latencies['telemetry'])}")
+    if args.json:
+        args.json.write_text(json.dumps(latencies))
+
+
+if __name__ == "__main__":
+    main()
