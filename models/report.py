@@ -72,6 +72,27 @@ def _fleet(f: dict[str, Any]) -> list[str]:
     return out
 
 
+def _transfer(t: dict[str, Any]) -> list[str]:
+    lines = ["## Transfer", "", "Train on simulated machines only (firmware_sim: SKF-6205, "
+              "6203, 6204 and FEMTO geometries, 600-3600 rpm, 12-48 kHz), test on every CWRU "
+              "file; train on CWRU only, test on simulated machines with other bearings, "
+              "speeds and sample rates.", ""]
+    lines += _classification("simulator -> CWRU", t["sim_to_cwru"])
+    lines += _classification("CWRU -> simulated machines", t["cwru_to_sim"])
+    c = t["cwru_to_sim"]["on_labels_cwru_has"]
+    lines += [f"On the labels CWRU has (normal, inner, outer, ball): {c['files_right']} / "
+              f"{c['files']} files right. CWRU has no imbalance or misalignment records, so "
+              "those simulated machines cannot be named by a CWRU-only model.", "",
+              "### Decision parity (simulator-trained model on the CWRU windows)", "",
+              f"{t['parity']['windows']} windows: int8 vs fp32 same decision "
+              f"{t['parity']['int8_vs_fp32']:.2%}, TFLite vs fp32 "
+              f"{t['parity']['tflite_vs_fp32']:.2%} (decision = what the device reports: no "
+              "alert, alert naming a fault, or alert with the fault unknown when no fault "
+              "reaches probability 0.5; each runtime with its own commissioning threshold).",
+              ""]
+    return lines
+
+
 def verdicts(h: dict[str, Any]) -> list[str]:
     """Each target of the issue, met or not, from the headline figures."""
     def mark(ok: bool) -> str:
@@ -127,24 +148,7 @@ def write_report(path: Path, results: dict[str, Any], headline: dict[str, Any]) 
               "half is the false-alarm test. No window of a test record is in training.", ""]
     for key, r in results["cwru_crossload"].items():
         lines += _classification(key.replace("_", " "), r)
-    t = results["transfer"]
-    lines += ["## Transfer", "", "Train on simulated machines only (firmware_sim: SKF-6205, "
-              "6203, 6204 and FEMTO geometries, 600-3600 rpm, 12-48 kHz), test on every CWRU "
-              "file; train on CWRU only, test on simulated machines with other bearings, "
-              "speeds and sample rates.", ""]
-    lines += _classification("simulator -> CWRU", t["sim_to_cwru"])
-    lines += _classification("CWRU -> simulated machines", t["cwru_to_sim"])
-    c = t["cwru_to_sim"]["on_labels_cwru_has"]
-    lines += [f"On the labels CWRU has (normal, inner, outer, ball): {c['files_right']} / "
-              f"{c['files']} files right. CWRU has no imbalance or misalignment records, so "
-              "those simulated machines cannot be named by a CWRU-only model.", "",
-              "### Decision parity (simulator-trained model on the CWRU windows)", "",
-              f"{t['parity']['windows']} windows: int8 vs fp32 same decision "
-              f"{t['parity']['int8_vs_fp32']:.2%}, TFLite vs fp32 "
-              f"{t['parity']['tflite_vs_fp32']:.2%} (decision = what the device reports: no "
-              "alert, alert naming a fault, or alert with the fault unknown when no fault "
-              "reaches probability 0.5; each runtime with its own commissioning threshold).",
-              ""]
+    lines += _transfer(results["transfer"])
     if "femto" in results:
         lines += ["## FEMTO learning set, leave one bearing out", "",
                   "Detector trained on the simulator only. Commissioning: the held-out "
