@@ -92,15 +92,17 @@ def _wait(manager: RolloutManager, timeout_s: float, reoffer_s: float,
     deadline = time.monotonic() + timeout_s
     next_offer = time.monotonic() + reoffer_s
     last: dict[str, int] = {}
-    while not manager.done() and time.monotonic() < deadline:
-        time.sleep(0.1)
-        if time.monotonic() >= next_offer:
-            manager.reoffer()
-            next_offer = time.monotonic() + reoffer_s
+    while True:  # report first, then poll: the canary phase is always reported
         summary = manager.summary()
         if progress and summary != last:
             progress(manager)
             last = summary
+        if manager.done() or time.monotonic() >= deadline:
+            break
+        time.sleep(0.1)
+        if time.monotonic() >= next_offer:
+            manager.reoffer()
+            next_offer = time.monotonic() + reoffer_s
     if not manager.done():
         log.warning("rollout %s still %s after %g s: %s", manager.rollout_id, manager.state,
                     timeout_s, manager.summary())

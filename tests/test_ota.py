@@ -23,7 +23,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.ota import OtaConfig, OtaReceiver, ShadowPolicy
 from foreshock import bundle as fsbundle
-from foreshock import topics
+from foreshock import messages, topics
 from foreshock.errors import BundleError, MessageError
 from gateway.config import GatewayConfig
 from gateway.rollout import (
@@ -282,3 +282,78 @@ def test_promoted_model_that_no_longer_verifies_falls_back_at_boot(
     model.write_bytes(data[:-1] + bytes([data[-1] ^ 0x01]))  # storage corruption
     ota = receiver(keys, tmp_path)
     assert status_of(ota.resume()) == ["rolled_back"] and ota.running() == RUNNING
+
+
+def test_offer_chunk_and_status_parsers_bound_what_they_accept(keys: dict[str, Any]) -> None:
+    offer, chunks = offer_and_chunks(keys)
+    obj = messages.decode_model_offer(offer)
+    assert obj["bundle"] == {"name": "foreshock-default", "version": "0.2.0"}
+    for rid in ("../../victim", "a\x00b", "x" * 65, ""):
+        with pytest.raises(MessageError, match="rollout_id"):
+            messages.decode_model_offer(json.dumps({**obj, "rollout_id": rid}).encode())
+    bad = {**obj, "files": [{**obj["files"][0], "chunks": 10**9}]}
+    with pytest.raises(MessageError, match="chunks do not fit"):
+        messages.decode_model_offer(json.dumps(bad).encode())
+    bad = {**obj, "files": [{**obj["files"][0], "size": -1}]}
+    with pytest.raises(MessageError, match="sizes"):
+        messages.decode_model_offer(json.dumps(bad).encode())
+    chunk = messages.decode_model_chunk(chunks[0])
+    assert messages.chunk_data(chunk)
+    with pytest.raises(MessageError, match="SHA-256 mismatch"):
+        messages.chunk_data({**chunk, "sha256": "0" * 64})
+    with pytest.raises(MessageError, match="index"):
+        messages.decode_model_chunk(json.dumps({**chunk, "index": chunk["count"]}).encode())
+    status = messages.model_status_message("plant1", "pump-1", "r1", RUNNING, "downloading",
+                                           ts=1.0, progress=1.5, missing={"a": [1]})
+    assert messages.decode_model_status(status)["progress"] == 1.0
+    jsonschema.validate(json.loads(status), json.loads((SCHEMAS / "model-status.json")
+                                                       .read_text()))
+    with pytest.raises(MessageError, match="status"):
+        messages.decode_model_status(status.replace(b"downloading", b"exploded"))
+
+
+def test_offer_sets_the_length_of_the_shadow_run(keys: dict[str, Any], tmp_path: Path) -> None:
+    manifest, files = read_bundle(keys["bundles"]["0.2.0"], [keys["pem"]])
+    ota = receiver(keys, tmp_path, windows=1000)
+    out = ota.on_offer(offer_message("r7", manifest, files, CHUNK, 5))
+    for f in files:
+        for i in range(-(-len(f.data) // CHUNK)):
+            out += ota.on_chunk(chunk_message("r7", f, i, CHUNK))
+    assert status_of(out)[-2:] == ["verified", "shadow"]
+    assert status_of(ota.observe(np.zeros((5, keys["width"]), np.float32))) == ["active"]
+
+
+def test_running_agent_resumes_an_update_after_a_restart_and_promotes_it(
+        keys: dict[str, Any], tmp_path: Path) -> None:
+    """The real Agent without a broker: messages enter where the link delivers them."""
+    from test_agent_service import frames
+
+    from agent.config import AgentConfig
+    from agent.service import Agent
+    from agent.sources import ReplaySource
+
+    pem = tmp_path / "test.pub"
+    pem.write_bytes(keys["pem"])
+    cfg = AgentConfig.for_device("pump-9", "plant1", "", tmp_path / "s",
+                                 model={"trusted_keys": [str(pem)]},
+                                 decision={"commission_s": 4.0})
+    offer, chunks = offer_and_chunks(keys, rid="r9")
+    agent = Agent(cfg, ReplaySource([]))
+    assert agent.model_info == RUNNING
+    agent._on_command(topics.model_offer("plant1", "pump-9"), offer)
+    for c in chunks[:3]:
+        agent._on_command(topics.model_chunk("plant1", "pump-9"), c)
+    agent.step(0.0)
+    agent.close()                                   # power cut mid-download
+    again = Agent(cfg, ReplaySource(frames(200, 1000)))
+    assert again.ota is not None and again.ota.state["pending"]["phase"] == "downloading"
+    for c in chunks[3:]:
+        again._on_command(topics.model_chunk("plant1", "pump-9"), c)
+    again.step(0.0)
+    assert again.ota.shadow is not None and again.model_info == RUNNING
+    again.run(threading.Event())                    # healthy frames: the shadow run passes
+    assert again.model_info == {"name": "foreshock-default", "version": "0.2.0"}
+    third = Agent(cfg, ReplaySource([]))            # and the promoted model survives a reboot
+    third.close()
+    assert third.model_info["version"] == "0.2.0"
+    assert status_of(list(third._unsent)) == []
