@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import onnx
 import pytest
 from onnx import TensorProto, helper
@@ -31,6 +32,7 @@ from foreshock import messages, topics
 from foreshock.errors import BundleError
 from gateway.config import GatewayConfig
 from gateway.deploy import deploy, targets
+from gateway.fleet import fleet_summary
 from gateway.rollout import RolloutManager, RolloutPlan
 from gateway.service import Gateway
 
@@ -202,6 +204,11 @@ def test_healthy_rollout_goes_canary_then_everyone(fleet: Fleet, bundles: dict[s
                     == dict.fromkeys(fleet.agents, "active"))
     assert wait_for(lambda: fleet.registry() == dict.fromkeys(fleet.agents, "9.1.0"),
                     5.0), fleet.registry()      # from each agent's retained state message
+    doc = messages.decode_fleet(messages.fleet_message(
+        fleet.site, fleet_summary(fleet.gateway.store, fleet.site)["devices"], ts=time.time()))
+    jsonschema.validate(doc, json.loads((ROOT / "docs" / "schemas" / "fleet.json").read_text()))
+    assert {d["device"]: (d["rollout"]["version"], d["rollout"]["status"])
+            for d in doc["devices"]} == dict.fromkeys(fleet.agents, ("9.1.0", "active"))
     # a reboot keeps the promoted model: a fresh agent on the same state directory
     fleet.stop()
     agent = fleet.agents[devices[0]]
