@@ -7,8 +7,9 @@ assembles the files, checks their sizes and SHA-256 against the offer, then load
 bundle with :func:`agent.inference.load_bundle` (signature, manifest hashes, feature spec,
 model load). Until then — and during the shadow run — the running model is untouched.
 
-The candidate then runs in shadow beside the running model for ``shadow.windows`` windows
-(:class:`ShadowCheck`: no NaN, latency within bound, alert rate sane) and is promoted, or
+The candidate then runs in shadow beside the running model for the offer's
+``shadow_windows`` windows (else ``shadow.windows``) (:class:`ShadowCheck`: no NaN, scores
+at all, latency within bound, alert rate sane) and is promoted, or
 refused and deleted. Promotion keeps the previous bundle as last-known-good; a ``rollback``
 command, or a failed shadow run, returns to it. Everything the receiver decides is written
 atomically to ``<state_dir>/ota.json`` first, so a reboot mid-update resumes the download,
@@ -19,7 +20,8 @@ it claims, and any version not newer than the running one (no downgrades over th
 rollback only ever returns to the local last-known-good).
 
 Each ``on_*`` method returns the ``model/status`` payloads to publish
-(docs/schemas/model-status.json); the agent's link publishes them.
+(docs/schemas/model-status.json); the agent's link publishes them (wiring:
+agent/model_updates.py). Payloads are parsed and built by ``foreshock.messages``.
 """
 
 from __future__ import annotations

@@ -27,6 +27,11 @@ last one. The same snapshot, secrets redacted, is written atomically to the stat
 that ``foreshock agent status`` reads. ``[monitor] prometheus_port`` serves the same figures
 on loopback.
 
+Model updates (agent/model_updates.py): ``model/offer``, ``model/chunk`` and
+``cmd/rollback`` from the link are queued for the loop and handled by the OTA receiver
+(agent/ota.py); its answers go out on ``model/status``, every scored batch feeds a candidate
+in shadow, and the loop switches models when the receiver promotes or rolls back.
+
 systemd: READY=1 once the loop runs, WATCHDOG=1 at half of WATCHDOG_USEC, STATUS= with a
 one-line summary, STOPPING=1 on shutdown (see agent/sdnotify.py).
 """

@@ -200,6 +200,7 @@ def test_healthy_rollout_goes_canary_then_everyone(fleet: Fleet, bundles: dict[s
     canary_phase = [summary for state, summary in seen if state == "canary"]
     assert canary_phase and all(sum(s.values()) == 1 for s in canary_phase)
     assert fleet.versions() == dict.fromkeys(fleet.agents, "9.1.0")
+    assert fleet.gateway.stats().invalid == 0     # every status matched its schema
     assert wait_for(lambda: statuses(fleet, manager.rollout_id)
                     == dict.fromkeys(fleet.agents, "active"))
     assert wait_for(lambda: fleet.registry() == dict.fromkeys(fleet.agents, "9.1.0"),
