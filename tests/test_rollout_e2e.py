@@ -210,6 +210,14 @@ def test_healthy_rollout_goes_canary_then_everyone(fleet: Fleet, bundles: dict[s
     jsonschema.validate(doc, json.loads((ROOT / "docs" / "schemas" / "fleet.json").read_text()))
     assert {d["device"]: (d["rollout"]["version"], d["rollout"]["status"])
             for d in doc["devices"]} == dict.fromkeys(fleet.agents, ("9.1.0", "active"))
+    # a rollback command returns one device to its last-known-good (the shipped) model
+    back = devices[1]
+    cmd = messages.command_message("rollback", {"rollout_id": manager.rollout_id},
+                                   issued_by="test", ts=time.time(), command_id="c-back")
+    fleet.gateway.client.publish(topics.command(fleet.site, back, "rollback"), cmd, qos=1)
+    assert wait_for(lambda: statuses(fleet, manager.rollout_id)[back] == "rolled_back", 10)
+    assert fleet.agents[back].model_info["version"] == bundles["old"]
+    assert wait_for(lambda: fleet.registry()[back] == bundles["old"], 5.0)
     # a reboot keeps the promoted model: a fresh agent on the same state directory
     fleet.stop()
     agent = fleet.agents[devices[0]]
