@@ -77,8 +77,11 @@ class Request:
     systemd: bool = True
     dry_run: bool = False
     source: str | None = None
+    paths_under_root: bool = False
 
     def __post_init__(self) -> None:
+        if self.paths_under_root and self.root == Path("/"):
+            raise ConfigError("--paths-under-root needs --root DIR")
         if self.source is not None:
             parse_source(self.source)
         topics.check_id(self.device_id, "--device-id")
@@ -90,6 +93,11 @@ class Request:
     def path(self, device_path: str) -> Path:
         """Where a device path lives on this machine (under ``--root``)."""
         return self.root / device_path.lstrip("/")
+
+    def config_path(self, device_path: str) -> str:
+        """A path as ``agent.toml`` names it: the device's own, or the one under ``--root``
+        with ``--paths-under-root`` (a trial on this machine rather than an image)."""
+        return str(self.path(device_path)) if self.paths_under_root else device_path
 
 
 @dataclass
@@ -360,11 +368,13 @@ def merge_config(current: dict[str, Any], req: Request) -> dict[str, Any]:
     merged = {k: dict(v) if isinstance(v, dict) else v for k, v in current.items()}
     merged.setdefault("device", {}).update(device_id=req.device_id, site=req.site)
     merged.setdefault("link", {}).update(
-        broker_url=req.broker_url, tls_ca_path=CA_CERT, tls_cert_path=CERT, tls_key_path=KEY)
+        broker_url=req.broker_url, tls_ca_path=req.config_path(CA_CERT),
+        tls_cert_path=req.config_path(CERT), tls_key_path=req.config_path(KEY))
     model = merged.setdefault("model", {})
     keys = list(model.get("trusted_keys", []))
-    model["trusted_keys"] = keys if MODEL_KEY in keys else [*keys, MODEL_KEY]
-    merged.setdefault("service", {}).setdefault("state_dir", STATE_DIR)
+    model_key = req.config_path(MODEL_KEY)
+    model["trusted_keys"] = keys if model_key in keys else [*keys, model_key]
+    merged.setdefault("service", {}).setdefault("state_dir", req.config_path(STATE_DIR))
     if req.source is not None or "source" not in merged:
         merged["source"] = parse_source(req.source or DEFAULT_SOURCE)
     return merged
@@ -525,16 +535,28 @@ def provision(
     source: str | None = typer.Option(None, "--source", help="serial:/dev/ttyUSB0 | "
                                       "udp:HOST:PORT | mqtt | file:/path [default: keep the "
                                       "config's, else serial:/dev/ttyUSB0]"),
+    paths_under_root: bool = typer.Option(
+        False, "--paths-under-root", help="With --root: agent.toml names the files under DIR "
+        "(a trial on this machine, run with `foreshock agent run --config`), not the "
+        "device's own /etc paths."),
 ) -> None:
     """Give this device its key, certificate, config and service (idempotent, resumable)."""
     req = Request(device_id, site, broker, root, ca_dir, csr_out, cert_in, ca_cert, model_key,
-                  not no_systemd, dry_run, source)
+                  not no_systemd, dry_run, source, paths_under_root)
     done = Provisioner(req, echo=typer.echo).run()
     if dry_run:
         typer.echo("dry run: nothing was written")
     elif done:
-        typer.echo(f"provisioned {site}/{device_id}; verify with: foreshock device check"
-                   + (f" --root {root}" if root != Path("/") else ""))
+        typer.echo(f"provisioned {site}/{device_id}; verify with: {check_command(req)}")
+
+
+def check_command(req: Request) -> str:
+    """The ``foreshock device check`` command line that fits how ``req`` provisioned."""
+    extra = "" if req.systemd else " --no-systemd"
+    if req.paths_under_root:
+        return f"foreshock device check --config {req.path(CONFIG)}{extra}"
+    root = f" --root {req.root}" if req.root != Path("/") else ""
+    return f"foreshock device check{root}{extra}"
 
 
 @app.command()

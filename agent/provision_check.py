@@ -65,11 +65,13 @@ def run_checks(root: Path, config_path: Path, systemd: bool, timeout_s: float) -
                             "tls_key_path", "foreshock device provision ... (re-run)")]
     tls = TlsFiles(*(root / str(p).lstrip("/") for p in
                      (link.tls_ca_path, link.tls_cert_path, link.tls_key_path)))
-    out.append(_guard("key", "device provision", lambda: _check_key(tls)))
-    out.append(_guard("certificate", "re-provision", lambda: _check_cert(tls, cfg)))
+    reprovision = "re-run foreshock device provision (the same command as before)"
+    out.append(_guard("key", reprovision, lambda: _check_key(tls)))
+    out.append(_guard("certificate", reprovision, lambda: _check_cert(tls, cfg)))
     out.append(_check_clock(tls))
-    out.append(_guard("model key", "provision --model-key", lambda: _check_model_keys(
-        [root / str(k).lstrip("/") for k in cfg.model.trusted_keys])))
+    model_keys = [root / str(k).lstrip("/") for k in cfg.model.trusted_keys]
+    out.append(_guard("model key", reprovision + " with --model-key model-signing.pub",
+                      lambda: _check_model_keys(model_keys)))
     out.append(_check_broker(link.broker_url, tls, timeout_s))
     if systemd:
         out.append(_check_service(root))
@@ -87,7 +89,7 @@ def _guard(name: str, hint: str, fn: Callable[[], str]) -> Check:
     try:
         detail = fn()
     except (ForeshockError, OSError, ValueError) as exc:
-        return Check(name, "FAIL", str(exc), getattr(exc, "hint", None) or f"foreshock {hint}")
+        return Check(name, "FAIL", str(exc), getattr(exc, "hint", None) or hint)
     if detail.startswith("WARN "):
         return Check(name, "WARN", detail[5:], "renew: foreshock device provision ... again")
     return Check(name, "ok", detail)
