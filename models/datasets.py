@@ -1,302 +1,45 @@
-"""Readers for the recording formats users have, all returning one :class:`Recording`.
+"""Recordings for training and evaluation, all as one :class:`Recording`.
 
-Formats (``load(path)`` picks by suffix / layout):
-
-- CWRU ``.mat`` (``X<rec>_DE_time`` / ``_FE_time`` / ``_BA_time`` in g, ``X<rec>RPM``) and
-  MFPT-style ``.mat`` (a ``bearing`` struct with ``gs``, ``sr`` and ``rate`` in Hz).
-  CWRU files do not state their sample rate: an explicit ``sample_rate_hz`` wins, then a
-  ``12k``/``48k`` token in the file name, then the CWRU record number (normal baselines
-  97-100 and the 48 kHz drive-end records are 48 kHz), else 12 kHz.
-- FEMTO ``.npz`` packing (``acc_mg`` int32 [snapshots, 2560, 2], ``t_s``, ``sample_rate_hz``)
-  and FEMTO's original folders of ``acc_NNNNN.csv`` snapshots (hour, minute, second,
-  microsecond, horizontal g, vertical g; ``,`` or ``;`` separated).
-- WAV (PCM scaled to [-1, 1) times ``scale``; channels ``ch0``, ``ch1``...).
-- CSV: one column per channel, an optional header; a ``t_s``/``time`` column gives the rate.
-- ``sim:<scenario>``: a ``firmware_sim`` scenario rendered to frames (imported lazily).
-
-A recording is a stack of contiguous segments (one for a continuous record, one per
-snapshot for FEMTO) so windows never straddle a gap. Bad input raises :class:`DataError`.
+The file formats (CWRU and MFPT ``.mat``, FEMTO ``.npz`` and ``acc_NNNNN.csv`` folders, WAV,
+CSV) are read by :mod:`agent.recordings`, the readers ``foreshock agent replay`` uses, so
+training and replay read a recording identically; see that module for each format's rules.
+This module adds ``sim:<scenario>``: a ``firmware_sim`` scenario rendered to a recording
+(imported lazily; the agent never imports the simulator). Bad input raises
+:class:`DataError`.
 """
 
 from __future__ import annotations
 
-import logging
-import re
-import wave
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-import numpy.typing as npt
+from agent.recordings import (
+    CWRU_48K_RECORDS,
+    CWRU_FAULTS,
+    FEMTO_RPM,
+    Recording,
+    cwru_label,
+    cwru_sample_rate_hz,
+    load_csv,
+    load_femto_csv_dir,
+    load_femto_npz,
+    load_mat,
+    load_wav,
+)
+from agent.recordings import load as load_file
 
-from foreshock.errors import DataError
-
-log = logging.getLogger(__name__)
-
-CWRU_48K_RECORDS = frozenset(range(97, 101)) | frozenset(range(109, 113)) | frozenset(
-    range(122, 126)) | frozenset(range(135, 139)) | frozenset(range(174, 178)) | frozenset(
-    range(189, 193)) | frozenset(range(201, 205)) | frozenset(range(213, 217)) | frozenset(
-    range(226, 230)) | frozenset(range(238, 242)) | frozenset(range(250, 254)) | frozenset(
-    range(262, 266)) | frozenset(range(3001, 3009))
-CWRU_FAULTS = {"IR": "inner_race", "OR": "outer_race", "B": "ball"}
-FEMTO_RPM = {"1": 1800.0, "2": 1650.0, "3": 1500.0}
-
-
-@dataclass(frozen=True)
-class Recording:
-    """Vibration in g: ``data`` float32[segments, samples, channels] at ``sample_rate_hz``.
-
-    ``t_s`` is each segment's start time; ``rpm`` 0 means unknown; ``label`` is a fault
-    label when the source states one (CWRU file names, simulator scenarios).
-    """
-
-    name: str
-    data: npt.NDArray[np.float32]
-    t_s: npt.NDArray[np.float64]
-    sample_rate_hz: float
-    channels: tuple[str, ...]
-    rpm: float = 0.0
-    label: str | None = None
-    bearing: str | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.data.ndim != 3 or self.data.shape[2] != len(self.channels):
-            raise DataError(f"{self.name}: data shape {self.data.shape} does not match "
-                            f"channels {self.channels}")
-        if not np.isfinite(self.sample_rate_hz) or not 100 <= self.sample_rate_hz <= 1e6:
-            raise DataError(f"{self.name}: sample rate {self.sample_rate_hz} Hz is absurd "
-                            "(allowed 100 Hz to 1 MHz)")
-        if not np.isfinite(self.rpm) or not 0 <= self.rpm <= 100_000:
-            raise DataError(f"{self.name}: rpm {self.rpm} is absurd (allowed 0 to 100000)")
-
-    @property
-    def duration_s(self) -> float:
-        return float(self.data.shape[0] * self.data.shape[1] / self.sample_rate_hz)
-
-    def channel(self, name: str | None = None) -> npt.NDArray[np.float32]:
-        """float32[segments, samples] of one channel (default: the first)."""
-        if name is None:
-            return self.data[:, :, 0]
-        matches = [i for i, c in enumerate(self.channels) if c.lower() == name.lower()]
-        if not matches:
-            raise DataError(f"{self.name}: no channel {name!r}",
-                            hint=f"channels are {', '.join(self.channels)}")
-        return self.data[:, :, matches[0]]
+__all__ = ["CWRU_48K_RECORDS", "CWRU_FAULTS", "FEMTO_RPM", "Recording", "cwru_label",
+           "cwru_sample_rate_hz", "load", "load_csv", "load_femto_csv_dir", "load_femto_npz",
+           "load_mat", "load_scenario", "load_wav"]
 
 
 def load(path: str | Path, *, channel: str | None = None, sample_rate_hz: float | None = None,
          rpm: float | None = None) -> Recording:
-    """Read any supported recording; ``sample_rate_hz`` and ``rpm`` override the file."""
+    """Read any supported recording file or folder, or ``sim:<scenario>``; ``channel``
+    keeps that one channel; ``sample_rate_hz`` and ``rpm`` override the file."""
     text = str(path)
     if text.startswith("sim:"):
-        return load_scenario(text[4:], rpm=rpm)
-    p = Path(path)
-    if p.is_dir():
-        rec = load_femto_csv_dir(p)
-    elif not p.is_file():
-        raise DataError(f"recording {p} does not exist")
-    elif p.suffix.lower() == ".mat":
-        rec = load_mat(p, sample_rate_hz=sample_rate_hz)
-    elif p.suffix.lower() == ".npz":
-        rec = load_femto_npz(p)
-    elif p.suffix.lower() == ".wav":
-        rec = load_wav(p)
-    elif p.suffix.lower() in (".csv", ".txt"):
-        rec = load_csv(p, sample_rate_hz=sample_rate_hz)
-    else:
-        raise DataError(f"{p}: unknown recording format {p.suffix!r}",
-                        hint="supported: .mat (CWRU, MFPT), .npz (FEMTO), FEMTO csv folder, "
-                             ".wav, .csv, sim:<scenario>")
-    return _override(rec, channel, sample_rate_hz, rpm)
-
-
-def _override(rec: Recording, channel: str | None, sample_rate_hz: float | None,
-              rpm: float | None) -> Recording:
-    data = rec.data
-    channels = rec.channels
-    if channel is not None:
-        one = rec.channel(channel)
-        data, channels = one[:, :, None], (channel,)
-    return Recording(rec.name, data, rec.t_s,
-                     float(sample_rate_hz) if sample_rate_hz else rec.sample_rate_hz,
-                     channels, float(rpm) if rpm is not None else rec.rpm, rec.label,
-                     rec.bearing, rec.meta)
-
-
-def _continuous(name: str, columns: list[npt.NDArray[Any]], channels: list[str],
-                sample_rate_hz: float, **kw: Any) -> Recording:
-    data = np.stack([np.asarray(c, dtype=np.float32).ravel() for c in columns], axis=-1)
-    return Recording(name, data[None], np.zeros(1), float(sample_rate_hz), tuple(channels),
-                     **kw)
-
-
-def cwru_label(name: str) -> str | None:
-    """Fault label from a CWRU file name (``..._IR007_0_105.mat`` -> inner_race)."""
-    m = re.search(r"_(IR|OR|B)\d{3}", name)
-    if m:
-        return CWRU_FAULTS[m[1]]
-    return "normal" if name.lower().startswith("normal") else None
-
-
-def cwru_sample_rate_hz(name: str, record: int | None) -> float:
-    if re.search(r"(^|[_\W])48k", name, re.IGNORECASE):
-        return 48_000.0
-    if re.search(r"(^|[_\W])12k", name, re.IGNORECASE):
-        return 12_000.0
-    if record is not None and record in CWRU_48K_RECORDS:
-        return 48_000.0
-    return 12_000.0
-
-
-def load_mat(path: Path, *, sample_rate_hz: float | None = None) -> Recording:
-    """CWRU or MFPT-style MATLAB v5 file."""
-    import scipy.io
-
-    try:
-        mat = scipy.io.loadmat(str(path), squeeze_me=False, struct_as_record=False)
-    except (ValueError, OSError, NotImplementedError, TypeError) as exc:
-        raise DataError(f"{path}: not a readable MATLAB v5 file: {exc}") from None
-    names = [k for k in mat if not k.startswith("__")]
-    series = sorted(k for k in names if re.fullmatch(r"X\d+_(DE|FE|BA)_time", k))
-    if series:
-        return _cwru(path, mat, series, sample_rate_hz)
-    if "bearing" in mat:
-        return _mfpt(path, mat["bearing"])
-    raise DataError(f"{path}: no CWRU X<rec>_DE_time or MFPT 'bearing' variable",
-                    hint=f"variables are {', '.join(names) or 'none'}")
-
-
-def _cwru(path: Path, mat: dict[str, Any], series: list[str],
-          sample_rate_hz: float | None) -> Recording:
-    record = int(re.match(r"X(\d+)_", series[0])[1])  # type: ignore[index]
-    order = {"DE": 0, "FE": 1, "BA": 2}
-    series.sort(key=lambda k: order[k.split("_")[1]])
-    n = min(mat[k].size for k in series)
-    rpm_keys = [k for k in mat if re.fullmatch(r"X\d+RPM", k)]
-    rpm = float(np.ravel(mat[rpm_keys[0]])[0]) if rpm_keys else 0.0
-    rate = sample_rate_hz or cwru_sample_rate_hz(path.name, record)
-    return _continuous(path.name, [mat[k].ravel()[:n] for k in series],
-                       [k.split("_")[1] for k in series], rate, rpm=rpm,
-                       label=cwru_label(path.name), bearing="SKF-6205",
-                       meta={"record": record, "format": "cwru"})
-
-
-def _mfpt(path: Path, struct: Any) -> Recording:
-    b = np.ravel(struct)[0]
-    try:
-        gs = np.asarray(b.gs, dtype=np.float32).ravel()
-        rate = float(np.ravel(b.sr)[0])
-        shaft_hz = float(np.ravel(b.rate)[0]) if hasattr(b, "rate") else 0.0
-    except (AttributeError, ValueError, IndexError) as exc:
-        raise DataError(f"{path}: MFPT 'bearing' struct lacks gs/sr: {exc}") from None
-    return _continuous(path.name, [gs], ["gs"], rate, rpm=shaft_hz * 60.0,
-                       meta={"format": "mfpt"})
-
-
-def _femto_rpm(name: str) -> float:
-    m = re.search(r"Bearing(\d)_\d+", name)
-    return FEMTO_RPM.get(m[1], 0.0) if m else 0.0
-
-
-def load_femto_npz(path: Path) -> Recording:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            acc = z["acc_mg"]
-            t_s = np.asarray(z["t_s"], dtype=np.float64)
-            rate = float(z["sample_rate_hz"])
-            name = str(z["source"]) if "source" in z.files else path.stem
-    except (OSError, ValueError, KeyError) as exc:
-        raise DataError(f"{path}: not a FEMTO .npz (acc_mg, t_s, sample_rate_hz): {exc}") from None
-    if acc.ndim != 3 or acc.shape[0] != t_s.size:
-        raise DataError(f"{path}: acc_mg shape {acc.shape} does not match t_s {t_s.shape}")
-    data = (acc.astype(np.float32) / np.float32(1000.0))
-    return Recording(name, data, t_s, rate, ("horizontal", "vertical")[: acc.shape[2]],
-                     rpm=_femto_rpm(name), bearing="FEMTO", meta={"format": "femto"})
-
-
-def load_femto_csv_dir(folder: Path, sample_rate_hz: float = 25_600.0) -> Recording:
-    files = sorted(folder.glob("acc_*.csv"))
-    if not files:
-        raise DataError(f"{folder}: no acc_NNNNN.csv snapshots in this folder")
-    snaps, starts = [], []
-    for f in files:
-        text = f.read_text()
-        sep = ";" if ";" in text.splitlines()[0] else ","
-        try:
-            arr = np.loadtxt(text.splitlines(), delimiter=sep, dtype=np.float64, ndmin=2)
-        except ValueError as exc:
-            raise DataError(f"{f}: not a FEMTO snapshot: {exc}") from None
-        if arr.shape[1] < 6:
-            raise DataError(f"{f}: expected 6 columns (h, m, s, us, horiz, vert)")
-        snaps.append(arr[:, 4:6].astype(np.float32))
-        starts.append(arr[0, 0] * 3600 + arr[0, 1] * 60 + arr[0, 2] + arr[0, 3] * 1e-6)
-    n = min(s.shape[0] for s in snaps)
-    t = np.asarray(starts) - starts[0]
-    t = np.where(t < 0, t + 86400.0, t)  # runs that cross midnight
-    name = folder.name
-    return Recording(name, np.stack([s[:n] for s in snaps]), t, sample_rate_hz,
-                     ("horizontal", "vertical"), rpm=_femto_rpm(name), bearing="FEMTO",
-                     meta={"format": "femto-csv"})
-
-
-def load_wav(path: Path, scale: float = 1.0) -> Recording:
-    try:
-        with wave.open(str(path), "rb") as w:
-            n_ch, width, rate = w.getnchannels(), w.getsampwidth(), w.getframerate()
-            raw = w.readframes(w.getnframes())
-    except (wave.Error, EOFError, OSError) as exc:
-        raise DataError(f"{path}: not a PCM WAV file: {exc}") from None
-    x: npt.NDArray[Any]
-    if width == 1:
-        x = (np.frombuffer(raw, np.uint8).astype(np.float32) - 128) / 128
-    elif width in (2, 4):
-        dt = np.int16 if width == 2 else np.int32
-        x = np.frombuffer(raw, dt).astype(np.float32) / float(np.iinfo(dt).max + 1)
-    elif width == 3:
-        b = np.frombuffer(raw, np.uint8).reshape(-1, 3)
-        v = (b[:, 0].astype(np.int32) | b[:, 1].astype(np.int32) << 8
-             | b[:, 2].astype(np.int32) << 16)
-        x = (np.where(v >= 1 << 23, v - (1 << 24), v) / float(1 << 23)).astype(np.float32)
-    else:
-        raise DataError(f"{path}: unsupported WAV sample width {width} bytes")
-    x = x.reshape(-1, n_ch) * np.float32(scale)
-    return _continuous(path.name, [x[:, i] for i in range(n_ch)],
-                       [f"ch{i}" for i in range(n_ch)], float(rate), meta={"format": "wav"})
-
-
-def load_csv(path: Path, *, sample_rate_hz: float | None = None) -> Recording:
-    lines = path.read_text().splitlines()
-    if not lines:
-        raise DataError(f"{path}: empty CSV")
-    sep = ";" if lines[0].count(";") > lines[0].count(",") else ","
-    first = [c.strip() for c in lines[0].split(sep)]
-    has_header = any(re.search(r"[A-Za-z_]", c) and not _is_number(c) for c in first)
-    names = first if has_header else [f"ch{i}" for i in range(len(first))]
-    try:
-        arr = np.loadtxt(lines[1:] if has_header else lines, delimiter=sep, ndmin=2)
-    except ValueError as exc:
-        raise DataError(f"{path}: non-numeric CSV data: {exc}") from None
-    time_cols = [i for i, c in enumerate(names) if c.lower() in ("t_s", "time", "time_s", "t")]
-    rate = sample_rate_hz
-    if time_cols and rate is None and arr.shape[0] > 1:
-        dt = float(np.median(np.diff(arr[:, time_cols[0]])))
-        rate = 1.0 / dt if dt > 0 else None
-    if rate is None:
-        raise DataError(f"{path}: CSV has no time column; give the sample rate",
-                        hint="pass --sample-rate-hz")
-    keep = [i for i in range(arr.shape[1]) if i not in time_cols]
-    return _continuous(path.name, [arr[:, i] for i in keep], [names[i] for i in keep], rate,
-                       meta={"format": "csv"})
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+        return load_scenario(text[4:], rpm=rpm).override(channel=channel)
+    return load_file(path, channel=channel, sample_rate_hz=sample_rate_hz, rpm=rpm)
 
 
 def load_scenario(name: str, *, seconds: float | None = None, seed: int = 0,

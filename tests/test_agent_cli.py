@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import wave
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +76,10 @@ def test_replay_femto_snapshots(shared_data: Path, capsys: pytest.CaptureFixture
     (["agent", "replay", "{tmp}/a.csv", "--rpm", "-5"], "--rpm"),
     (["agent", "replay", "{tmp}/a.csv", "--channel", "nope"], "no channel"),
     (["agent", "replay", "{tmp}/a.csv", "--bpfo", "3"], "all four"),
+    (["agent", "replay", "{tmp}/a.csv", "--sample-rate-hz", "1e9"], "--sample-rate-hz"),
+    (["agent", "replay", "{tmp}/a.csv", "--commission-s", "nan"], "--commission-s"),
+    (["agent", "replay", "{tmp}"], "no acc_NNNNN.csv"),
+    (["agent", "replay", "sim:healthy"], "simulator scenarios are not files"),
 ])
 def test_replay_bad_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                   args: list[str], needle: str) -> None:
@@ -118,3 +123,102 @@ def test_status_reads_the_running_agents_file(tmp_path: Path,
     assert data["channels"] == {"n/0": "bad"} and data["counters"]["dq_flatline"] == 3
     code, _, err = run_cli(["agent", "status", "--state-dir", str(tmp_path / "none")], capsys)
     assert code == 2 and "no status file" in err
+
+
+def _rows(args: list[str], capsys: pytest.CaptureFixture[str]) -> list[dict[str, object]]:
+    code, out, err = run_cli(["agent", "replay", *args], capsys)
+    assert code == 0, err
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def test_replay_femto_csv_folder_reads_like_the_npz(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """FEMTO's original acc_NNNNN.csv folder and its .npz packing replay identically."""
+    rng = np.random.default_rng(3)
+    acc_mg = (rng.normal(size=(24, 2560, 2)) * 400).astype(np.int32)
+    acc_mg[16:] *= 6                                  # the bearing degrades
+    t_s = np.arange(24) * 10.0
+    np.savez(tmp_path / "Bearing2_9.npz", acc_mg=acc_mg, t_s=t_s, sample_rate_hz=25_600.0,
+             source="Bearing2_9")
+    folder = tmp_path / "Bearing2_9"
+    folder.mkdir()
+    for i, snap in enumerate(acc_mg):
+        sep = ";" if i % 2 else ","                   # FEMTO's files use both
+        lines = [sep.join([str(9 + i // 360), str(i // 6 % 60), str(i % 6 * 10), str(j * 39),
+                           f"{h / 1000:.3f}", f"{v / 1000:.3f}"])
+                 for j, (h, v) in enumerate(snap)]
+        (folder / f"acc_{i + 1:05d}.csv").write_text("\n".join(lines) + "\n")
+    args = ["--channel", "vertical", "--commission-s", "100"]
+    rows = _rows([str(folder), *args], capsys)
+    assert len(rows) == 24                            # one window per snapshot
+    assert rows == _rows([str(tmp_path / "Bearing2_9.npz"), *args], capsys)
+    assert not any(r["alert"] for r in rows[:16]) and rows[-1]["alert"]
+    assert rows[0]["channel"] == 1                    # vertical is the second channel
+
+
+def _wav(path: Path, x: np.ndarray, rate: int) -> None:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(x.shape[1])
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(x.astype("<i2").tobytes())
+
+
+def test_replay_wav_reads_like_the_same_csv(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    rng = np.random.default_rng(4)
+    x = np.clip(rng.normal(size=(40_000, 2)) * 3000, -32768, 32767).astype(np.int16)
+    _wav(tmp_path / "rec.wav", x, 12_800)
+    lines = [f"{i / 12_800!r},{a / 32768!r}" for i, a in enumerate(x[:, 1].tolist())]
+    (tmp_path / "rec.csv").write_text("t_s,ch1\n" + "\n".join(lines) + "\n")
+    rows = _rows([str(tmp_path / "rec.wav"), "--channel", "ch1", "--commission-s", "1"], capsys)
+    assert len(rows) == (40_000 - 4096) // 2048 + 1   # 0.32 s windows, 0.16 s hop
+    csv_rows = _rows([str(tmp_path / "rec.csv"), "--commission-s", "1"], capsys)
+    assert [r["anomaly_score"] for r in rows] == [r["anomaly_score"] for r in csv_rows]
+    code, _, err = run_cli(["agent", "replay", str(tmp_path / "rec.wav"), "--channel", "ch2"],
+                           capsys)
+    assert code == 2 and "no channel 'ch2'" in err and "ch0, ch1" in err
+
+
+def test_replay_mfpt_mat(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import scipy.io
+
+    rng = np.random.default_rng(5)
+    gs = rng.normal(size=48_828 * 3) * 0.5
+    scipy.io.savemat(tmp_path / "OuterRaceFault_vload_1.mat",
+                     {"bearing": {"gs": gs[:, None], "sr": 48_828.0, "rate": 25.0}})
+    rows = _rows([str(tmp_path / "OuterRaceFault_vload_1.mat"), "--channel", "gs",
+                  "--commission-s", "1"], capsys)
+    assert len(rows) == int((3.0 - 0.32) / 0.16) + 1
+    assert rows[0]["anomaly_score"] is None and rows[-1]["anomaly_score"] is not None
+    code, _, err = run_cli(["agent", "replay", str(tmp_path / "OuterRaceFault_vload_1.mat"),
+                            "--channel", "DE"], capsys)
+    assert code == 2 and "no channel 'DE'" in err
+
+
+def test_replay_cwru_fan_end_channel(shared_data: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    path = shared_data / "cwru" / "normal_0_97.mat"      # 48 kHz, no rate in the file
+    rows = _rows([str(path), "--channel", "fe", "--commission-s", "1"], capsys)
+    assert {r["channel"] for r in rows} == {1}          # DE, FE: FE is the second
+    import scipy.io
+
+    n = next(v.size for k, v in scipy.io.loadmat(str(path)).items() if k.endswith("_FE_time"))
+    assert len(rows) == (n - 15_360) // 7_680 + 1         # 0.32 s windows at 48 kHz
+
+
+def test_replay_frame_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from foreshock.wire import encode
+
+    rng = np.random.default_rng(6)
+    frames = [Frame.from_samples("node-1", ch, s, 1_000_000 + s * 80_000, 12_800.0,
+                                 rng.normal(size=1024) * 0.2)
+              for s in range(40) for ch in (0, 3)]
+    path = tmp_path / "rec.fsf"
+    path.write_bytes(b"".join(encode(f) for f in frames))
+    rows = _rows([str(path), "--channel", "3", "--commission-s", "1"], capsys)
+    assert {r["channel"] for r in rows} == {3}
+    assert len(rows) == (40 * 1024 - 4096) // 2048 + 1
+    assert len(_rows([str(path), "--commission-s", "1"], capsys)) == 2 * len(rows)
+    code, _, err = run_cli(["agent", "replay", str(path), "--channel", "1"], capsys)
+    assert code == 2 and "no channel '1'" in err and "0, 3" in err

@@ -161,3 +161,48 @@ def test_femto_snapshot_windows(shared_data: Path) -> None:
     windows, t_s = windows_of(rec, SNAPSHOT_SPEC, "horizontal")
     assert windows.shape == (rec.data.shape[0], 2560)
     np.testing.assert_allclose(t_s, rec.t_s)
+
+
+def test_training_and_replay_share_one_reader() -> None:
+    import agent.recordings
+    import models.datasets
+
+    assert models.datasets.Recording is agent.recordings.Recording
+    for name in ("load_mat", "load_femto_npz", "load_femto_csv_dir", "load_wav", "load_csv",
+                 "cwru_label"):
+        assert getattr(models.datasets, name) is getattr(agent.recordings, name), name
+
+
+def test_wav_24bit_mono(tmp_path: Path) -> None:
+    path = tmp_path / "rec24.wav"
+    v = np.array([0, 1, -1, 2**23 - 1, -(2**23), 4096], dtype=np.int32)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(3)
+        w.setframerate(25_600)
+        w.writeframes(b"".join(int(a).to_bytes(3, "little", signed=True) for a in v))
+    rec = load(path)
+    np.testing.assert_allclose(rec.channel()[0], v / 2.0**23, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name,raw,needle", [
+    ("bad.mat", b"MATLAB 5.0 MAT-file" + b"\x00" * 40, "MATLAB"),
+    ("bad.npz", b"PK\x03\x04garbage", "cannot read|FEMTO"),
+    ("head.csv", b"t_s,acc\n", "data rows"),
+    ("ragged.csv", b"a,b\n1,2,3\n", "data rows|non-numeric"),
+    ("only_time.csv", b"t_s\n0\n0.001\n", "no channel column"),
+    ("half.wav", b"RIFF\x10\x00\x00\x00WAVEfmt ", "WAV|cannot read"),
+])
+def test_damaged_files_are_data_errors(tmp_path: Path, name: str, raw: bytes,
+                                       needle: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(raw)
+    with pytest.raises(DataError, match=needle):
+        load(path)
+
+
+def test_scenario_channel_choice() -> None:
+    rec = load("sim:healthy", channel=load_scenario("healthy", seconds=0.5).channels[0])
+    assert rec.data.shape[2] == 1
+    with pytest.raises(DataError, match="no channel"):
+        load("sim:healthy", channel="nope")

@@ -17,6 +17,9 @@ FORBIDDEN = {
 # Contract modules of foreshock/ import nothing of ours; only the composition roots do.
 COMPOSITION_ROOTS = {"foreshock/cli.py", "foreshock/demo.py"}
 DEVICE_PATH_FORBIDDEN = {"scipy.signal", "sklearn"}
+# The agent modules models may import: training computes exactly the device's features and
+# reads a recording exactly as replay does.
+MODELS_MAY_IMPORT_FROM_AGENT = ("agent.features", "agent.recordings")
 
 
 def imports_of(path: Path) -> set[str]:
@@ -42,9 +45,10 @@ def test_packages_keep_to_their_dependency_rules(package: str) -> None:
             top = name.split(".")[0]
             if top in FORBIDDEN[package]:
                 bad.append(f"{path.relative_to(ROOT)} imports {name}")
-            if package == "models" and top == "agent" and not name.startswith("agent.features"):
+            if package == "models" and top == "agent" and not any(
+                    name == m or name.startswith(m + ".") for m in MODELS_MAY_IMPORT_FROM_AGENT):
                 bad.append(f"{path.relative_to(ROOT)} imports {name} (models may import "
-                           "agent.features only)")
+                           f"{' and '.join(MODELS_MAY_IMPORT_FROM_AGENT)} only)")
     assert not bad, "\n".join(bad)
 
 
@@ -67,3 +71,17 @@ def test_device_path_avoids_heavy_imports() -> None:
             if any(name == f or name.startswith(f + ".") for f in DEVICE_PATH_FORBIDDEN):
                 bad.append(f"{path.relative_to(ROOT)} imports {name}")
     assert not bad, "\n".join(bad)
+
+
+def test_recordings_load_scipy_only_for_mat_files() -> None:
+    """Importing the readers (and reading a non-.mat file) pulls in no scipy module."""
+    import subprocess
+    import sys
+
+    code = ("import sys, tempfile, pathlib; import agent.recordings as r, models.datasets; "
+            "p = pathlib.Path(tempfile.mkdtemp()) / 'a.csv'; p.write_text('t_s,x\\n0,1\\n"
+            "0.001,2\\n'); r.load(p); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'scipy'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"
