@@ -126,15 +126,18 @@ class Agent(ModelUpdates, HealthReporting):
         """Called from the link's thread: parse and queue it for the loop."""
         try:
             _, _, kind = topics.parse(topic)
-            if kind in OTA_KINDS and self.ota is not None:
-                self._queue_ota(topic, payload)
+            ota = kind in OTA_KINDS and self.ota is not None
+            if ota and kind.startswith("model/"):
+                self._queue_ota(topic, payload)   # validated by the receiver (counted there)
                 return
             command = messages.decode_command(payload)
         except (ValueError, ForeshockError) as exc:
             self.counters["bad_commands"] += 1
             log.warning("ignoring message on %s: %s", topic, exc)
             return
-        if kind.startswith("cmd/"):
+        if ota:
+            self._queue_ota(topic, payload)
+        elif kind.startswith("cmd/"):
             self._commands.append((kind[4:], dict(command["args"])))
 
     # -- the loop ----------------------------------------------------------------------------
