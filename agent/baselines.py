@@ -1,0 +1,397 @@
+"""Operating-state baselines with guarded adaptation and an append-only audit log.
+
+Pure apart from :class:`AuditLog` and :meth:`StateBank.save` / :meth:`StateBank.load`
+(files in the agent's state dir); no clock: every time is the window's own ``at_s``.
+
+**States.** A machine's normal depends on speed and load. A window's operating state is
+``s<i>`` (its shaft speed's bin over ``speed_edges_rpm``; ``s?`` when the speed is unknown)
+plus ``l<j>`` (the bin of the configured load proxy feature over ``load_edges``) when load
+binning is on. Each stream (device, channel) keeps one baseline per state.
+
+**Learning.** A state seen for the first time is *learning*: its windows are not scored (no
+alerts) until ``min_state_windows`` windows have been seen, then its baseline is fitted
+(:meth:`agent.features.Baseline.fit`: median and scaled MAD) and it becomes *ready*. The
+load proxy must not itself be a damage indicator (a rising RMS would move a faulty machine
+into a fresh "learning" state); docs/learning.md.
+
+**Guarded adaptation.** A ready state follows slow benign change by robust exponential
+forgetting (stochastic median and MAD tracking: each step moves the median by
+``eta * scale * sign(x - median)``), and only from windows that are
+
+* healthy with margin: anomaly score below ``healthy_fraction * threshold``,
+* not inside an open incident,
+* within the state's budget of ``max_updates_per_day`` adaptation steps per day of data
+  time. Steps are in units of the fitted scale, so the median moves at most
+  ``eta * max_updates_per_day`` fitted sd per day (2 by default) down, and
+  ``eta * up_ratio * max_updates_per_day`` (0.2) up on damage features.
+
+For damage features (a rise means damage) upward steps use ``eta * up_ratio``: a fault that
+grows over days outruns the baseline. Downward steps (run-in settling: vibration dropping
+below the first baseline) use the full rate, so the agent does not stay blind to a later rise
+from the settled level. The scale is kept within ``[scale_min_ratio, scale_max_ratio]`` of its
+fitted value (it never widens enough to hide a fault, never narrows into noise).
+
+**Audit.** Every baseline change (fitted, adapted — one summary per state and data day —,
+reset) is a JSON line ``{"ts", "who", "why", "stream", "state", "change", ...}`` in
+``baselines.audit.jsonl``, appended and fsynced; the bank is saved atomically (temp file,
+fsync, rename) to ``baselines.json`` and survives restarts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Hashable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from agent.features import Baseline
+from foreshock.errors import ConfigError
+
+log = logging.getLogger(__name__)
+FloatArray = npt.NDArray[np.float32]
+DAY_S = 86_400.0
+BANK_FILE = "baselines.json"
+AUDIT_FILE = "baselines.audit.jsonl"
+#: Features whose rise means damage (level, impulsiveness, shaft orders, defect envelopes).
+DAMAGE_FEATURES: tuple[str, ...] = (
+    "rms_g", "peak_g", "p2p_g", "crest_factor", "kurtosis", "impulse_factor",
+    "clearance_factor", "vel_rms_mm_s", "order_1x_g", "order_2x_g", "order_3x_g",
+    "env_band_kurtosis", "env_bpfo_snr", "env_bpfo_harm_snr", "env_bpfi_snr",
+    "env_bpfi_harm_snr", "env_2bsf_snr", "env_2bsf_harm_snr", "env_bpfi_sb_snr")
+
+
+@dataclass(frozen=True)
+class LearningConfig:
+    """Operating-state binning and adaptation limits (docs/learning.md)."""
+
+    speed_edges_rpm: tuple[float, ...] = (300.0, 900.0, 1500.0, 2100.0, 2700.0, 3300.0)
+    load_feature: str = ""
+    load_edges: tuple[float, ...] = ()
+    min_state_windows: int = 32
+    adapt: bool = True
+    eta: float = 0.01
+    up_ratio: float = 0.1
+    healthy_fraction: float = 0.5
+    max_updates_per_day: int = 200
+    scale_min_ratio: float = 0.5
+    scale_max_ratio: float = 2.0
+    damage_features: tuple[str, ...] = DAMAGE_FEATURES
+
+    def __post_init__(self) -> None:
+        for name in ("speed_edges_rpm", "load_edges"):
+            edges = getattr(self, name)
+            if list(edges) != sorted(edges) or len(set(edges)) != len(edges):
+                raise ConfigError(f"learning.{name} must be strictly increasing")
+        if bool(self.load_edges) != bool(self.load_feature):
+            raise ConfigError("learning.load_feature and learning.load_edges go together")
+        if self.min_state_windows < 4:
+            raise ConfigError("learning.min_state_windows must be >= 4")
+        if not (0 < self.eta <= 0.5 and 0 <= self.up_ratio <= 1
+                and 0 < self.healthy_fraction < 1 and self.max_updates_per_day >= 0):
+            raise ConfigError("learning: need 0 < eta <= 0.5, 0 <= up_ratio <= 1, "
+                              "0 < healthy_fraction < 1, max_updates_per_day >= 0")
+
+    @classmethod
+    def from_dict(cls, table: dict[str, Any]) -> LearningConfig:
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(table) - known)
+        if unknown:
+            raise ConfigError(f"learning key {unknown[0]!r} is unknown")
+        kw: dict[str, Any] = {
+            k: tuple(float(e) for e in v) if k.endswith(("edges", "edges_rpm")) else v
+            for k, v in table.items()}
+        if "damage_features" in kw:
+            kw["damage_features"] = tuple(kw["damage_features"])
+        return cls(**kw)
+
+
+@dataclass
+class StateBaseline:
+    """One operating state of one stream."""
+
+    status: str = "learning"
+    rows: list[list[float]] = field(default_factory=list)
+    median: list[float] = field(default_factory=list)
+    scale: list[float] = field(default_factory=list)
+    fitted_scale: list[float] = field(default_factory=list)
+    n_fit: int = 0
+    first_s: float = math.nan
+    day: int = -1
+    day_updates: int = 0
+    day_logged: int = 0
+    adapted_total: int = 0
+    day_shift_sd: float = 0.0
+
+    def baseline(self, names: tuple[str, ...]) -> Baseline:
+        return Baseline(names, np.asarray(self.median), np.asarray(self.scale),
+                        max(self.n_fit, 1))
+
+
+class AuditLog:
+    """Append-only JSON lines, fsynced per record (``path`` None: kept in memory only)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.records: list[dict[str, Any]] = []
+
+    def append(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n"
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        try:
+            os.write(fd, line.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def read(self) -> list[dict[str, Any]]:
+        if self.path is None or not self.path.exists():
+            return list(self.records)
+        out = []
+        for line in self.path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                log.warning("audit log %s: skipping a torn line", self.path)
+        return out
+
+
+class StateBank:
+    """Per stream, per operating state baselines; see the module doc."""
+
+    def __init__(self, config: LearningConfig, names: Sequence[str], *,
+                 state_dir: Path | None = None) -> None:
+        self.config = config
+        self.names = tuple(names)
+        if config.load_feature and config.load_feature not in self.names:
+            raise ConfigError(f"learning.load_feature {config.load_feature!r} is not a feature")
+        self._load_i = self.names.index(config.load_feature) if config.load_feature else -1
+        self._damage = np.array([n in config.damage_features for n in self.names])
+        self.state_dir = state_dir
+        self.audit = AuditLog(state_dir / AUDIT_FILE if state_dir else None)
+        self.streams: dict[str, dict[str, StateBaseline]] = {}
+        self.counters = {"fitted": 0, "adapted": 0, "refused_incident": 0,
+                         "refused_margin": 0, "refused_rate": 0, "resets": 0}
+
+    # -- states --------------------------------------------------------------------------
+    def state_of(self, rpm: float, features: FloatArray | None = None) -> str:
+        c = self.config
+        speed = (f"s{int(np.searchsorted(c.speed_edges_rpm, rpm, side='right'))}"
+                 if rpm > 0 and math.isfinite(rpm) else "s?")
+        if self._load_i < 0 or features is None:
+            return speed
+        v = float(features[self._load_i])
+        load = int(np.searchsorted(c.load_edges, v, side="right")) if math.isfinite(v) else "?"
+        return f"{speed}l{load}"
+
+    def get(self, key: Hashable, state: str) -> StateBaseline:
+        return self.streams.setdefault(_text(key), {}).setdefault(state, StateBaseline())
+
+    def baseline(self, key: Hashable, state: str) -> Baseline | None:
+        sb = self.streams.get(_text(key), {}).get(state)
+        return sb.baseline(self.names) if sb is not None and sb.status == "ready" else None
+
+    def seed(self, key: Hashable, state: str, baseline: Baseline, at_s: float,
+             who: str = "agent", why: str = "commissioning") -> None:
+        """Make ``baseline`` (e.g. the commissioning baseline) the ready baseline of a state."""
+        sb = self.get(key, state)
+        sb.status, sb.rows, sb.n_fit, sb.first_s = "ready", [], baseline.n_fit, at_s
+        sb.median = [float(v) for v in baseline.median]
+        sb.scale = [float(v) for v in baseline.scale]
+        sb.fitted_scale = list(sb.scale)
+        self.counters["fitted"] += 1
+        self._record(at_s, who, why, key, state, "fitted", windows=baseline.n_fit)
+
+    def learn(self, key: Hashable, state: str, features: FloatArray,
+              at_s: float) -> dict[str, Any] | None:
+        """Feed a window of a learning state; a ``baseline`` event body when it is ready."""
+        sb = self.get(key, state)
+        if sb.status == "ready":
+            return None
+        row = np.asarray(features, np.float64)
+        if not np.isfinite(row).all():
+            return None
+        if math.isnan(sb.first_s):
+            sb.first_s = at_s
+        sb.rows.append(row.tolist())
+        if len(sb.rows) < self.config.min_state_windows:
+            return None
+        base = Baseline.fit(np.asarray(sb.rows), self.names)
+        self.seed(key, state, base, at_s, why="new operating state learned")
+        return {"type": "baseline", "detail": {"status": "state_learned", "state": state,
+                                               "windows": base.n_fit}}
+
+    def zscore(self, key: Hashable, features: FloatArray, rpm: npt.ArrayLike,
+               at_s: npt.ArrayLike) -> tuple[FloatArray, npt.NDArray[np.bool_], list[str],
+                                             list[dict[str, Any]]]:
+        """For a run of one stream's windows: z against each window's state baseline,
+        which windows are scored (their state is ready), their states, and the events of
+        states that finished learning. Windows of learning states feed :meth:`learn`."""
+        x = np.asarray(features, np.float32)
+        rpms = np.broadcast_to(np.asarray(rpm, np.float64), (x.shape[0],))
+        times = np.broadcast_to(np.asarray(at_s, np.float64), (x.shape[0],))
+        states = [self.state_of(float(r), row) for r, row in zip(rpms, x, strict=True)]
+        z = np.zeros(x.shape, np.float32)
+        ready = np.zeros(x.shape[0], bool)
+        events: list[dict[str, Any]] = []
+        for state in dict.fromkeys(states):
+            idx = [i for i, s in enumerate(states) if s == state]
+            j = 0
+            while j < len(idx) and self.baseline(key, state) is None:
+                event = self.learn(key, state, x[idx[j]], float(times[idx[j]]))
+                if event is not None:
+                    events.append(event)
+                j += 1
+            rest = idx[j:]
+            base = self.baseline(key, state)
+            if rest and base is not None:
+                z[rest], ready[rest] = base.z(x[rest]), True
+        return z, ready, states, events
+
+    # -- adaptation ----------------------------------------------------------------------
+    def adapt(self, key: Hashable, state: str, features: FloatArray, at_s: float,
+              anomaly: float, threshold: float, incident_open: bool) -> bool:
+        """Apply one guarded adaptation step; True when the baseline moved."""
+        sb = self.streams.get(_text(key), {}).get(state)
+        if not self.config.adapt or sb is None or sb.status != "ready":
+            return False
+        if incident_open:
+            self.counters["refused_incident"] += 1
+            return False
+        if not (math.isfinite(anomaly) and anomaly < self.config.healthy_fraction * threshold):
+            self.counters["refused_margin"] += 1
+            return False
+        day = int(at_s // DAY_S)
+        if day != sb.day:
+            self._close_day(key, state, sb)
+            sb.day, sb.day_updates, sb.day_logged, sb.day_shift_sd = day, 0, 0, 0.0
+        if sb.day_updates >= self.config.max_updates_per_day:
+            self.counters["refused_rate"] += 1
+            return False
+        x = np.asarray(features, np.float64)
+        if not np.isfinite(x).all():
+            return False
+        self._step(sb, x)
+        sb.day_updates += 1
+        sb.adapted_total += 1
+        self.counters["adapted"] += 1
+        return True
+
+    def _step(self, sb: StateBaseline, x: npt.NDArray[np.float64]) -> None:
+        c = self.config
+        m, s = np.asarray(sb.median), np.asarray(sb.scale)
+        fitted = np.asarray(sb.fitted_scale)
+        direction = np.sign(x - m)
+        rate = np.where(self._damage & (direction > 0), c.eta * c.up_ratio, c.eta)
+        step = rate * fitted * direction      # in fitted sd: the daily bound is absolute
+        m = m + step
+        mad = s / 1.4826
+        wider = np.sign(np.abs(x - m) - mad)
+        mad = mad + np.where(wider > 0, c.eta * c.up_ratio, c.eta) * mad * wider
+        s = np.clip(1.4826 * mad, c.scale_min_ratio * fitted, c.scale_max_ratio * fitted)
+        sb.day_shift_sd += float(np.max(np.abs(step) / fitted))
+        sb.median, sb.scale = m.tolist(), s.tolist()
+
+    def _close_day(self, key: Hashable, state: str, sb: StateBaseline) -> None:
+        if sb.day >= 0 and sb.day_updates > sb.day_logged:
+            self._record((sb.day + 1) * DAY_S, "agent", "guarded adaptation (healthy windows)",
+                         key, state, "adapted", windows=sb.day_updates - sb.day_logged,
+                         shift_sd_today=round(sb.day_shift_sd, 4), day=sb.day)
+            sb.day_logged = sb.day_updates
+
+    # -- resets, status, persistence -------------------------------------------------------
+    def rebaseline(self, key: Hashable | None = None, state: str | None = None, *,
+                   who: str, why: str, at_s: float) -> int:
+        """Forget matching states (they learn again); returns how many were reset."""
+        n = 0
+        for stream, states in self.streams.items():
+            if key is not None and stream != _text(key):
+                continue
+            for name in list(states):
+                if state is None or name == state:
+                    states[name] = StateBaseline()
+                    n += 1
+                    self._record(at_s, who, why, stream, name, "reset")
+        self.counters["resets"] += n
+        return n
+
+    def status(self) -> dict[str, Any]:
+        """For health: per stream, per state: status, windows, adaptation steps."""
+        out: dict[str, Any] = {}
+        for stream, states in self.streams.items():
+            out[stream] = {name: {"status": sb.status, "learned_windows": len(sb.rows)
+                                  if sb.status == "learning" else sb.n_fit,
+                                  "adapted": sb.adapted_total} for name, sb in states.items()}
+        learning = sum(sb.status == "learning" for st in self.streams.values()
+                       for sb in st.values())
+        return {"streams": out, "learning_states": learning, "counters": dict(self.counters)}
+
+    def save(self, path: Path | None = None) -> Path:
+        """Write the bank atomically (temp file, fsync, rename)."""
+        target = path or _need_dir(self.state_dir) / BANK_FILE
+        for stream, states in self.streams.items():
+            for name, sb in states.items():
+                self._close_day(stream, name, sb)
+        data = {"schema": "foreshock.baselines/1", "names": list(self.names),
+                "streams": {k: {n: asdict(sb) for n, sb in v.items()}
+                            for k, v in self.streams.items()}}
+        _atomic_write(target, json.dumps(data, allow_nan=True).encode())
+        return target
+
+    def load(self, path: Path | None = None) -> bool:
+        """Read a saved bank (False when there is none); ConfigError when it is unusable."""
+        source = path or _need_dir(self.state_dir) / BANK_FILE
+        if not source.exists():
+            return False
+        try:
+            data = json.loads(source.read_text())
+            if data.get("names") != list(self.names):
+                raise ConfigError(f"{source}: saved for other features; run "
+                                  "`foreshock agent rebaseline`")
+            self.streams = {k: {n: StateBaseline(**sb) for n, sb in v.items()}
+                            for k, v in data["streams"].items()}
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise ConfigError(f"{source}: unreadable baselines ({exc})") from None
+        return True
+
+    def _record(self, at_s: float, who: str, why: str, key: Hashable, state: str,
+                change: str, **detail: Any) -> None:
+        self.audit.append({"ts": at_s, "who": who, "why": why, "stream": _text(key),
+                           "state": state, "change": change, **detail})
+
+
+def _text(key: Hashable) -> str:
+    if isinstance(key, tuple):
+        return "/".join(str(k) for k in key)
+    return str(key)
+
+
+def _need_dir(path: Path | None) -> Path:
+    if path is None:
+        raise ConfigError("no state directory for the baselines")
+    return path
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

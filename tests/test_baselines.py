@@ -1,0 +1,132 @@
+"""Operating-state baselines: learning, guarded adaptation, audit log, persistence."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent.baselines import DAY_S, LearningConfig, StateBank
+from agent.features import DEFAULT_SPEC
+from foreshock.errors import ConfigError
+
+NAMES = DEFAULT_SPEC.feature_names
+F = len(NAMES)
+RMS = NAMES.index("rms_g")
+
+
+def rows(rng: np.random.Generator, n: int, rms: float = 1.0) -> np.ndarray:
+    x = (1.0 + 0.05 * rng.standard_normal((n, F))).astype(np.float32)
+    x[:, RMS] = rms * (1.0 + 0.05 * rng.standard_normal(n))
+    return x
+
+
+def ready_bank(tmp_path: Path | None = None, **kw: object) -> tuple[StateBank, np.ndarray]:
+    rng = np.random.default_rng(1)
+    bank = StateBank(LearningConfig(min_state_windows=16, **kw), NAMES,  # type: ignore[arg-type]
+                     state_dir=tmp_path)
+    z, ready, states, events = bank.zscore("dev/0", rows(rng, 20), 1800.0, np.arange(20.0))
+    assert not ready[:16].any() and ready[16:].all()
+    assert events and events[0]["detail"]["state"] == states[0]
+    return bank, z
+
+
+def test_new_state_learns_without_scoring_and_reports_in_status() -> None:
+    bank, _ = ready_bank()
+    rng = np.random.default_rng(2)
+    assert bank.state_of(1800.0) != bank.state_of(600.0) and bank.state_of(0.0) == "s?"
+    z, ready, states, _ = bank.zscore("dev/0", rows(rng, 5, rms=3.0), 600.0, np.arange(5.0))
+    assert not ready.any() and not z.any()
+    st = bank.status()
+    assert st["learning_states"] == 1
+    assert st["streams"]["dev/0"][states[0]] == {"status": "learning", "learned_windows": 5,
+                                                 "adapted": 0}
+    # a window back in the ready state is scored against its own baseline
+    z, ready, _, _ = bank.zscore("dev/0", rows(rng, 1, rms=1.0), 1800.0, 100.0)
+    assert ready.all() and abs(float(z[0, RMS])) < 5
+
+
+def test_load_proxy_bins_and_config_errors() -> None:
+    cfg = LearningConfig(load_feature="order_1x_g", load_edges=(0.5, 2.0))
+    bank = StateBank(cfg, NAMES)
+    x = np.ones(F, np.float32)
+    x[NAMES.index("order_1x_g")] = 3.0
+    assert bank.state_of(1000.0, x).endswith("l2")
+    with pytest.raises(ConfigError):
+        LearningConfig(speed_edges_rpm=(10.0, 5.0))
+    with pytest.raises(ConfigError):
+        LearningConfig(load_feature="order_1x_g")
+    with pytest.raises(ConfigError):
+        LearningConfig.from_dict({"bogus": 1})
+    with pytest.raises(ConfigError):
+        StateBank(LearningConfig(load_feature="nope", load_edges=(1.0,)), NAMES)
+
+
+def test_adaptation_is_guarded_by_margin_incident_and_daily_rate() -> None:
+    bank, _ = ready_bank(max_updates_per_day=10)
+    rng = np.random.default_rng(3)
+    state = bank.state_of(1800.0)
+    x = rows(rng, 1)[0]
+    assert not bank.adapt("dev/0", state, x, 100.0, anomaly=0.9, threshold=1.0,
+                          incident_open=False)  # not healthy with margin
+    assert not bank.adapt("dev/0", state, x, 100.0, 0.1, 1.0, incident_open=True)
+    moved = [bank.adapt("dev/0", state, x, 200.0 + i, 0.1, 1.0, False) for i in range(30)]
+    assert sum(moved) == 10
+    c = bank.counters
+    assert c["refused_margin"] == 1 and c["refused_incident"] == 1 and c["refused_rate"] == 20
+    # next data day: a fresh budget
+    assert bank.adapt("dev/0", state, x, DAY_S + 5.0, 0.1, 1.0, False)
+
+
+def test_settling_followed_down_but_growing_fault_outruns_the_baseline() -> None:
+    bank, _ = ready_bank(max_updates_per_day=400)
+    rng = np.random.default_rng(4)
+    state = bank.state_of(1800.0)
+    start = bank.baseline("dev/0", state)
+    assert start is not None
+    # run-in: RMS settles to 0.7 of its commissioning level (6 sd) within two days
+    for i in range(800):
+        x = rows(rng, 1, rms=0.7)[0]
+        bank.adapt("dev/0", state, x, i * 200.0, 0.1, 1.0, False)
+    settled = bank.baseline("dev/0", state)
+    assert settled is not None and settled.median[RMS] < 0.8 * start.median[RMS]
+    # a fault growing 10 % a day for a week; adaptation allowed whenever "healthy"
+    zs = []
+    for day in range(2, 9):
+        level = 0.7 * (1.0 + 0.1 * day)
+        for i in range(400):
+            x = rows(rng, 1, rms=level)[0]
+            base = bank.baseline("dev/0", state)
+            assert base is not None
+            z = float(base.z(x)[RMS])
+            bank.adapt("dev/0", state, x, day * DAY_S + i * 200.0, max(z, 0) / 6, 1.0, False)
+        zs.append(z)
+    assert zs[-1] > 6.0 and zs[-1] > zs[0]
+
+
+def test_rebaseline_persistence_and_audit(tmp_path: Path) -> None:
+    bank, _ = ready_bank(tmp_path)
+    rng = np.random.default_rng(5)
+    state = bank.state_of(1800.0)
+    for i in range(5):
+        bank.adapt("dev/0", state, rows(rng, 1)[0], 100.0 + i, 0.1, 1.0, False)
+    path = bank.save()
+    again = StateBank(LearningConfig(min_state_windows=16), NAMES, state_dir=tmp_path)
+    assert again.load()
+    a, b = again.baseline("dev/0", state), bank.baseline("dev/0", state)
+    assert a is not None and b is not None and np.allclose(a.median, b.median)
+    assert again.rebaseline(None, who="operator:ana", why="bearing replaced", at_s=500.0) == 1
+    assert again.baseline("dev/0", state) is None
+    log = again.audit.read()
+    changes = [r["change"] for r in log]
+    assert changes == ["fitted", "adapted", "reset"]
+    assert log[-1]["who"] == "operator:ana" and log[-1]["why"] == "bearing replaced"
+    with open(tmp_path / "baselines.audit.jsonl", "a") as fh:
+        fh.write('{"torn')
+    assert len(again.audit.read()) == 3
+    assert json.loads(path.read_text())["schema"] == "foreshock.baselines/1"
+    path.write_text("{not json")
+    with pytest.raises(ConfigError):
+        again.load()
