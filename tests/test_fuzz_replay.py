@@ -81,13 +81,6 @@ FUZZ = settings(max_examples=40, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
-def _bug(what: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-        "agent/recordings.py load() maps only OSError, ValueError, KeyError, EOFError and "
-        f"wave.Error to DataError; {what} escapes to the CLI's last line of defence "
-        "(exit 1, 'error: <ExceptionType>: ...' and a 'report it' hint)"))
-
-
 @FUZZ
 @given(raw=damaged(".wav"))
 def test_damaged_wav_exits_2_with_one_line(raw: bytes,
@@ -95,7 +88,6 @@ def test_damaged_wav_exits_2_with_one_line(raw: bytes,
     check(".wav", raw, capsys)
 
 
-@_bug("scipy.io.matlab.MatReadError (truncated file) and IndexError (garbage) from loadmat")
 @FUZZ
 @given(raw=damaged(".mat"))
 @example(raw=b"")
@@ -104,7 +96,6 @@ def test_damaged_mat_exits_2_with_one_line(raw: bytes,
     check(".mat", raw, capsys)
 
 
-@_bug("zipfile.BadZipFile from numpy.load on a damaged archive")
 @FUZZ
 @given(raw=damaged(".npz"))
 @example(raw=b"PK\x03\x04")
@@ -113,7 +104,6 @@ def test_damaged_npz_exits_2_with_one_line(raw: bytes,
     check(".npz", raw, capsys)
 
 
-@_bug("IndexError from _csv indexing a one-column file as 2-D")
 @FUZZ
 @given(raw=damaged(".csv"))
 @example(raw=b"time,accel\n")
