@@ -135,7 +135,16 @@ class ModelUpdates:
         self._shadow_cols: tuple[list[int], Any] | None = None
         self.counters.update(ota_messages=0, ota_dropped=0, ota_errors=0)
         self.ota = OtaReceiver(cfg, self.model_info, loader=self._load)
-        self._send_status(self.ota.resume())
+        try:
+            resumed = self.ota.resume()
+        except (KeyError, TypeError, AttributeError) as exc:  # ota.json of the wrong shape
+            moved = cfg.state_dir / "ota.json.bad"
+            (cfg.state_dir / "ota.json").replace(moved)
+            log.error("OTA state unusable (%r), moved to %s; running the configured model",
+                      exc, moved)
+            self.ota = OtaReceiver(cfg, self.model_info, loader=self._load)
+            resumed = []
+        self._send_status(resumed)
         self._follow_ota()
 
     def _queue_ota(self, topic: str, payload: bytes) -> None:

@@ -357,3 +357,18 @@ def test_running_agent_resumes_an_update_after_a_restart_and_promotes_it(
     third.close()
     assert third.model_info["version"] == "0.2.0"
     assert status_of(list(third._unsent)) == []
+
+
+def test_agent_starts_on_its_configured_model_when_the_ota_state_is_malformed(
+        tmp_path: Path) -> None:
+    from agent.config import AgentConfig
+    from agent.service import Agent
+    from agent.sources import ReplaySource
+
+    cfg = AgentConfig.for_device("pump-10", "plant1", "", tmp_path / "s")
+    (tmp_path / "s" / "ota").mkdir(parents=True)
+    (tmp_path / "s" / "ota" / "ota.json").write_text('{"active": {"name": "x"}}')
+    agent = Agent(cfg, ReplaySource([]))
+    agent.close()
+    assert agent.model_info == RUNNING and agent.ota is not None
+    assert (tmp_path / "s" / "ota" / "ota.json.bad").exists()
