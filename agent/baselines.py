@@ -180,6 +180,8 @@ class StateBank:
         self.state_dir = state_dir
         self.audit = AuditLog(state_dir / AUDIT_FILE if state_dir else None)
         self.streams: dict[str, dict[str, StateBaseline]] = {}
+        #: per stream: the decision threshold learned at commissioning (restored on start)
+        self.thresholds: dict[str, float] = {}
         self.counters = {"fitted": 0, "adapted": 0, "refused_incident": 0,
                          "refused_margin": 0, "refused_rate": 0, "resets": 0}
 
@@ -322,6 +324,8 @@ class StateBank:
                     states[name] = StateBaseline()
                     n += 1
                     self._record(at_s, who, why, stream, name, "reset")
+            if state is None:
+                self.thresholds.pop(stream, None)
         self.counters["resets"] += n
         return n
 
@@ -343,6 +347,7 @@ class StateBank:
             for name, sb in states.items():
                 self._close_day(stream, name, sb)
         data = {"schema": "foreshock.baselines/1", "names": list(self.names),
+                "thresholds": self.thresholds,
                 "streams": {k: {n: asdict(sb) for n, sb in v.items()}
                             for k, v in self.streams.items()}}
         _atomic_write(target, json.dumps(data, allow_nan=True).encode())
@@ -360,6 +365,7 @@ class StateBank:
                                   "`foreshock agent rebaseline`")
             self.streams = {k: {n: StateBaseline(**sb) for n, sb in v.items()}
                             for k, v in data["streams"].items()}
+            self.thresholds = {k: float(v) for k, v in data.get("thresholds", {}).items()}
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise ConfigError(f"{source}: unreadable baselines ({exc})") from None
         return True
@@ -368,6 +374,24 @@ class StateBank:
                 change: str, **detail: Any) -> None:
         self.audit.append({"ts": at_s, "who": who, "why": why, "stream": _text(key),
                            "state": state, "change": change, **detail})
+
+
+def rebaseline_saved(state_dir: Path, *, stream: str | None, state: str | None, who: str,
+                     why: str, at_s: float) -> int:
+    """Reset saved baselines in ``state_dir`` (for ``foreshock agent rebaseline``)."""
+    path = state_dir / BANK_FILE
+    if not path.exists():
+        raise ConfigError(f"no saved baselines at {path}",
+                          hint="the agent saves them once a state is learned")
+    try:
+        names = json.loads(path.read_text())["names"]
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(f"{path}: unreadable baselines") from None
+    bank = StateBank(LearningConfig(), names, state_dir=state_dir)
+    bank.load()
+    n = bank.rebaseline(stream, state, who=who, why=why, at_s=at_s)
+    bank.save()
+    return n
 
 
 def _text(key: Hashable) -> str:

@@ -21,7 +21,7 @@ from foreshock.errors import ConfigError
 log = logging.getLogger(__name__)
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
-                  help="Device agent: run, replay a recording, status.")
+                  help="Device agent: run, replay a recording, status, rebaseline.")
 
 DEFAULT_CONFIG = Path("/etc/foreshock/agent.toml")
 
@@ -86,6 +86,38 @@ def status(config: Path | None = typer.Option(None, "--config", "-c", help="Agen
         return
     for line in _status_lines(data):
         typer.echo(line)
+
+
+@app.command()
+def rebaseline(
+    config: Path | None = typer.Option(None, "--config", "-c", help="Agent config."),
+    state_dir: Path | None = typer.Option(None, "--state-dir",
+                                          help="The agent's state directory."),
+    stream: str | None = typer.Option(None, "--stream", help="Only this stream "
+                                      "(DEVICE/CHANNEL); default all."),
+    state: str | None = typer.Option(None, "--state", help="Only this operating state "
+                                     "(e.g. s3, s3l1); default all."),
+    why: str = typer.Option("maintenance", "--why", help="Reason, kept in the audit log."),
+    who: str | None = typer.Option(None, "--who", help="Operator (default: $USER)."),
+) -> None:
+    """Forget saved baselines (after maintenance); they are learned again.
+
+    Stop the agent first (or send the ``rebaseline`` command from the gateway to a running
+    agent): a running agent keeps its own copy and saves it over this one.
+    """
+    import getpass
+    import time
+
+    from agent.baselines import rebaseline_saved
+
+    if state_dir is None:
+        from agent.config import AgentConfig
+
+        state_dir = AgentConfig.load(config or DEFAULT_CONFIG).service.state_dir
+    operator = who or f"cli:{getpass.getuser()}"
+    n = rebaseline_saved(state_dir, stream=stream, state=state, who=operator, why=why,
+                         at_s=time.time())
+    typer.echo(f"reset {n} baseline state(s) in {state_dir}; recorded in the audit log")
 
 
 def _status_path(config: Path | None, state_dir: Path | None) -> Path:

@@ -130,3 +130,30 @@ def test_rebaseline_persistence_and_audit(tmp_path: Path) -> None:
     path.write_text("{not json")
     with pytest.raises(ConfigError):
         again.load()
+
+
+def test_cli_rebaseline_resets_saved_states_and_records_who(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bank, _ = ready_bank(tmp_path)
+    bank.save()
+    code, out, _ = run_cli(["agent", "rebaseline", "--state-dir", str(tmp_path), "--stream",
+                            "dev/0", "--who", "ana", "--why", "bearing replaced"], capsys)
+    assert code == 0 and "reset 1 baseline state" in out
+    again = StateBank(LearningConfig(), NAMES, state_dir=tmp_path)
+    assert again.load() and again.baseline("dev/0", bank.state_of(1800.0)) is None
+    assert again.audit.read()[-1] == {"ts": again.audit.read()[-1]["ts"], "who": "ana",
+                                      "why": "bearing replaced", "stream": "dev/0",
+                                      "state": "s3", "change": "reset"}
+    code, _, err = run_cli(["agent", "rebaseline", "--state-dir", str(tmp_path / "none")],
+                           capsys)
+    assert code == 2 and "no saved baselines" in err
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    from foreshock.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+        raise SystemExit(0)
+    out = capsys.readouterr()
+    return int(exc.value.code or 0), out.out, out.err
