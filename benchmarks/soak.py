@@ -26,7 +26,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests" / "chaos"), str(ROOT / "tests")]
 
-from harness import KINDS, ChaosRun, Proc, problems  # noqa: E402
+from harness import KINDS, ChaosRun, problems  # noqa: E402
+from proc import Proc  # noqa: E402
 
 TICKS_S = os.sysconf("SC_CLK_TCK")
 

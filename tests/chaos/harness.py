@@ -22,11 +22,6 @@ from __future__ import annotations
 
 import getpass
 import json
-import signal
-import socket
-import subprocess
-import sys
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -34,8 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from conftest import Mosquitto
+from linkcut import LinkCut
+from proc import Proc
 
-RUNNER = Path(__file__).with_name("runner.py")
 KINDS = ("telemetry", "alert", "event", "health")
 SITE = "chaos"
 BROKER_CONF = """per_listener_settings false
@@ -85,85 +81,6 @@ class Result:
                 "classes": {k: vars(c) for k, c in self.classes.items()},
                 "alerts_put": self.alerts_put, "alerts_missing": self.alerts_missing,
                 "faults": self.faults, "agent": self.agent, "crashed": self.crashed}
-
-
-class Proc:
-    """One runner process (agent, gateway or drain) with its spec file and log."""
-
-    def __init__(self, mode: str, spec: dict[str, Any], workdir: Path, name: str) -> None:
-        self.mode, self.spec, self.name = mode, spec, name
-        self.spec_path = workdir / f"{name}.json"
-        self.spec_path.write_text(json.dumps(spec))
-        self.log = workdir / f"{name}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.bad_exits: list[int] = []
-
-    def start(self) -> None:
-        self._reap()
-        ready = self.spec.get("ready")
-        if ready:
-            Path(ready).unlink(missing_ok=True)
-        logf = open(self.log, "ab")  # noqa: SIM115 - owned by the process
-        self.proc = subprocess.Popen([sys.executable, str(RUNNER), self.mode,
-                                      str(self.spec_path)], stdout=logf, stderr=logf)
-
-    def update_spec(self, **changes: Any) -> None:
-        """Change the spec for the next start (``None`` removes a key)."""
-        self.spec = {k: v for k, v in {**self.spec, **changes}.items() if v is not None}
-        self.spec_path.write_text(json.dumps(self.spec))
-
-    def _reap(self) -> None:
-        """Record the exit of a process that ended by itself with an error."""
-        if self.proc is not None and self.proc.poll() not in (None, 0):
-            self.bad_exits.append(int(self.proc.returncode))
-        self.proc = None
-
-    @property
-    def tracebacks(self) -> int:
-        return self.log.read_text(errors="replace").count("Traceback") if self.log.exists() else 0
-
-    def wait_ready(self, timeout_s: float = 30.0) -> None:
-        """Until the process says it runs (its ``ready`` file), or it died."""
-        ready = Path(self.spec["ready"])
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and self.alive and not ready.exists():
-            time.sleep(0.05)
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL: no handler, no flush, no close."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-        self.proc = None
-
-    def stop(self, timeout_s: float = 30.0) -> None:
-        """SIGTERM and wait; a non-zero exit is recorded as a crash."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            rc = self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            rc = self.proc.wait(5)
-            self.bad_exits.append(-999)
-        if rc != 0:
-            self.bad_exits.append(rc)
-        self.proc = None
-
-    def wait(self, timeout_s: float) -> None:
-        """Wait for a process that ends by itself (a finite source)."""
-        if self.proc is not None:
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                pass
-        self.stop()
 
 
 class ChaosRun:
@@ -406,78 +323,6 @@ def _duplicates(path: Path) -> dict[str, int]:
     total = Counter(line.split("\t", 1)[0] for line in lines)
     unique = Counter(line.split("\t", 1)[0] for line in set(lines))
     return {k: total[k] - unique[k] for k in total}
-
-
-class LinkCut:
-    """A TCP relay between the agents and the broker that can be cut: a network partition
-    of the device's link while broker and gateway stay up. Cut: every relayed connection
-    is reset and new ones are closed at once (the agent sees connection refused/reset)."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self.server.getsockname()[1])
-        self.open = True
-        self._lock = threading.Lock()
-        self._socks: list[socket.socket] = []
-        self._closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
-
-    def _accept(self) -> None:
-        while not self._closed:
-            try:
-                client, _ = self.server.accept()
-            except OSError:
-                return
-            if not self.open:
-                client.close()
-                continue
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.target_port), 2.0)
-            except OSError:
-                client.close()
-                continue
-            with self._lock:
-                self._socks += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=_pump, args=(a, b), daemon=True).start()
-
-    def cut(self) -> None:
-        self.open = False
-        with self._lock:
-            socks, self._socks = self._socks, []
-        for s in socks:
-            _close(s)
-
-    def heal(self) -> None:
-        self.open = True
-
-    def close(self) -> None:
-        self._closed = True
-        self.cut()
-        _close(self.server)
-
-
-def _pump(src: socket.socket, dst: socket.socket) -> None:
-    try:
-        while data := src.recv(65536):
-            dst.sendall(data)
-    except OSError:
-        pass
-    _close(src)
-    _close(dst)
-
-
-def _close(s: socket.socket) -> None:
-    try:
-        s.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    s.close()
 
 
 def problems(result: Result) -> list[str]:
