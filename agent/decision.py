@@ -29,7 +29,8 @@ Every alert body (``foreshock.messages.BODY_FIELDS['alert']``) carries ``explana
 ``summary`` (one sentence), ``top_features`` (the features furthest from baseline, in
 baseline standard deviations ``z``), ``defect`` (the envelope family with the best SNR above
 ``defect_snr_min``, with its frequency in Hz at the window's shaft speed, or null),
-``zone`` and ``velocity_mm_s``, and the model name and version.
+``zone`` and ``velocity_mm_s``, the model name and version, and ``features_z`` (every
+feature's baseline z, for operator feedback and retraining; docs/learning.md).
 """
 
 from __future__ import annotations
@@ -321,4 +322,12 @@ class Decider:
         parts.append(f"model says {obs.fault} (p={obs.fault_probability:.2f})")
         return {"summary": "; ".join(parts) + ".", "top_features": top, "defect": defect,
                 "zone": zone[0], "velocity_mm_s": None if math.isnan(zone[1]) else zone[1],
-                "model": self.model}
+                "model": self.model, "features_z": self.features_z(obs)}
+
+    def features_z(self, obs: Observation) -> dict[str, float]:
+        """Every feature's baseline z (rounded), for operator feedback and retraining
+        (docs/learning.md); features, never raw samples."""
+        if obs.z is None:
+            return {}
+        z = np.nan_to_num(np.asarray(obs.z, dtype=np.float64), nan=0.0)
+        return {n: round(float(v), 3) for n, v in zip(self.names, z.tolist(), strict=True)}

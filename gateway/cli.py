@@ -19,7 +19,7 @@ from gateway.config import GatewayConfig
 
 log = logging.getLogger(__name__)
 app = typer.Typer(no_args_is_help=True, add_completion=False,
-                  help="Gateway: ingest, store, fleet, export.")
+                  help="Gateway: ingest, store, fleet, export, feedback.")
 DEFAULT_DB = "sqlite:///gateway.db"
 
 
@@ -103,6 +103,37 @@ def export(device: str = typer.Option(..., "--device", help="Device id."),
     finally:
         store.close()
     typer.echo(f"wrote {n} {kind} rows of {device} to {out}")
+
+
+@app.command()
+def feedback(alert_id: int = typer.Argument(None, help="Stored alert id (alerts table)."),
+             incident: str = typer.Option(None, "--incident", help="Label an incident "
+                                          "(its most anomalous alert) instead."),
+             label: str = typer.Option(..., "--label", help="confirmed, false_alarm or "
+                                       "maintenance_done."),
+             note: str = typer.Option("", "--note", help="Free text kept with the label."),
+             operator: str = typer.Option(None, "--by", help="Operator (default: $USER)."),
+             db: str = typer.Option(None, "--db", help=f"Store url (default {DEFAULT_DB})."),
+             config: Path = typer.Option(None, "--config", help="Take the store url from "
+                                         "this gateway TOML file.")) -> None:
+    """Mark an alert confirmed, false alarm or maintenance done (stored with its features)."""
+    import getpass
+    import time
+
+    from gateway import feedback as fb
+    from gateway.store import open_store
+
+    fb.check_label(label)
+    if (alert_id is None) == (incident is None):
+        raise ConfigError("give exactly one of ALERT_ID or --incident")
+    store = open_store(_db_url(db, config))
+    try:
+        row = fb.record(store, label=label, operator=operator or getpass.getuser(),
+                        ts=time.time(), alert_id=alert_id, incident=incident, note=note)
+    finally:
+        store.close()
+    typer.echo(f"feedback {row.id}: {row.label} on {row.site}/{row.device} incident "
+               f"{row.incident} ({len(row.features)} features stored)")
 
 
 def _mount_security() -> None:

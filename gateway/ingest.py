@@ -81,6 +81,8 @@ class Ingestor:
                 return self._batch(site, device, kind, payload, now)
             if kind == "model/status":
                 return self._model_status(site, device, payload, now)
+            if kind == "cmd/feedback":
+                return self._feedback(site, device, payload, now)
             raise MessageError(f"topic kind {kind!r} is not ingested")
         except MessageError as exc:
             self._reject(device, str(exc))
@@ -107,6 +109,14 @@ class Ingestor:
         detail: dict[str, Any] = {k: status[k] for k in ("detail", "progress") if k in status}
         self.store.set_rollout_device(status["rollout_id"], site, device, status["status"],
                                       detail, now)
+        return Outcome(True, site, device)
+
+    def _feedback(self, site: str, device: str, payload: bytes, now: float) -> Outcome:
+        """Record an operator's label sent to the device on ``cmd/feedback``."""
+        from gateway.feedback import record_command
+
+        record_command(self.store, site, device, payload, now)
+        self._count("feedback")
         return Outcome(True, site, device)
 
     def _batch(self, site: str, device: str, kind: str, payload: bytes,

@@ -15,6 +15,8 @@ Tables::
     devices          fleet registry: online state, versions, outbox depth, last alert, quality
     rollouts         model rollouts (bundle, target, canary, abort threshold, state)
     rollout_devices  per-device status within a rollout
+    feedback         operator labels of alerts (confirmed / false_alarm / maintenance_done)
+                     with the alert's features (baseline z-scores, never raw waveforms)
 """
 
 from __future__ import annotations
@@ -62,6 +64,17 @@ MIGRATIONS: Final[tuple[tuple[int, tuple[str, ...]], ...]] = (
             rollout_id TEXT NOT NULL, site TEXT NOT NULL, device TEXT NOT NULL,
             status TEXT NOT NULL, detail {json} NOT NULL, updated_ts {real} NOT NULL,
             PRIMARY KEY (rollout_id, site, device))""",
+    )),
+    (2, (
+        """CREATE TABLE feedback (
+            id {id}, site TEXT NOT NULL, device TEXT NOT NULL, incident TEXT NOT NULL,
+            alert_id BIGINT, channel INTEGER NOT NULL, label TEXT NOT NULL,
+            ts {real} NOT NULL, source TEXT NOT NULL, operator TEXT NOT NULL,
+            note TEXT NOT NULL, fault TEXT NOT NULL, anomaly_score {real},
+            threshold {real}, alert_ts {real}, features {json} NOT NULL,
+            model {json} NOT NULL)""",
+        "CREATE INDEX feedback_device_ts ON feedback (device, ts)",
+        "CREATE INDEX feedback_incident ON feedback (incident)",
     )),
 )
 

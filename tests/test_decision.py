@@ -88,6 +88,8 @@ def test_one_incident_per_episode_with_k_of_n_and_hysteresis() -> None:
     assert e["defect"]["name"] == "bpfo"
     assert abs(e["defect"]["hz"] - 3.5848 * 1797 / 60) < 0.1
     assert e["top_features"][0]["z"] > 3 and e["zone"] in "ABCD"
+    assert set(e["features_z"]) == set(NAMES)
+    assert abs(e["features_z"][e["top_features"][0]["name"]] - e["top_features"][0]["z"]) <= 0.01
     assert "vs threshold" in e["summary"] and raised["model"]["version"] == "1.0.0"
     cleared = [d.decide("k", obs(d, feats(rng), t + j)) for j in range(10)]
     assert [b["status"] for b in cleared if b] == ["cleared"]
