@@ -4,9 +4,10 @@ Pure apart from :class:`AuditLog` and :meth:`StateBank.save` / :meth:`StateBank.
 (files in the agent's state dir); no clock: every time is the window's own ``at_s``.
 
 **States.** A machine's normal depends on speed and load. A window's operating state is
-``s<i>`` (its shaft speed's bin over ``speed_edges_rpm``; ``s?`` when the speed is unknown)
-plus ``l<j>`` (the bin of the configured load proxy feature over ``load_edges``) when load
-binning is on. Each stream (device, channel) keeps one baseline per state.
+``s<i>`` (its shaft speed's bin over ``speed_edges_rpm``, 25 % wide by default; ``s?`` when
+the speed is unknown) plus ``l<j>`` (the bin over ``load_edges`` of an external load value,
+e.g. motor current, or of the configured proxy feature) when load binning is on. Each
+stream (device, channel) keeps one baseline per state.
 
 **Learning.** A state seen for the first time is *learning*: its windows are not scored (no
 alerts) until ``min_state_windows`` windows have been seen, then its baseline is fitted
@@ -21,7 +22,8 @@ forgetting (stochastic median and MAD tracking: each step moves the median by
 * healthy with margin: anomaly score below ``healthy_fraction * threshold``,
 * not inside an open incident,
 * within the state's budget of ``max_updates_per_day`` adaptation steps per day of data
-  time. Steps are in units of the fitted scale, so the median moves at most
+  time, paced over the day (never more than one hour's share ahead). Steps are in units
+  of the fitted scale, so the median moves at most
   ``eta * max_updates_per_day`` fitted sd per day (2 by default) down, and
   ``eta * up_ratio * max_updates_per_day`` (0.2) up on damage features.
 
@@ -67,11 +69,15 @@ DAMAGE_FEATURES: tuple[str, ...] = (
     "env_bpfi_harm_snr", "env_2bsf_snr", "env_2bsf_harm_snr", "env_bpfi_sb_snr")
 
 
+#: Speed bins 25 % wide (geometric), 300..9000 rpm: a state's spectrum stays comparable.
+SPEED_EDGES_RPM: tuple[float, ...] = tuple(round(300.0 * 1.25 ** k) for k in range(16))
+
+
 @dataclass(frozen=True)
 class LearningConfig:
     """Operating-state binning and adaptation limits (docs/learning.md)."""
 
-    speed_edges_rpm: tuple[float, ...] = (300.0, 900.0, 1500.0, 2100.0, 2700.0, 3300.0)
+    speed_edges_rpm: tuple[float, ...] = SPEED_EDGES_RPM
     load_feature: str = ""
     load_edges: tuple[float, ...] = ()
     min_state_windows: int = 32
@@ -89,8 +95,8 @@ class LearningConfig:
             edges = getattr(self, name)
             if list(edges) != sorted(edges) or len(set(edges)) != len(edges):
                 raise ConfigError(f"learning.{name} must be strictly increasing")
-        if bool(self.load_edges) != bool(self.load_feature):
-            raise ConfigError("learning.load_feature and learning.load_edges go together")
+        if self.load_feature and not self.load_edges:
+            raise ConfigError("learning.load_feature needs learning.load_edges")
         if self.min_state_windows < 4:
             raise ConfigError("learning.min_state_windows must be >= 4")
         if not (0 < self.eta <= 0.5 and 0 <= self.up_ratio <= 1
@@ -186,15 +192,19 @@ class StateBank:
                          "refused_margin": 0, "refused_rate": 0, "resets": 0}
 
     # -- states --------------------------------------------------------------------------
-    def state_of(self, rpm: float, features: FloatArray | None = None) -> str:
+    def state_of(self, rpm: float, features: FloatArray | None = None,
+                 load: float | None = None) -> str:
+        """``s<speed bin>`` plus ``l<load bin>`` when load binning is on; the load is
+        ``load`` when given (an external proxy, e.g. motor current), else the configured
+        feature of the window."""
         c = self.config
         speed = (f"s{int(np.searchsorted(c.speed_edges_rpm, rpm, side='right'))}"
                  if rpm > 0 and math.isfinite(rpm) else "s?")
-        if self._load_i < 0 or features is None:
+        if not c.load_edges or (load is None and (self._load_i < 0 or features is None)):
             return speed
-        v = float(features[self._load_i])
-        load = int(np.searchsorted(c.load_edges, v, side="right")) if math.isfinite(v) else "?"
-        return f"{speed}l{load}"
+        v = float(load) if load is not None else float(features[self._load_i])  # type: ignore[index]
+        b = str(int(np.searchsorted(c.load_edges, v, side="right"))) if math.isfinite(v) else "?"
+        return f"{speed}l{b}"
 
     def get(self, key: Hashable, state: str) -> StateBaseline:
         return self.streams.setdefault(_text(key), {}).setdefault(state, StateBaseline())
@@ -234,15 +244,15 @@ class StateBank:
                                                "windows": base.n_fit}}
 
     def zscore(self, key: Hashable, features: FloatArray, rpm: npt.ArrayLike,
-               at_s: npt.ArrayLike) -> tuple[FloatArray, npt.NDArray[np.bool_], list[str],
-                                             list[dict[str, Any]]]:
+               at_s: npt.ArrayLike, load: float | None = None
+               ) -> tuple[FloatArray, npt.NDArray[np.bool_], list[str], list[dict[str, Any]]]:
         """For a run of one stream's windows: z against each window's state baseline,
         which windows are scored (their state is ready), their states, and the events of
         states that finished learning. Windows of learning states feed :meth:`learn`."""
         x = np.asarray(features, np.float32)
         rpms = np.broadcast_to(np.asarray(rpm, np.float64), (x.shape[0],))
         times = np.broadcast_to(np.asarray(at_s, np.float64), (x.shape[0],))
-        states = [self.state_of(float(r), row) for r, row in zip(rpms, x, strict=True)]
+        states = [self.state_of(float(r), row, load) for r, row in zip(rpms, x, strict=True)]
         z = np.zeros(x.shape, np.float32)
         ready = np.zeros(x.shape[0], bool)
         events: list[dict[str, Any]] = []
@@ -277,7 +287,7 @@ class StateBank:
         if day != sb.day:
             self._close_day(key, state, sb)
             sb.day, sb.day_updates, sb.day_logged, sb.day_shift_sd = day, 0, 0, 0.0
-        if sb.day_updates >= self.config.max_updates_per_day:
+        if sb.day_updates >= self._allowed(at_s):
             self.counters["refused_rate"] += 1
             return False
         x = np.asarray(features, np.float64)
@@ -288,6 +298,13 @@ class StateBank:
         sb.adapted_total += 1
         self.counters["adapted"] += 1
         return True
+
+    def _allowed(self, at_s: float) -> int:
+        """Steps allowed so far today: the daily budget paced over the day (at most one
+        hour's share ahead), so a burst of healthy windows cannot spend it at once."""
+        budget = self.config.max_updates_per_day
+        share = (at_s % DAY_S) / DAY_S + 1.0 / 24.0
+        return min(budget, math.ceil(budget * share))
 
     def _step(self, sb: StateBaseline, x: npt.NDArray[np.float64]) -> None:
         c = self.config

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -26,10 +27,19 @@ def build(
     data_dir: Path | None = typer.Option(None, help="Shared data directory (with cwru/)."),
     reduced: bool = typer.Option(False, help="Fewer simulated machines (fast, for tests)."),
     seed: int = typer.Option(7, help="Seed of the simulated fleet and the training."),
+    from_gateway: str | None = typer.Option(None, "--from-gateway", help="Gateway store url: "
+                                            "add the fleet's labelled feedback, and write "
+                                            "--out only if it beats --current."),
+    current: Path | None = typer.Option(None, "--current", help="Bundle to beat (default: "
+                                        "the shipped default bundle)."),
 ) -> None:
     """Train the detector and write a signed bundle (fp32, int8 QDQ and TFLite files)."""
     from models.build_default import DefaultBuild, build_default
 
+    if from_gateway is not None:
+        _build_from_gateway(from_gateway, out, current, key, data_dir,
+                            DefaultBuild(seed=seed, reduced=reduced))
+        return
     if not default and out is None:
         raise ConfigError("give --default or --out DIR", hint="foreshock model build --default")
     if data_dir is not None and not (data_dir / "cwru").is_dir():
@@ -37,6 +47,41 @@ def build(
     path, manifest = build_default(out, key, DefaultBuild(seed=seed, reduced=reduced), data_dir)
     typer.echo(f"built {path} (version {manifest['version']}, "
                f"spec {manifest['feature_spec_hash']})")
+
+
+def _build_from_gateway(db_url: str, out: Path | None, current: Path | None,
+                        key: Path | None, data_dir: Path | None, cfg: Any) -> None:
+    from agent.features import DEFAULT_SPEC
+    from models.build import ensure_key
+    from models.build_default import (
+        BUNDLES,
+        DEFAULT_NAME,
+        DEFAULT_VERSION,
+        DefaultBuild,
+        default_key,
+        training_sets,
+    )
+    from models.retrain import retrain
+
+    if out is None:
+        raise ConfigError("--from-gateway needs --out DIR for the candidate bundle")
+    assert isinstance(cfg, DefaultBuild)
+    current = current or BUNDLES / DEFAULT_NAME / DEFAULT_VERSION
+    if not (current / "manifest.json").is_file():
+        raise ConfigError(f"--current {current} is not a bundle directory")
+    sets, _ = training_sets(cfg, DEFAULT_SPEC, data_dir)
+    r = retrain(db_url, current, out, ensure_key(key or default_key()), sets=sets,
+                spec=DEFAULT_SPEC, seed=cfg.seed)
+    typer.echo(f"feedback: {r.train_feedback} labelled alerts for training, "
+               f"{r.held_feedback} held back")
+    for name, m in (("current", r.current), ("candidate", r.candidate)):
+        typer.echo(f"{name:<9} false alarms flagged {m['false_alarms_flagged']}/"
+                   f"{m['false_alarms']}, confirmed flagged {m['confirmed_flagged']}/"
+                   f"{m['confirmed']} (floor {m['floor']:.3g})")
+    if not r.accepted:
+        typer.echo("candidate not better on the held-back feedback; no bundle written")
+        raise typer.Exit(1)
+    typer.echo(f"built {out}: signed; roll it out with `foreshock gateway deploy {out}`")
 
 
 @app.command()

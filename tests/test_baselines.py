@@ -58,6 +58,8 @@ def test_load_proxy_bins_and_config_errors() -> None:
         LearningConfig(speed_edges_rpm=(10.0, 5.0))
     with pytest.raises(ConfigError):
         LearningConfig(load_feature="order_1x_g")
+    assert StateBank(LearningConfig(load_edges=(1.0,)), NAMES).state_of(1000.0, x, 2.0)[-2:] \
+        == "l1"
     with pytest.raises(ConfigError):
         LearningConfig.from_dict({"bogus": 1})
     with pytest.raises(ConfigError):
@@ -72,10 +74,15 @@ def test_adaptation_is_guarded_by_margin_incident_and_daily_rate() -> None:
     assert not bank.adapt("dev/0", state, x, 100.0, anomaly=0.9, threshold=1.0,
                           incident_open=False)  # not healthy with margin
     assert not bank.adapt("dev/0", state, x, 100.0, 0.1, 1.0, incident_open=True)
+    # paced: in the first hour of a data day, one hour's share (1 of 10) ...
     moved = [bank.adapt("dev/0", state, x, 200.0 + i, 0.1, 1.0, False) for i in range(30)]
-    assert sum(moved) == 10
+    assert sum(moved) == 1
+    # ... by the day's last hour, the whole budget and no more
+    moved = [bank.adapt("dev/0", state, x, 23 * 3600.0 + i, 0.1, 1.0, False)
+             for i in range(30)]
+    assert sum(moved) == 9
     c = bank.counters
-    assert c["refused_margin"] == 1 and c["refused_incident"] == 1 and c["refused_rate"] == 20
+    assert c["refused_margin"] == 1 and c["refused_incident"] == 1 and c["refused_rate"] == 50
     # next data day: a fresh budget
     assert bank.adapt("dev/0", state, x, DAY_S + 5.0, 0.1, 1.0, False)
 
@@ -143,7 +150,7 @@ def test_cli_rebaseline_resets_saved_states_and_records_who(
     assert again.load() and again.baseline("dev/0", bank.state_of(1800.0)) is None
     assert again.audit.read()[-1] == {"ts": again.audit.read()[-1]["ts"], "who": "ana",
                                       "why": "bearing replaced", "stream": "dev/0",
-                                      "state": "s3", "change": "reset"}
+                                      "state": bank.state_of(1800.0), "change": "reset"}
     code, _, err = run_cli(["agent", "rebaseline", "--state-dir", str(tmp_path / "none")],
                            capsys)
     assert code == 2 and "no saved baselines" in err
