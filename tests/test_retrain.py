@@ -1,0 +1,108 @@
+"""Retraining from operator feedback: a closed loop on simulated machines (small scale), the
+accept/refuse rule, and `foreshock model build --from-gateway`."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pytest
+
+from agent.features import DEFAULT_SPEC
+from foreshock import bundle as fb
+from models.build import ensure_key
+from models.build_default import DefaultBuild, build_default, training_sets
+from models.retrain import INPUT_FEATURES, read_feedback, retrain
+
+ROOT = Path(__file__).resolve().parent.parent
+CFG = DefaultBuild(reduced=True, sim_seconds=3.0)
+
+
+def evaluation() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("evaluate_learning",
+                                                  ROOT / "scripts" / "evaluate_learning.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def loop(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A current bundle, one labelled fleet in a real SQLite gateway store, the training sets."""
+    work = tmp_path_factory.mktemp("loop")
+    key = ensure_key(work / "k.pem")
+    none = work / "no-data"
+    current, _ = build_default(work / "current" / "0.1.0", key, CFG, none)
+    ev = evaluation()
+    runner, floor = ev.bundle(current)
+    fleet = ev.disturbed_sets(8, 11, 3.0)
+    db = f"sqlite:///{work / 'gw.db'}"
+    labels = ev.mark_feedback(db, runner, floor, fleet)
+    return {"work": work, "key": key, "current": current, "ev": ev, "db": db,
+            "labels": labels, "runner": runner, "floor": floor,
+            "sets": training_sets(CFG, DEFAULT_SPEC, none)[0]}
+
+
+def test_closed_loop_lowers_false_alarms_without_losing_detections(loop: dict[str, Any]
+                                                                    ) -> None:
+    ev = loop["ev"]
+    rows = read_feedback(loop["db"])
+    assert len(rows) == loop["labels"] >= 8
+    assert {r["label"] for r in rows} == {"false_alarm", "confirmed"}
+    assert set(rows[0]["features"]) == set(INPUT_FEATURES)
+    out = loop["work"] / "candidate"
+    res = retrain(loop["db"], loop["current"], out, loop["key"], sets=loop["sets"],
+                  spec=DEFAULT_SPEC)
+    assert res.accepted and res.held_feedback > 0
+    assert res.candidate["false_alarms_flagged"] < res.current["false_alarms_flagged"]
+    assert res.candidate["confirmed_flagged"] >= res.current["confirmed_flagged"]
+    manifest = fb.verify(out, [fb.load_private_key(loop["key"]).public_key()])
+    assert manifest.data["version"] == "0.1.1"
+    assert manifest.data["metrics"]["feedback"]["candidate"] == res.candidate
+    # a fresh fleet the loop never saw
+    test = ev.disturbed_sets(8, 1011, 3.0)
+    before = ev.fleet_rates(loop["runner"], loop["floor"], test)
+    after = ev.fleet_rates(*ev.bundle(out), test)
+    assert before["benign_machines_alerting"] > 0
+    assert after["benign_machines_alerting"] < before["benign_machines_alerting"]
+    assert after["faulty_machines_detected"] >= before["faulty_machines_detected"] > 0
+
+
+def test_candidate_refused_when_not_better(loop: dict[str, Any]) -> None:
+    # false alarms the current bundle does not flag, faults both flag: nothing to gain
+    z = np.zeros(len(INPUT_FEATURES))
+    loud = {n: 40.0 for n in INPUT_FEATURES}
+    rows = [{"incident": f"i{i}", "label": "false_alarm" if i % 2 else "confirmed",
+             "fault": "outer_race", "features": dict(zip(INPUT_FEATURES, z, strict=True))
+             if i % 2 else loud} for i in range(12)]
+    out = loop["work"] / "refused"
+    res = retrain("unused", loop["current"], out, loop["key"], sets=loop["sets"],
+                  spec=DEFAULT_SPEC, rows=rows)
+    assert not res.accepted and res.out is None and not out.exists()
+    assert not out.with_name("refused.candidate").exists()
+
+
+def test_cli_build_from_gateway(loop: dict[str, Any], tmp_path: Path,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    from foreshock.cli import main
+
+    def run(args: list[str]) -> tuple[int, str, str]:
+        with pytest.raises(SystemExit) as exc:
+            main(["model", "build", *args])
+            raise SystemExit(0)
+        got = capsys.readouterr()
+        return int(exc.value.code or 0), got.out, got.err
+
+    out = tmp_path / "cand"
+    code, text, _ = run(["--from-gateway", loop["db"], "--out", str(out), "--current",
+                         str(loop["current"]), "--key", str(loop["key"]), "--reduced"])
+    assert code == 0 and "candidate false alarms flagged 0/" in text and out.is_dir()
+    code, _, err = run(["--from-gateway", loop["db"], "--current", str(loop["current"])])
+    assert code == 2 and "needs --out" in err
+    code, _, err = run(["--from-gateway", f"sqlite:///{tmp_path / 'none.db'}", "--out",
+                        str(out), "--current", str(loop["current"])])
+    assert code == 2 and "no gateway store" in err
