@@ -17,7 +17,7 @@ into a fresh "learning" state); docs/learning.md.
 
 **Guarded adaptation.** A ready state follows slow benign change by robust exponential
 forgetting (stochastic median and MAD tracking: each step moves the median by
-``eta * scale * sign(x - median)``), and only from windows that are
+``eta * fitted_scale * sign(x - median)``), and only from windows that are
 
 * healthy with margin: anomaly score below ``healthy_fraction * threshold``,
 * not inside an open incident,
