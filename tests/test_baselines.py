@@ -164,3 +164,25 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
         raise SystemExit(0)
     out = capsys.readouterr()
     return int(exc.value.code or 0), out.out, out.err
+
+
+def test_small_fleet_states_cut_false_alerts_and_adaptation_keeps_lead_time() -> None:
+    """The evaluation's fleet at CI scale: speed/load changes and growing faults."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("evaluate_learning",
+                                                  root / "scripts" / "evaluate_learning.py")
+    assert spec is not None and spec.loader is not None
+    ev = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ev)
+    runner, floor = ev.bundle(ev.SHIPPED)
+    fleet = ev.speed_load(runner, floor, 2, 3, 4, 3.0)
+    single = fleet["single baseline"]["false_alerts_per_machine_week"]
+    per_state = fleet["per-state baselines"]["false_alerts_per_machine_week"]
+    assert single > 0 and per_state < single
+    grow = ev.growing_week(runner, floor, 2, 3, 4, 3.0)
+    off, on = grow["adaptation off"], grow["adaptation on"]
+    assert on["detected"] == off["detected"] == 2
+    assert on["mean_lead_h"] >= 0.9 * off["mean_lead_h"]
+    assert on["false_alerts_before_onset"] == 0
