@@ -213,10 +213,10 @@ class Agent(ModelUpdates, HealthReporting):
         self.queue.extend(windows)
 
     def _lap(self, stage: str, since: float, count: int = 1) -> float:
-        """Record a stage's time per window (one ring entry per batch: a batch's windows
-        share one figure, and the timer stays off the per-window path)."""
+        """Record a stage's time per window: the timer spreads the batch's time over its
+        ``count`` windows in one slice, so percentiles are per window."""
         now = time.perf_counter()
-        self.monitor.timer.record(stage, (now - since) / count)
+        self.monitor.timer.record(stage, now - since, count)
         return now
 
     def _check(self, batch: list[Window]) -> tuple[list[Window], Any, list[dict[str, Any]]]:
@@ -268,6 +268,8 @@ class Agent(ModelUpdates, HealthReporting):
         try:
             for body in alerts:
                 self.outbox.put("alert", body, float(body.get("window_ts", at_s)))
+            if alerts:
+                self._next_drain = 0.0  # an alert leaves at once, not at the next drain tick
             if events:
                 self.outbox.put_many("event", [(e, at_s) for e in events])
             if telemetry:
