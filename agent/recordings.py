@@ -58,7 +58,7 @@ SUPPORTED = ("supported: .mat (CWRU, MFPT), .npz (FEMTO), a FEMTO acc_*.csv fold
              ".csv, .fsf/.frames (frame stream)")
 # What the readers' libraries raise on damaged bytes; load() turns them into one DataError.
 READ_ERRORS = (OSError, ValueError, KeyError, IndexError, TypeError, EOFError,
-               NotImplementedError, wave.Error, zipfile.BadZipFile)
+               NotImplementedError, RuntimeError, wave.Error, zipfile.BadZipFile)
 
 
 @dataclass(frozen=True)
@@ -309,7 +309,7 @@ def load_wav(path: Path, scale: float = 1.0) -> Recording:
         with wave.open(str(path), "rb") as w:
             n_ch, width, rate = w.getnchannels(), w.getsampwidth(), w.getframerate()
             raw = w.readframes(w.getnframes())
-    except (wave.Error, EOFError, OSError) as exc:
+    except (wave.Error, EOFError, OSError, RuntimeError) as exc:  # RuntimeError: bad chunk
         raise DataError(f"{path}: not a PCM WAV file: {exc}") from None
     raw = raw[: len(raw) - len(raw) % (width * n_ch)]  # a truncated last sample frame
     x: npt.NDArray[Any]

@@ -186,16 +186,28 @@ def verify(bundle: Path, trusted: list[Ed25519PublicKey]) -> Manifest:
     if not isinstance(files, dict):
         raise BundleError(f"bundle {bundle}: manifest 'files' must be an object")
     for name, digest in files.items():
+        if not _safe_name(name):
+            raise BundleError(f"bundle {bundle}: listed file name {str(name)[:80]!r} is not a "
+                              "relative path inside the bundle")
         path = bundle / name
-        if ".." in Path(name).parts or not path.is_file():
+        if not path.is_file():
             raise BundleError(f"bundle {bundle}: listed file {name!r} is missing")
-        if sha256_file(path) != digest:
+        if not isinstance(digest, str) or sha256_file(path) != digest:
             raise BundleError(f"bundle {bundle}: SHA-256 mismatch for {name}")
     extra = sorted(set(_payload_files(bundle)) - set(files))
     if extra:
         raise BundleError(f"bundle {bundle}: files not in the manifest: {extra}")
     parse_semver(data["version"])
     return Manifest(bundle, data)
+
+
+def _safe_name(name: object) -> bool:
+    """A relative POSIX path of ordinary parts, each a valid file name, inside the bundle."""
+    if not isinstance(name, str) or not name or len(name) > 1024 or "\x00" in name:
+        return False
+    parts = Path(name).parts
+    return not Path(name).is_absolute() and all(
+        p not in ("..", ".") and 0 < len(p.encode()) <= 255 for p in parts)
 
 
 def _valid(key: Ed25519PublicKey, sig: bytes, raw: bytes) -> bool:

@@ -158,6 +158,10 @@ def validate_batch(obj: dict[str, Any]) -> None:
     kind = _need(obj, "kind", (str,), "batch")
     if kind not in RECORD_KINDS:
         raise MessageError(f"batch: kind {kind!r} not one of {RECORD_KINDS}")
+    sent_ts = obj.get("sent_ts", 0.0)
+    if sent_ts is not None and (isinstance(sent_ts, bool) or not isinstance(sent_ts, NUM)
+                                or not math.isfinite(sent_ts)):
+        raise MessageError(f"batch: sent_ts must be a finite number, got {sent_ts!r}")
     records = _need(obj, "records", (list,), "batch")
     if not 1 <= len(records) <= MAX_RECORDS:
         raise MessageError(f"batch: {len(records)} records, expected 1..{MAX_RECORDS}")

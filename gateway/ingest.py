@@ -143,6 +143,16 @@ class Ingestor:
         with self._lock:
             self._counts[key] += n
 
+    def count_invalid(self, topic: str) -> None:
+        """Count a message the service could not handle at all (logged by the caller)."""
+        try:
+            device = topics.parse(topic)[1]
+        except ValueError:
+            device = "?"
+        with self._lock:
+            self._counts["invalid"] += 1
+            self._invalid[device] += 1
+
     def count_published(self, n: int = 1) -> None:
         self._count("alerts_published", n)
 

@@ -222,6 +222,13 @@ class Gateway:
             log.error("store failed, message left unacknowledged for redelivery: %s", exc)
             self._schedule_recovery()
             return
+        except Exception:  # a payload we did not foresee must not kill the network thread
+            log.exception("unexpected error on %s; message counted invalid and dropped",
+                          msg.topic)
+            self.ingestor.count_invalid(msg.topic)
+            if msg.qos > 0:
+                client.ack(msg.mid, msg.qos)
+            return
         for hook in self.hooks:
             try:
                 hook(msg.topic, msg.payload)

@@ -93,10 +93,6 @@ def test_the_unmutated_copy_still_loads(shipped: tuple[Path, dict[str, Any]]) ->
     assert loaded.model_info["name"] == original["name"]
 
 
-@pytest.mark.xfail(strict=True, raises=OSError, reason=(
-    "foreshock/bundle.py verify() calls (bundle / name).is_file() for each listed file "
-    "outside any try: a signed manifest listing a name longer than NAME_MAX raises "
-    "OSError(ENAMETOOLONG) instead of BundleError"))
 def test_overlong_file_name_in_signed_manifest_raises_bundle_error(
         shipped: tuple[Path, dict[str, Any]]) -> None:
     bundle, original = shipped

@@ -133,10 +133,6 @@ def test_missing_file_or_directory_raises_config_error(which: str, tmp_path: Pat
             LOADERS[which](path)
 
 
-@pytest.mark.xfail(strict=True, raises=UnicodeDecodeError, reason=(
-    "foreshock/config.py read_toml catches TOMLDecodeError and OSError but not "
-    "UnicodeDecodeError, which tomllib.load raises for a file that is not UTF-8: the user "
-    "gets 'error: UnicodeDecodeError' with exit 1 instead of a ConfigError (exit 2)"))
 @pytest.mark.parametrize("which", sorted(LOADERS))
 def test_non_utf8_file_raises_config_error(which: str, tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"

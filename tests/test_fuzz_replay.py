@@ -81,10 +81,6 @@ FUZZ = settings(max_examples=40, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "agent/recordings.py reads .wav with the standard wave module and maps wave.Error, "
-    "EOFError and OSError; for a RIFF/WAVE header followed by a bad chunk, wave's chunk "
-    "reader raises a bare RuntimeError, which escapes as exit 1 'error: RuntimeError:'"))
 @FUZZ
 @given(raw=damaged(".wav"))
 @example(raw=b"RIFF\xa4\x00\x00\x00WAVE\x00\x00\x00\x00\x00\x00\x00\x01")
