@@ -22,7 +22,7 @@ forgetting (stochastic median and MAD tracking: each step moves the median by
 * healthy with margin: anomaly score below ``healthy_fraction * threshold``,
 * not inside an open incident,
 * within the state's budget of ``max_updates_per_day`` adaptation steps per day of data
-  time, paced over the day (never more than one hour's share ahead). Steps are in units
+  time, and one hour's share of it per data hour (no bursts). Steps are in units
   of the fitted scale, so the median moves at most
   ``eta * max_updates_per_day`` fitted sd per day (2 by default) down, and
   ``eta * up_ratio * max_updates_per_day`` (0.2) up on damage features.
@@ -30,8 +30,9 @@ forgetting (stochastic median and MAD tracking: each step moves the median by
 For damage features (a rise means damage) upward steps use ``eta * up_ratio``: a fault that
 grows over days outruns the baseline. Downward steps (run-in settling: vibration dropping
 below the first baseline) use the full rate, so the agent does not stay blind to a later rise
-from the settled level. The scale is kept within ``[scale_min_ratio, scale_max_ratio]`` of its
-fitted value (it never widens enough to hide a fault, never narrows into noise).
+from the settled level. The scale is kept within ``[scale_min_ratio, scale_max_ratio]``
+(1..2) of its fitted value: it never narrows below what commissioning (with its floors)
+found, so adaptation cannot make the agent noisy, and never widens enough to hide a fault.
 
 **Audit.** Every baseline change (fitted, adapted — one summary per state and data day —,
 reset) is a JSON line ``{"ts", "who", "why", "stream", "state", "change", ...}`` in
@@ -59,6 +60,7 @@ from foreshock.errors import ConfigError
 log = logging.getLogger(__name__)
 FloatArray = npt.NDArray[np.float32]
 DAY_S = 86_400.0
+HOUR_S = 3_600.0
 BANK_FILE = "baselines.json"
 AUDIT_FILE = "baselines.audit.jsonl"
 #: Features whose rise means damage (level, impulsiveness, shaft orders, defect envelopes).
@@ -86,7 +88,7 @@ class LearningConfig:
     up_ratio: float = 0.1
     healthy_fraction: float = 0.5
     max_updates_per_day: int = 200
-    scale_min_ratio: float = 0.5
+    scale_min_ratio: float = 1.0
     scale_max_ratio: float = 2.0
     damage_features: tuple[str, ...] = DAMAGE_FEATURES
 
@@ -132,6 +134,8 @@ class StateBaseline:
     day: int = -1
     day_updates: int = 0
     day_logged: int = 0
+    hour: int = -1
+    hour_updates: int = 0
     adapted_total: int = 0
     day_shift_sd: float = 0.0
 
@@ -287,7 +291,7 @@ class StateBank:
         if day != sb.day:
             self._close_day(key, state, sb)
             sb.day, sb.day_updates, sb.day_logged, sb.day_shift_sd = day, 0, 0, 0.0
-        if sb.day_updates >= self._allowed(at_s):
+        if not self._within_rate(sb, at_s):
             self.counters["refused_rate"] += 1
             return False
         x = np.asarray(features, np.float64)
@@ -295,16 +299,19 @@ class StateBank:
             return False
         self._step(sb, x)
         sb.day_updates += 1
+        sb.hour_updates += 1
         sb.adapted_total += 1
         self.counters["adapted"] += 1
         return True
 
-    def _allowed(self, at_s: float) -> int:
-        """Steps allowed so far today: the daily budget paced over the day (at most one
-        hour's share ahead), so a burst of healthy windows cannot spend it at once."""
+    def _within_rate(self, sb: StateBaseline, at_s: float) -> bool:
+        """At most the daily budget per data day and one hour's share of it per data hour,
+        so a burst of healthy windows cannot spend a day's budget at once."""
         budget = self.config.max_updates_per_day
-        share = (at_s % DAY_S) / DAY_S + 1.0 / 24.0
-        return min(budget, math.ceil(budget * share))
+        hour = int(at_s // HOUR_S)
+        if hour != sb.hour:
+            sb.hour, sb.hour_updates = hour, 0
+        return sb.day_updates < budget and sb.hour_updates < math.ceil(budget / 24)
 
     def _step(self, sb: StateBaseline, x: npt.NDArray[np.float64]) -> None:
         c = self.config

@@ -161,6 +161,11 @@ class Decider:
             return self.floor, "bundle"
         return own, "commissioning"
 
+    def restore(self, key: Hashable, baseline: Any, threshold: float) -> None:
+        """Resume monitoring with a saved baseline and threshold (no commissioning)."""
+        s = self.stream(key)
+        s.baseline, s.threshold, s.rows, s.first_s = baseline, float(threshold), [], None
+
     def rebaseline(self, key: Hashable | None = None) -> None:
         """Forget the baseline (of one stream, or all) and commission again."""
         for k in [key] if key is not None else list(self._streams):

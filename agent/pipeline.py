@@ -27,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from agent import features as fx
+from agent.baselines import StateBank
 from agent.config import AgentConfig
 from agent.decision import Decider, Observation
 from agent.inference import Detector, LoadedBundle, ZScoreDetector, load_bundle
@@ -125,6 +126,10 @@ class Pipeline:
             machine_class=self.spec.machine_class, orders=self._orders(),
             floor=b.anomaly_floor if b else 0.0, adapt=b.adapt if b else None)
         self._names = {n: i for i, n in enumerate(names)}
+        #: operating-state baselines, set by the running agent (docs/learning.md); replay
+        #: and tests without it keep one commissioning baseline per stream
+        self.learning: StateBank | None = None
+        self._states: dict[int, str] = {}
 
     # -- construction --------------------------------------------------------------------
     def _configured_bundle(self) -> LoadedBundle | None:
@@ -186,11 +191,16 @@ class Pipeline:
         stats = self.bundle.manifest.data.get("training_stats")
         return stats if stats else None
 
-    def rebaseline(self, channel: int | None = None) -> None:
+    def rebaseline(self, channel: int | None = None, *, who: str = "agent",
+                   why: str = "rebaseline", at_s: float = 0.0) -> None:
         keys = [k for k in list(self.decider._streams)
                 if channel is None or (isinstance(k, tuple) and k[1] == channel)]
         for key in keys:
             self.decider.rebaseline(key)
+            if self.learning is not None:
+                self.learning.rebaseline(key, who=who, why=why, at_s=at_s)
+        if self.learning is not None and self.learning.state_dir is not None:
+            self.learning.save()
 
     def streams(self) -> dict[str, Any]:
         out = {}
@@ -201,6 +211,9 @@ class Pipeline:
                 "incident": None if s.incident is None else {
                     "id": s.incident.id, "severity": s.incident.severity,
                     "raised_ts": s.incident.raised_s}}
+            if self.learning is not None:
+                out[_key_text(key)]["states"] = self.learning.status()["streams"].get(
+                    _key_text(key), {})
         return out
 
     # -- processing ----------------------------------------------------------------------
@@ -218,11 +231,14 @@ class Pipeline:
         keys = [(w.device_id, w.channel) for w in windows]
         live = self._commission(windows, keys, x, out)
         z = np.zeros((len(windows), x.shape[1]), np.float32)
+        if self.learning is not None:
+            live = self._state_z(windows, keys, x, live, z, out)
         groups: dict[Hashable, list[int]] = {}
         for i in live:
             groups.setdefault(keys[i], []).append(i)
         for key, idx in groups.items():
-            z[idx] = self.decider.baseline(key).z(x[idx])
+            if self.learning is None:
+                z[idx] = self.decider.baseline(key).z(x[idx])
         scored = _Scored(len(windows), self.fault_min_probability)
         if live:
             out.z_all = z[live]
@@ -232,6 +248,8 @@ class Pipeline:
         state = {k: self.decider.stream(k).incident is not None for k in set(keys)}
         alerts = self._decide(windows, groups, x, z, scored)
         self._results(windows, keys, x, scored, alerts, state, out)
+        if self.learning is not None:
+            self._adapt(keys, x, out)
         out.anomaly = scored.anomaly[live]
         lap("decision", t)
         return out
@@ -241,14 +259,73 @@ class Pipeline:
         """Feed commissioning streams; indices of the windows of monitored streams."""
         live = []
         for i, (w, key) in enumerate(zip(windows, keys, strict=True)):
-            if self.decider.baseline(key) is None:
+            if self.decider.baseline(key) is None and not self._restore(key, w, x[i]):
                 event = self.decider.commission(key, x[i], w.end_s)
                 if event is not None:
                     event["detail"]["channel"] = w.channel
                     out.events.append(event)
+                    self._seed(key, w, x[i])
             else:
                 live.append(i)
         return live
+
+    # -- operating-state baselines (agent.baselines; docs/learning.md) --------------------
+    def _restore(self, key: tuple[str, int], w: Window, row: FloatArray) -> bool:
+        """Resume a stream from saved baselines (after a restart): True when resumed."""
+        bank = self.learning
+        threshold = bank.thresholds.get(_key_text(key)) if bank is not None else None
+        if bank is None or threshold is None:
+            return False
+        base = bank.baseline(key, bank.state_of(self._rpm_of(w), row))
+        if base is None:
+            return False
+        self.decider.restore(key, base, threshold)
+        return True
+
+    def _seed(self, key: tuple[str, int], w: Window, row: FloatArray) -> None:
+        """The commissioning baseline becomes the ready baseline of its operating state."""
+        if self.learning is None:
+            return
+        bank = self.learning
+        bank.seed(key, bank.state_of(self._rpm_of(w), row), self.decider.baseline(key), w.end_s)
+        bank.thresholds[_key_text(key)] = self.decider.threshold(key)
+        if bank.state_dir is not None:
+            bank.save()
+
+    def _state_z(self, windows: Sequence[Window], keys: list[tuple[str, int]], x: FloatArray,
+                 live: list[int], z: FloatArray, out: StepOutput) -> list[int]:
+        """z against each window's operating-state baseline; windows of states still
+        learning are not scored. Returns the scored windows."""
+        assert self.learning is not None
+        by_key: dict[tuple[str, int], list[int]] = {}
+        for i in live:
+            by_key.setdefault(keys[i], []).append(i)
+        rpm = self._rpm(windows)
+        kept: list[int] = []
+        self._states = {}
+        for key, idx in by_key.items():
+            zk, ready, states, events = self.learning.zscore(
+                key, x[idx], rpm[idx], [windows[i].end_s for i in idx])
+            z[idx] = zk
+            for j, i in enumerate(idx):
+                if ready[j]:
+                    kept.append(i)
+                    self._states[i] = states[j]
+            for event in events:
+                event["detail"]["channel"] = key[1]
+                out.events.append(event)
+            if events and self.learning.state_dir is not None:
+                self.learning.save()
+        return sorted(kept)
+
+    def _adapt(self, keys: list[tuple[str, int]], x: FloatArray, out: StepOutput) -> None:
+        """Guarded adaptation from every scored window (agent.baselines.StateBank.adapt)."""
+        assert self.learning is not None
+        for r in out.results:
+            state = self._states.get(r.index)
+            if state is not None and not r.commissioning:
+                self.learning.adapt(keys[r.index], state, x[r.index], r.window.end_s,
+                                    r.anomaly, r.threshold, r.incident_open)
 
     def _decide(self, windows: Sequence[Window], groups: dict[Hashable, list[int]],
                 x: FloatArray, z: FloatArray, scored: _Scored) -> dict[int, dict[str, Any]]:

@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from agent import pipeline
+from agent.baselines import LearningConfig, StateBank
 from agent.config import AgentConfig
 from agent.health import HealthReporting
 from agent.model_updates import OTA_KINDS, ModelUpdates
@@ -99,8 +100,10 @@ class Agent(ModelUpdates, HealthReporting):
         self._next_drain = self.started
         self.outbox: Any = None
         self.link: Any = None
+        self.learning: StateBank | None = None
         if store:
             self._open_outbox()
+            self._open_learning()
             self._open_ota()
         self._closed = False
 
@@ -122,6 +125,22 @@ class Agent(ModelUpdates, HealthReporting):
                              boot_id=self.outbox.boot_id, model=self.model_info)
             self.link.subscribe_commands(self._on_command)
 
+    def _open_learning(self) -> None:
+        """Operating-state baselines saved in the state dir (docs/learning.md)."""
+        self.learning = StateBank(LearningConfig(), self.pipeline.spec.feature_names,
+                                  state_dir=self.config.service.state_dir)
+        try:
+            self.learning.load()
+        except ForeshockError as exc:
+            log.warning("baselines not restored, learning again: %s", exc)
+        self.pipeline.learning = self.learning
+
+    def _attach_learning(self) -> None:
+        """A switched model gets the bank; its threshold is commissioned again."""
+        if self.learning is not None and self.pipeline.learning is not self.learning:
+            self.learning.thresholds.clear()
+            self.pipeline.learning = self.learning
+
     def _on_command(self, topic: str, payload: bytes) -> None:
         """Called from the link's thread: parse and queue it for the loop."""
         try:
@@ -138,7 +157,8 @@ class Agent(ModelUpdates, HealthReporting):
         if ota:
             self._queue_ota(topic, payload)
         elif kind.startswith("cmd/"):
-            self._commands.append((kind[4:], dict(command["args"])))
+            by = str(command.get("issued_by") or "gateway")
+            self._commands.append((kind[4:], {**command["args"], "issued_by": by}))
 
     # -- the loop ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -283,23 +303,48 @@ class Agent(ModelUpdates, HealthReporting):
         while self._commands:
             self._command(*self._commands.popleft())
         self._handle_ota()
+        self._attach_learning()
         if self.notifier.watchdog_interval_s and now >= self._next_watchdog:
             self.notifier.watchdog()
             self._next_watchdog = now + self.notifier.watchdog_interval_s
         if now >= self._next_health:
             self._next_health = now + self.config.service.health_interval_s
             self.emit_health()
+            self._save_learning()
         if self.link is not None and now >= self._next_drain:
             self._next_drain = now + self.config.link.drain_interval_s
             self.drain()
 
     def _command(self, name: str, args: dict[str, Any]) -> None:
         self.counters["commands"] += 1
-        if name == "rebaseline":
-            self.pipeline.rebaseline(args.get("channel"))
+        channel = args.get("channel")
+        if name == "rebaseline" or (name == "feedback" and args.get("label")
+                                    == "maintenance_done"):
+            why = str(args.get("why") or ("maintenance done" if name == "feedback"
+                                          else "rebaseline command"))
+            if name == "feedback":
+                channel = self._incident_channel(args.get("incident"))
+            self.pipeline.rebaseline(channel if isinstance(channel, int) else None,
+                                     who=f"command:{args['issued_by']}", why=why,
+                                     at_s=time.time())
             self._event({"type": "baseline", "detail": {"status": "rebaseline", **args}})
         else:
             log.info("command %s ignored by the agent loop", name)
+
+    def _incident_channel(self, incident: Any) -> int | None:
+        """The channel of an open or last incident with this id (None: all channels)."""
+        for key, s in self.pipeline.decider._streams.items():
+            last = s.last_alert or {}
+            if incident in ((s.incident.id if s.incident else None), last.get("incident")):
+                return int(key[1]) if isinstance(key, tuple) else None
+        return None
+
+    def _save_learning(self) -> None:
+        if self.learning is not None:
+            try:
+                self.learning.save()
+            except OSError as exc:
+                log.error("baselines not saved: %s", exc)
 
     def _event(self, body: dict[str, Any]) -> None:
         self.counters["events"] += 1
@@ -332,6 +377,7 @@ class Agent(ModelUpdates, HealthReporting):
         self.notifier.stopping("flushing the outbox")
         while self.queue:
             self._process(self._next_batch())
+        self._save_learning()
         if self.outbox is not None:
             self.drain(timeout_s=CLOSE_DRAIN_S)
             self.emit_health()
