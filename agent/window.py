@@ -13,8 +13,11 @@ Every frame is checked, and what the checks find is counted in ``counters``:
   so the stream's buffer is **reset**: a window never spans a gap (it would show a step
   that is not in the machine). ``resets`` counts every reset.
 - ``duplicates``: the frame repeats the last sequence number; dropped.
-- ``out_of_order``: the frame is older than the last accepted one; dropped (its window has
-  moved on, and inserting it would reorder samples).
+- ``out_of_order``: the frame is at most ``REORDER_FRAMES`` older than the last accepted
+  one; dropped (its window has moved on, and inserting it would reorder samples).
+- ``restarts``: the sequence number went back further than that: the node rebooted and
+  started counting again. The buffer is reset and the stream follows the new numbering
+  (otherwise a rebooted sensor would be ignored until its new count passed the old one).
 - ``rate_changes``: the sample rate differs from the stream's previous frames; the buffer
   is reset and the stream continues at the new rate.
 - ``dropped_streams``: frames of a new stream beyond ``max_streams``; dropped.
@@ -43,8 +46,10 @@ from foreshock.wire import Frame
 log = logging.getLogger(__name__)
 
 SEQ_MOD = 2**32
+REORDER_FRAMES = 8  # a frame up to this many behind is late; further back is a restart
 COUNTERS = ("frames", "samples", "windows", "seq_gaps", "missing_frames", "duplicates",
-            "out_of_order", "rate_changes", "resets", "dropped_streams", "non_finite")
+            "out_of_order", "restarts", "rate_changes", "resets", "dropped_streams",
+            "non_finite")
 
 
 class WindowSpec(Protocol):
@@ -167,8 +172,12 @@ class Windower:
             self.counters["duplicates"] += 1
             return False
         if step >= SEQ_MOD // 2:
-            self.counters["out_of_order"] += 1
-            return False
+            if SEQ_MOD - step <= REORDER_FRAMES:
+                self.counters["out_of_order"] += 1
+                return False
+            self.counters["restarts"] += 1
+            self._reset(stream)
+            return True
         if step > 1:
             self.counters["seq_gaps"] += 1
             self.counters["missing_frames"] += step - 1

@@ -53,6 +53,7 @@ __all__ = ["DataQualityMonitor", "Issue", "Quality", "QualityConfig", "WindowMet
 log = logging.getLogger(__name__)
 
 SEQ_MOD = 2**32
+REORDER_FRAMES = 8  # as agent.window: a frame further back is a restart, not a late frame
 
 
 @dataclass(frozen=True)
@@ -196,19 +197,23 @@ class DataQualityMonitor:
     def observe_frame(self, frame: FrameLike) -> None:
         """Record one frame's raw evidence (non-finite, saturation, gaps, timing).
 
-        A frame whose sequence number does not advance (a duplicate, or a late frame after
-        a newer one) is counted in ``frames_ignored`` and otherwise ignored, as the windower
-        drops it; after a gap the rate estimate restarts from the first frame past it.
+        A frame whose sequence number does not advance (a duplicate, or a frame at most
+        ``agent.window.REORDER_FRAMES`` behind a newer one) is counted in
+        ``frames_ignored`` and otherwise ignored, as the windower drops it; after a gap or a
+        restart of the node's numbering the rate estimate restarts at that frame.
         """
         stream = self._stream(frame.device_id, frame.channel)
         if stream is None:
             return
         if stream.last_seq is not None:
             step = (int(frame.seq) - stream.last_seq) % SEQ_MOD
-            if step == 0 or step >= SEQ_MOD // 2:  # duplicate or late: the windower drops it
+            late = step >= SEQ_MOD // 2 and SEQ_MOD - step <= REORDER_FRAMES
+            if step == 0 or late:  # duplicate or late: the windower drops it
                 self.counters["frames_ignored"] += 1
                 return
-            if step > 1:  # frames lost: the rate estimate restarts at this frame
+            if step >= SEQ_MOD // 2:  # the node restarted its numbering (as the windower)
+                stream.marks.clear()
+            elif step > 1:  # frames lost: the rate estimate restarts at this frame
                 stream.missing_frames += step - 1
                 stream.marks.clear()
         raw = np.asarray(frame.raw)

@@ -47,11 +47,6 @@ def _frames(device: str, seqs: range, t0_us: int) -> list[Frame]:
             for i, seq in enumerate(seqs)]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "agent/window.py treats any backwards sequence step as a reordered frame, so after a "
-    "node restarts its sequence at 0 (a sensor reboot, or the sensor-faults scenario's "
-    "disconnect with reset_seq) every later frame is dropped as out_of_order until the "
-    "new sequence passes the old one: the agent goes blind on that channel"))
 def test_windower_follows_a_node_that_restarts_its_sequence() -> None:
     windower = Windower(_Spec())
     before = _frames("node-1", range(1000, 1040), 1_000_000)
