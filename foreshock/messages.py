@@ -388,3 +388,28 @@ def decode_fleet(payload: bytes | str) -> dict[str, Any]:
         _need(dev, "device", (str,), f"fleet device {i}")
         _need(dev, "online", (bool, type(None)), f"fleet device {i}")
     return obj
+
+
+# --- gateway presence (docs/topics.md "Gateway presence") ---------------------------------
+GATEWAY_PRESENCE_SCHEMA: Final = "foreshock.gateway_presence/1"
+
+
+def gateway_presence_message(site: str, gateway: str, *, online: bool, ts: float,
+                             interval_s: float) -> bytes:
+    """A gateway instance (``gateway`` = its MQTT client id) says it is live and subscribed
+    (``online`` true, repeated every ``interval_s``) or leaving (``online`` false)."""
+    return dumps({"schema": GATEWAY_PRESENCE_SCHEMA, "site": site, "gateway": gateway,
+                  "online": online, "ts": ts, "interval_s": interval_s})
+
+
+def decode_gateway_presence(payload: bytes | str) -> dict[str, Any]:
+    obj = loads(payload)
+    _schema(obj, GATEWAY_PRESENCE_SCHEMA)
+    _need(obj, "site", (str,), "gateway presence")
+    _need(obj, "gateway", (str,), "gateway presence")
+    _need(obj, "online", (bool,), "gateway presence")
+    _need(obj, "ts", NUM, "gateway presence")
+    interval_s = _need(obj, "interval_s", NUM, "gateway presence")
+    if not (math.isfinite(interval_s) and interval_s >= 0):
+        raise MessageError(f"gateway presence: interval_s {interval_s!r} must be >= 0")
+    return obj

@@ -96,6 +96,13 @@ def control_fleet(site: str) -> str:
     return f"{ROOT}/{check_id(site, 'site')}/_control/fleet"
 
 
+def gateway_presence(site: str) -> str:
+    """Where gateway instances announce themselves live (not retained; the payload names the
+    instance). Devices hold their outbox until a gateway has announced itself since their
+    latest connect."""
+    return f"{ROOT}/{check_id(site, 'site')}/_control/gateway"
+
+
 def is_control(topic: str) -> bool:
     """True for site-wide control-room topics (``foreshock/v1/<site>/_control/...``), which
     a ``+`` in a device filter also matches."""

@@ -50,6 +50,7 @@ class GatewayConfig:
     connect_timeout_s: float = 10.0
     store_retry_s: float = 5.0
     fleet_interval_s: float = 10.0
+    presence_interval_s: float = 2.0
     republish_alerts: bool = True
     invalid_log_interval_s: float = 60.0
 
@@ -66,6 +67,7 @@ class GatewayConfig:
         check_range("session_expiry_s", self.session_expiry_s, 0, 2**32 - 1)
         check_range("connect_timeout_s", self.connect_timeout_s, 0.1, 600)
         check_range("fleet_interval_s", self.fleet_interval_s, 0, 86400)
+        check_range("presence_interval_s", self.presence_interval_s, 0, 3600)
         check_range("store_retry_s", self.store_retry_s, 0.01, 3600)
         check_range("invalid_log_interval_s", self.invalid_log_interval_s, 0, 86400)
 

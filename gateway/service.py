@@ -12,6 +12,14 @@ store fails the message stays unacknowledged and the broker delivers it again wh
 session resumes (``clean_start`` false, ``session_expiry_s``); the database drops the
 copies it already has.
 
+Presence: once the broker granted the subscriptions (SUBACK, on every (re)connect) the
+gateway publishes ``foreshock.gateway_presence/1`` on ``topics.gateway_presence(site)``
+(QoS 1, not retained), then every ``presence_interval_s``, and ``online: false`` on stop.
+Devices hold their outbox until they hear it after their own connect, so a broker that
+PUBACKs records while no gateway is subscribed (after a broker restart) loses nothing.
+The presence goes out on the same connection after the SUBSCRIBE, so the broker has the
+subscriptions in place before any device can hear it.
+
 Each newly stored alert is re-published, QoS 1, as a one-record ``foreshock.batch/1``
 alert batch on ``topics.control_alert(site)``.
 """
@@ -59,6 +67,9 @@ class Gateway:
         self._recovery_lock = threading.Lock()
         self._stop = threading.Event()
         self._fleet_thread: threading.Thread | None = None
+        self._presence_thread: threading.Thread | None = None
+        self._sites: frozenset[str] = frozenset() if config.site == "+" else \
+            frozenset({config.site})
         self.hooks: list[Any] = []
 
     def _make_client(self) -> mqtt.Client:
@@ -78,7 +89,9 @@ class Gateway:
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         client.on_disconnect = self._on_disconnect
-        client.reconnect_delay_set(1, 30)
+        # back within ~0.2 s of a broker restart (devices hold their data until then);
+        # paho annotates int but computes with floats
+        client.reconnect_delay_set(0.2, 10)  # type: ignore[arg-type]
         return client
 
     def subscriptions(self) -> list[str]:
@@ -98,11 +111,32 @@ class Gateway:
                             f"subscriptions within {self.config.connect_timeout_s:g} s")
         log.info("gateway %s ingesting %s into %s", self.config.effective_client_id(),
                  self.config.site, self.config.db_url.split("@")[-1])
+        self._stop.clear()
         if self.config.fleet_interval_s > 0:
-            self._stop.clear()
             self._fleet_thread = threading.Thread(target=self._fleet_loop, daemon=True,
                                                   name="gateway-fleet")
             self._fleet_thread.start()
+        if self.config.presence_interval_s > 0:
+            self._presence_thread = threading.Thread(target=self._presence_loop, daemon=True,
+                                                     name="gateway-presence")
+            self._presence_thread.start()
+
+    def _presence_loop(self) -> None:
+        while not self._stop.wait(self.config.presence_interval_s):
+            if self._subscribed.is_set():
+                self.publish_presence(online=True)
+
+    def publish_presence(self, *, online: bool) -> list[Any]:
+        """Announce this instance on the presence topic of every site it ingests (the
+        configured site, or each site seen so far when it ingests ``+``)."""
+        gateway_id = self.config.effective_client_id()
+        infos = []
+        for site in sorted(self._sites):
+            payload = messages.gateway_presence_message(
+                site, gateway_id, online=online, ts=time.time(),
+                interval_s=self.config.presence_interval_s)
+            infos.append(self.client.publish(topics.gateway_presence(site), payload, qos=1))
+        return infos
 
     def _fleet_loop(self) -> None:
         while not self._stop.wait(self.config.fleet_interval_s):
@@ -169,16 +203,26 @@ class Gateway:
     def stop(self) -> None:
         """Disconnect and close the store (if the gateway opened it)."""
         self._stop.set()
-        if self._fleet_thread is not None:
-            self._fleet_thread.join(10)
-            self._fleet_thread = None
+        for thread in (self._fleet_thread, self._presence_thread):
+            if thread is not None:
+                thread.join(10)
+        self._fleet_thread = self._presence_thread = None
         if self._started:
             self._started = False
+            if self._subscribed.is_set() and self.config.presence_interval_s > 0:
+                self._say_offline()
             self.client.disconnect()
             self.client.loop_stop()
         if self._own_store:
             self.store.close()
             self._own_store = False
+
+    def _say_offline(self) -> None:
+        for info in self.publish_presence(online=False):
+            try:
+                info.wait_for_publish(1.0)
+            except (RuntimeError, ValueError):
+                break
 
     def stats(self) -> IngestStats:
         return self.ingestor.stats()
@@ -196,6 +240,7 @@ class Gateway:
         if reason.is_failure:
             log.error("broker refused the gateway: %s", reason)
             return
+        self._subscribed.clear()
         if self.config.protocol == "3.1.1":
             client.subscribe([(f, 1) for f in self.subscriptions()])
         else:
@@ -208,14 +253,19 @@ class Gateway:
             log.error("broker refused subscriptions: %s", ", ".join(failed))
             return
         self._subscribed.set()
+        if self.config.presence_interval_s > 0:
+            self.publish_presence(online=True)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
                        properties: Any) -> None:
+        self._subscribed.clear()
         if self._started and reason.is_failure:
             log.warning("disconnected from broker (%s); reconnecting", reason)
 
     def _on_message(self, client: mqtt.Client, userdata: Any,
                     msg: mqtt.MQTTMessage) -> None:
+        if self.config.site == "+":
+            self._note_site(msg.topic)
         try:
             outcome = self.ingestor.handle(msg.topic, bytes(msg.payload), time.time())
         except StoreError as exc:
@@ -238,6 +288,16 @@ class Gateway:
             self._republish(outcome)
         if msg.qos > 0:
             client.ack(msg.mid, msg.qos)
+
+    def _note_site(self, topic: str) -> None:
+        try:
+            site = topics.parse(topic)[0]
+        except ValueError:
+            return
+        if site not in self._sites:
+            self._sites = self._sites | {site}  # replaced, never mutated: the timer reads it
+            if self._subscribed.is_set() and self.config.presence_interval_s > 0:
+                self.publish_presence(online=True)
 
     def _republish(self, outcome: Outcome) -> None:
         for record in outcome.new_alerts:
