@@ -27,6 +27,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import paho.mqtt.client as mqtt
@@ -76,6 +77,31 @@ def subscribe(port: int, latencies: dict[str, list[float]]) -> mqtt.Client:
     return client
 
 
+class StartOnFirstRead:
+    """A simulated node created at the agent's first read, so its wall-clock frame stamps
+    start when the agent starts listening (model loading happens before that)."""
+
+    def __init__(self, make: Any) -> None:
+        self._make = make
+        self._source: Any = None
+        self.stats: dict[str, int] = {}
+
+    def read(self, timeout_s: float) -> list[Any]:
+        if self._source is None:
+            self._source = self._make()
+            self.stats = self._source.stats
+        frames: list[Any] = self._source.read(timeout_s)
+        return frames
+
+    @property
+    def exhausted(self) -> bool:
+        return self._source is not None and bool(self._source.exhausted)
+
+    def close(self) -> None:
+        if self._source is not None:
+            self._source.close()
+
+
 def run(devices: int, duration_s: float, workdir: Path) -> dict[str, list[float]]:
     from agent.config import AgentConfig
     from agent.service import Agent
@@ -91,12 +117,13 @@ def run(devices: int, duration_s: float, workdir: Path) -> dict[str, list[float]
     try:
         for i in range(devices):
             scenario = demo.demo_scenario(Scenario.load(demo.FAULTY), duration_s)
-            node = SimNode(scenario, f"m{i}", seed=i + 1)
             config = AgentConfig.for_device(
                 f"m{i}", SITE, f"mqtt://127.0.0.1:{port}", workdir / f"m{i}",
                 model={"bundle": str(bundle), "trusted_keys": [str(key)]},
                 decision={"commission_s": demo.commission_s(duration_s)})
-            agent = Agent(config, NodeSource(node, realtime=True))
+            source = StartOnFirstRead(lambda i=i, sc=scenario: NodeSource(
+                SimNode(sc, f"m{i}", seed=i + 1), realtime=True))
+            agent = Agent(config, source)
             t = threading.Thread(target=agent.run, args=(stop,), daemon=True)
             t.start()
             threads.append(t)
