@@ -239,8 +239,14 @@ def watch(broker: str = typer.Option("mqtt://127.0.0.1:1883", "--broker",
                                            help="Exit after this long (0 = until Ctrl-C)."),
           protocol: str = typer.Option("5", "--protocol", help="MQTT protocol: 5 or 3.1.1 "
                                        "(the demo's embedded broker)."),
+          mark: str = typer.Option(None, "--mark", help="Instead of watching: label this "
+                                   "incident (from the open alerts table) and exit."),
+          label: str = typer.Option("false_alarm", "--label", help="With --mark: confirmed, "
+                                    "false_alarm or maintenance_done."),
+          device: str = typer.Option(None, "--device", help="With --mark: the device."),
           ) -> None:
-    """Live view of devices, scores, open alerts and rollout progress."""
+    """Live view of devices, scores, open alerts and rollout progress; with --mark, send
+    an operator's label of an incident on cmd/feedback (docs/learning.md)."""
     from rich.console import Console
     from rich.live import Live
 
@@ -249,6 +255,10 @@ def watch(broker: str = typer.Option("mqtt://127.0.0.1:1883", "--broker",
 
     if protocol not in ("5", "3.1.1"):
         raise ConfigError(f"--protocol {protocol!r} is not allowed; use 5 or 3.1.1")
+    if mark is not None:
+        topic = send_feedback(broker, site, device, mark, label, protocol)
+        typer.echo(f"sent {label} for incident {mark} on {topic}")
+        return
     model = WatchModel(site)
     subscriber = WatchSubscriber(broker, site, model, protocol=protocol)
     subscriber.start()
@@ -263,3 +273,30 @@ def watch(broker: str = typer.Option("mqtt://127.0.0.1:1883", "--broker",
         pass
     finally:
         subscriber.stop()
+
+
+def send_feedback(broker: str, site: str, device: str | None, incident: str, label: str,
+                  protocol: str = "5", timeout_s: float = 10.0) -> str:
+    """Publish an operator's label on ``cmd/feedback`` (QoS 1, waits for the broker's ack);
+    the device and the gateway's ingestor act on it. Needs an identity the broker lets
+    publish commands (the gateway's)."""
+    import getpass
+
+    from foreshock.errors import ConfigError, LinkError
+    from gateway.feedback import feedback_command
+    from gateway.watch_link import WatchSubscriber
+
+    if site == "+" or not device:
+        raise ConfigError("--mark needs --site and --device")
+    topic, payload = feedback_command(site, device, incident=incident, label=label,
+                                      operator=getpass.getuser(), ts=time.time())
+    link = WatchSubscriber(broker, site, WatchModel(site), protocol=protocol)
+    link.start()
+    try:
+        info = link.client.publish(topic, payload, qos=1)
+        info.wait_for_publish(timeout_s)
+        if not info.is_published():
+            raise LinkError(f"broker {broker} did not acknowledge the feedback")
+    finally:
+        link.stop()
+    return topic

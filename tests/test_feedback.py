@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -109,3 +110,49 @@ def test_cli_feedback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert code == 2 and "no stored alert 7" in err
     code, _, err = run(["1", "--label", "bogus"])
     assert code == 2 and "not one of" in err
+
+
+def test_watch_mark_publishes_feedback_the_gateway_records(
+        tmp_path: Path, mosquitto: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """`foreshock watch --mark` through a real broker; the ingestor records what arrives."""
+    import threading
+    import uuid
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from foreshock.cli import main
+
+    site = f"fb{uuid.uuid4().hex[:6]}"
+    s = open_store(f"sqlite:///{tmp_path / 'gw.db'}")
+    s.store_batch(Batch(site, "pump-1", "b", "alert", (alert(1, "inc-w"),), T0), T0)
+    got: list[tuple[str, bytes]] = []
+    subscribed, arrived = threading.Event(), threading.Event()
+    host, port = mosquitto.url.removeprefix("mqtt://").split(":")
+    sub = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    sub.on_subscribe = lambda *a: subscribed.set()
+
+    def on_message(client: Any, userdata: Any, msg: Any) -> None:
+        got.append((msg.topic, bytes(msg.payload)))
+        arrived.set()
+
+    sub.on_message = on_message
+    sub.connect(host, int(port))
+    sub.loop_start()
+    sub.subscribe(f"foreshock/v1/{site}/+/cmd/feedback", qos=1)
+    assert subscribed.wait(5)
+    with pytest.raises(SystemExit) as exc:
+        main(["watch", "--broker", mosquitto.url, "--site", site, "--device", "pump-1",
+              "--mark", "inc-w", "--label", "false_alarm"])
+        raise SystemExit(0)
+    assert int(exc.value.code or 0) == 0
+    assert "sent false_alarm for incident inc-w" in capsys.readouterr().out
+    assert arrived.wait(5)
+    sub.loop_stop()
+    sub.disconnect()
+    assert Ingestor(s).handle(*got[0], T0 + 9).valid
+    assert [(f.label, f.source) for f in fb.rows(s)] == [("false_alarm", "mqtt")]
+    s.close()
+    with pytest.raises(SystemExit) as exc:
+        main(["watch", "--broker", mosquitto.url, "--mark", "inc-w"])
+    assert exc.value.code == 2
