@@ -1,43 +1,20 @@
 """Operating-state baselines with guarded adaptation and an append-only audit log.
 
-Pure apart from :class:`AuditLog` and :meth:`StateBank.save` / :meth:`StateBank.load`
-(files in the agent's state dir); no clock: every time is the window's own ``at_s``.
+Reference: docs/learning.md. Pure apart from :class:`AuditLog` and :meth:`StateBank.save` /
+:meth:`StateBank.load` (files in the agent's state dir); no clock: every time is data time.
 
-**States.** A machine's normal depends on speed and load. A window's operating state is
-``s<i>`` (its shaft speed's bin over ``speed_edges_rpm``, 25 % wide by default; ``s?`` when
-the speed is unknown) plus ``l<j>`` (the bin over ``load_edges`` of an external load value,
-e.g. motor current, or of the configured proxy feature) when load binning is on. Each
-stream (device, channel) keeps one baseline per state.
-
-**Learning.** A state seen for the first time is *learning*: its windows are not scored (no
-alerts) until ``min_state_windows`` windows have been seen, then its baseline is fitted
-(:meth:`agent.features.Baseline.fit`: median and scaled MAD) and it becomes *ready*. The
-load proxy must not itself be a damage indicator (a rising RMS would move a faulty machine
-into a fresh "learning" state); docs/learning.md.
-
-**Guarded adaptation.** A ready state follows slow benign change by robust exponential
-forgetting (stochastic median and MAD tracking: each step moves the median by
-``eta * fitted_scale * sign(x - median)``), and only from windows that are
-
-* healthy with margin: anomaly score below ``healthy_fraction * threshold``,
-* not inside an open incident,
-* within the state's budget of ``max_updates_per_day`` adaptation steps per day of data
-  time, and one hour's share of it per data hour (no bursts). Steps are in units
-  of the fitted scale, so the median moves at most
-  ``eta * max_updates_per_day`` fitted sd per day (2 by default) down, and
-  ``eta * up_ratio * max_updates_per_day`` (0.2) up on damage features.
-
-For damage features (a rise means damage) upward steps use ``eta * up_ratio``: a fault that
-grows over days outruns the baseline. Downward steps (run-in settling: vibration dropping
-below the first baseline) use the full rate, so the agent does not stay blind to a later rise
-from the settled level. The scale is kept within ``[scale_min_ratio, scale_max_ratio]``
-(1..2) of its fitted value: it never narrows below what commissioning (with its floors)
-found, so adaptation cannot make the agent noisy, and never widens enough to hide a fault.
-
-**Audit.** Every baseline change (fitted, adapted — one summary per state and data day —,
-reset) is a JSON line ``{"ts", "who", "why", "stream", "state", "change", ...}`` in
-``baselines.audit.jsonl``, appended and fsynced; the bank is saved atomically (temp file,
-fsync, rename) to ``baselines.json`` and survives restarts.
+* **States**: per stream, one robust baseline (median, scaled MAD) per speed bin
+  (``speed_edges_rpm``, 25 % wide) and, optionally, load bin (``load_edges`` over an
+  external load value or a proxy feature that is not a damage indicator).
+* **Learning**: a new state is not scored (no alerts) until ``min_state_windows`` windows.
+* **Guarded adaptation**: stochastic median/MAD tracking, ``eta`` fitted sd per step, only
+  for windows scoring below ``healthy_fraction`` of the threshold, never during an
+  incident, at most ``max_updates_per_day`` steps per data day and one hour's share per data
+  hour; upward steps on damage features are ``up_ratio`` slower (a growing fault outruns
+  its baseline), downward steps follow run-in settling; the scale stays within
+  ``[scale_min_ratio, scale_max_ratio]`` (1..2) of its fitted value.
+* **Audit and persistence**: every change is a fsynced JSON line (who, when, why) in
+  ``baselines.audit.jsonl``; the bank is saved atomically to ``baselines.json``.
 """
 
 from __future__ import annotations
