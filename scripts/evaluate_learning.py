@@ -199,12 +199,15 @@ def _lead_summary(leads: list[float | None]) -> dict[str, Any]:
 
 
 # -- 3. FEMTO run-to-failure, adaptation on vs off -----------------------------------------
-def femto(runner: OnnxRunner, floor: float, femto_dir: Path) -> list[dict[str, Any]]:
+def femto(runner: OnnxRunner, floor: float, femto_dir: Path,
+          only: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """Each bearing commissioned on its first 10 minutes; the shipped bundle never saw FEMTO."""
     from models.datasets import load
 
     rows = []
     for path in sorted(femto_dir.glob("*.npz")):
+        if only and path.stem not in only:
+            continue
         rec = load(path)
         x, t_s = features_of(rec, SNAPSHOT_SPEC, "horizontal")
         life = float(t_s[-1])

@@ -235,3 +235,21 @@ def test_running_agent_learns_states_saves_restores_and_rebaselines(tmp_path: Pa
     resets = [r for r in log if r["change"] == "reset"]
     assert len(resets) == 2 and resets[0]["who"] == "command:ops"
     assert resets[0]["why"] == "bearing replaced"
+
+
+def test_femto_adaptation_neither_noisier_nor_later(shared_data: Path) -> None:
+    """A real run-in and run-to-failure bearing: adaptation on adds no first-half alert and
+    loses no lead time."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("evaluate_learning",
+                                                  root / "scripts" / "evaluate_learning.py")
+    assert spec is not None and spec.loader is not None
+    ev = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ev)
+    runner, floor = ev.bundle(ev.SHIPPED)
+    (row,) = ev.femto(runner, floor, shared_data / "femto", only=("Bearing3_1",))
+    assert row["lead_min_off"] is not None and row["lead_min_on"] is not None
+    assert row["first_half_on"] <= row["first_half_off"]
+    assert row["lead_min_on"] >= 0.9 * row["lead_min_off"]
