@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol, runtime_checkable
 
-from foreshock.wire import Frame
+from foreshock.errors import FrameError
+from foreshock.wire import Frame, decode
 
 
 @runtime_checkable
@@ -32,6 +33,16 @@ class Source(Protocol):
     def exhausted(self) -> bool: ...
 
     def close(self) -> None: ...
+
+
+def decode_counted(data: bytes, frames: list[Frame], stats: dict[str, int]) -> None:
+    """Decode one datagram or message into ``frames``; a bad one is dropped and counted in
+    ``stats`` (``bad_frames``, ``dropped_bytes``)."""
+    try:
+        frames.append(decode(data))
+    except FrameError:
+        stats["bad_frames"] += 1
+        stats["dropped_bytes"] += len(data)
 
 
 class ReplaySource:

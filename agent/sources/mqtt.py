@@ -17,9 +17,10 @@ from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 
+from agent.sources import decode_counted
 from foreshock import topics
-from foreshock.errors import ConfigError, FrameError
-from foreshock.wire import Frame, decode
+from foreshock.errors import ConfigError
+from foreshock.wire import Frame
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +96,7 @@ class MqttSource:
             payloads = [self._queue.popleft() for _ in range(count)]
         frames: list[Frame] = []
         for data in payloads:
-            try:
-                frames.append(decode(data))
-            except FrameError:
-                self.stats["bad_frames"] += 1
-                self.stats["dropped_bytes"] += len(data)
+            decode_counted(data, frames, self.stats)
         self.stats["frames"] += len(frames)
         return frames
 

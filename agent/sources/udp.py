@@ -6,8 +6,9 @@ import logging
 import select
 import socket
 
-from foreshock.errors import ConfigError, FrameError
-from foreshock.wire import MAX_FRAME_BYTES, Frame, decode
+from agent.sources import decode_counted
+from foreshock.errors import ConfigError
+from foreshock.wire import MAX_FRAME_BYTES, Frame
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +53,7 @@ class UdpSource:
             except OSError as exc:
                 log.debug("UDP receive failed: %s", exc)
                 break
-            try:
-                frames.append(decode(data))
-            except FrameError:
-                self.stats["bad_frames"] += 1
-                self.stats["dropped_bytes"] += len(data)
+            decode_counted(data, frames, self.stats)
         self.stats["frames"] += len(frames)
         return frames
 
