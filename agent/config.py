@@ -133,7 +133,10 @@ class LinkSection:
     (they come from ``[device]``). ``broker_url`` empty: no link, data waits in the outbox.
 
     ``drain_interval_s``: how often the loop publishes; ``drain_timeout_s``: how long one
-    drain may wait for acknowledgements before the loop goes on.
+    drain may wait for acknowledgements before the loop goes on. ``require_gateway`` (on
+    by default, unlike a bare :class:`~agent.link.LinkConfig`): hold the outbox until a
+    Foreshock gateway announced itself since the latest connect (docs/topics.md, "Gateway
+    presence"); set it false only when no Foreshock gateway consumes the data.
     """
 
     broker_url: str = ""
@@ -149,6 +152,8 @@ class LinkSection:
     backoff_max_s: float = 60.0
     connect_timeout_s: float = 10.0
     protocol: Literal["auto", "5", "3.1.1"] = "auto"
+    require_gateway: bool = True
+    gateway_timeout_s: float = 6.0
     drain_interval_s: float = 0.2
     drain_timeout_s: float = 0.05
 

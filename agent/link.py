@@ -13,6 +13,13 @@ QoS 1 inside a window of ``max_inflight`` messages, and acks exactly the row ids
 message once its PUBACK arrives. A disconnect forgets everything in flight without
 acking; the next drain on the next connection sends those rows again (at-least-once; the
 gateway drops duplicates by ``(device, boot_id, seq)``).
+
+With ``require_gateway`` the link also subscribes to ``topics.gateway_presence(site)`` and
+publishes nothing from the outbox until a live (not retained) ``online`` presence message
+arrived after its latest CONNACK; the gate closes again after ``gateway_timeout_s``
+without one or on ``online: false``. A broker's PUBACK only says the broker took a
+message; the gate makes sure a gateway is subscribed to take it from there (after a broker
+restart the devices are back before the gateway has resubscribed).
 """
 
 from __future__ import annotations
@@ -31,8 +38,14 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 
 from foreshock import __version__, topics
-from foreshock.errors import ConfigError
-from foreshock.messages import MAX_PAYLOAD_BYTES, Batch, dumps, state_message
+from foreshock.errors import ConfigError, MessageError
+from foreshock.messages import (
+    MAX_PAYLOAD_BYTES,
+    Batch,
+    decode_gateway_presence,
+    dumps,
+    state_message,
+)
 
 from .outbox import DRAIN_ORDER, Outbox
 
@@ -70,6 +83,8 @@ class LinkConfig:
     backoff_max_s: float = 60.0
     connect_timeout_s: float = 10.0
     protocol: Literal["auto", "5", "3.1.1"] = "auto"
+    require_gateway: bool = False
+    gateway_timeout_s: float = 6.0
 
     def __post_init__(self) -> None:
         topics.check_id(self.site, "site")
@@ -87,7 +102,9 @@ class LinkConfig:
                   "batch_max_bytes": BATCH_ENVELOPE_BYTES < self.batch_max_bytes
                   <= MAX_PAYLOAD_BYTES // 2,
                   "backoff_min_s": 0 < self.backoff_min_s <= self.backoff_max_s,
-                  "protocol": self.protocol in ("auto", "5", "3.1.1")}
+                  "protocol": self.protocol in ("auto", "5", "3.1.1"),
+                  "gateway_timeout_s": 0 < self.gateway_timeout_s <= 3600,
+                  "require_gateway": isinstance(self.require_gateway, bool)}
         for key, ok in checks.items():
             if not ok:
                 raise ConfigError(f"link {key}={getattr(self, key)!r} is out of range")
@@ -140,13 +157,17 @@ class Link:
         self._stats = dict.fromkeys(
             ("published_msgs", "published_records", "acked_records", "reconnects", "connects",
              "connect_failures", "rejected_msgs", "command_errors", "inflight_peak",
-             "subscriptions", "subscribe_failures"), 0)
+             "subscriptions", "subscribe_failures", "drains_held", "gateway_presences",
+             "presence_errors", "presence_refused"), 0)
+        self._gateway_until = 0.0  # monotonic time the gate stays open to; 0: closed
+        self._presence_refused = False  # the broker's ACL denies the presence topic
         self._protocol = (MQTTProtocolVersion.MQTTv311 if config.protocol == "3.1.1"
                           else MQTTProtocolVersion.MQTTv5)
         self._command_cb: CommandCallback | None = None
         self._rng = random.Random()
         self._thread: threading.Thread | None = None
         self._topic_state = topics.state(config.site, config.device_id)
+        self._topic_presence = topics.gateway_presence(config.site)
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -184,9 +205,20 @@ class Link:
             self._thread.join(timeout_s)
             self._thread = None
 
+    @property
+    def gateway_present(self) -> bool:
+        """True when the link may publish from the outbox: always without
+        ``require_gateway``; with it, a gateway announced itself live since the latest
+        connect and within ``gateway_timeout_s``."""
+        if not self.config.require_gateway or self._presence_refused:
+            return True
+        return self.connected and time.monotonic() < self._gateway_until
+
     def stats(self) -> dict[str, int]:
         with self._stats_lock:
-            return dict(self._stats)
+            out = dict(self._stats)
+        out["gateway_present"] = int(self.gateway_present)
+        return out
 
     def _count(self, name: str, n: int = 1) -> None:
         with self._stats_lock:
@@ -219,8 +251,12 @@ class Link:
 
     def _subscribe(self, client: mqtt.Client) -> None:
         site, dev = self.config.site, self.config.device_id
-        client.subscribe([(topics.commands(site, dev), 1), (topics.model_offer(site, dev), 1),
-                          (topics.model_chunk(site, dev), 1)])
+        filters = [(self._topic_presence, 1)] if self.config.require_gateway else []
+        if self._command_cb is not None:
+            filters += [(topics.commands(site, dev), 1), (topics.model_offer(site, dev), 1),
+                        (topics.model_chunk(site, dev), 1)]
+        if filters:
+            client.subscribe(filters)
 
     def _state(self, *, online: bool) -> bytes:
         return state_message(self.config.site, self.config.device_id, online=online,
@@ -333,9 +369,9 @@ class Link:
         if self._connected_once:
             self._count("reconnects")
         self._connected_once = True
+        self._gateway_until = 0.0  # only a presence heard on this connection opens the gate
         client.publish(self._topic_state, self._state(online=True), qos=1, retain=True)
-        if self._command_cb is not None:
-            self._subscribe(client)
+        self._subscribe(client)
         if gen == self._current[0]:
             self._connected.set()
             self._wake.set()
@@ -352,13 +388,25 @@ class Link:
         self._wake.set()
 
     def _on_subscribe(self, codes: list[Any]) -> None:
+        if self.config.require_gateway and codes and getattr(codes[0], "is_failure", False):
+            # the presence filter is always first; an ACL without it cannot gate: the link
+            # drains as without require_gateway rather than hold the outbox for ever
+            if not self._presence_refused:
+                log.warning("broker refused the gateway presence topic %s (%s): draining "
+                            "without the gateway gate; grant devices read access to it",
+                            self._topic_presence, codes[0])
+            self._presence_refused = True
+            self._count("presence_refused")
         failed = [c for c in codes if getattr(c, "is_failure", False)]
         self._count("subscribe_failures" if failed else "subscriptions")
         if failed:
             log.warning("broker refused the command subscriptions: %s", failed)
 
-    def _on_message(self, _client: mqtt.Client, _userdata: Any,
+    def _on_message(self, client: mqtt.Client, _userdata: Any,
                     msg: mqtt.MQTTMessage) -> None:
+        if msg.topic == self._topic_presence:
+            self._on_presence(client, msg)
+            return
         callback = self._command_cb
         if callback is None:
             return
@@ -368,13 +416,38 @@ class Link:
             self._count("command_errors")
             log.exception("command callback failed for %s", msg.topic)
 
+    def _on_presence(self, client: mqtt.Client, msg: mqtt.MQTTMessage) -> None:
+        """A retained presence may be stale (left by anything); only a live one counts, and
+        only on the current connection."""
+        if msg.retain or client is not self._current[1] or not self.config.require_gateway:
+            return
+        try:
+            presence = decode_gateway_presence(bytes(msg.payload))
+        except MessageError as exc:
+            self._count("presence_errors")
+            log.info("ignored a bad gateway presence message: %s", exc)
+            return
+        was_present = self.gateway_present
+        if presence["online"]:
+            self._gateway_until = time.monotonic() + self.config.gateway_timeout_s
+            self._count("gateway_presences")
+        else:
+            self._gateway_until = 0.0
+        if self.gateway_present != was_present:
+            log.info("gateway %s is %s", presence["gateway"],
+                     "present: draining the outbox" if presence["online"]
+                     else "gone: holding the outbox")
+        self._wake.set()
+
     # -- draining the outbox ---------------------------------------------------------------
     def drain(self, outbox: Outbox, *, timeout_s: float | None = None) -> int:
         """Publish pending records until none is left and every message is acked, the link
         drops, or ``timeout_s`` passes. Returns how many records the broker acknowledged
         (and the outbox deleted) during this call. Not connected: returns 0 at once.
         Messages still in flight at a timeout are acked by a later call on the same
-        connection. An :class:`OutboxError` from the outbox propagates."""
+        connection. With ``require_gateway`` and no gateway present nothing new is published
+        (the records wait in the outbox). An :class:`OutboxError` from the outbox
+        propagates."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         acked = 0
         with self._drain_lock:
@@ -387,7 +460,12 @@ class Link:
                     return acked
                 if self._cursor_gen != gen:
                     self._forget(gen)
-                sent = self._fill(outbox, gen, client)
+                if self.gateway_present:
+                    sent = self._fill(outbox, gen, client)
+                else:
+                    sent = 0
+                    if not self._inflight:
+                        self._count("drains_held")
                 if not sent and not self._inflight:
                     return acked
                 left_s = 0.2 if deadline is None else deadline - time.monotonic()

@@ -50,7 +50,8 @@ def test_agent_publishes_through_mosquitto(tmp_path: Path, mosquitto: object) ->
     cfg = AgentConfig.for_device("pump-1", "plant1", url, tmp_path / "state",
                                  decision={"commission_s": 4.0},
                                  model={"bundle": str(path), "trusted_keys": [str(pub)]},
-                                 service={"health_interval_s": 0.2})
+                                 service={"health_interval_s": 0.2},
+                                 link={"require_gateway": False})  # a bare subscriber here
     agent = Agent(cfg, ReplaySource(frames(300, 200)))
     assert agent.model_info == {"name": "tiny", "version": "1.2.3"}
     agent.start()

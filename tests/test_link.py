@@ -472,6 +472,7 @@ def test_backoff_grows_exponentially_with_jitter_and_is_capped(
     {"max_inflight": 0}, {"batch_max_records": 20_000}, {"batch_max_bytes": 100},
     {"batch_max_bytes": 3 * 1024 * 1024}, {"keepalive_s": 1}, {"protocol": "4"},
     {"backoff_min_s": 10.0, "backoff_max_s": 1.0}, {"tls_cert_path": "c.pem"},
+    {"gateway_timeout_s": 0}, {"require_gateway": "yes"},
 ])
 def test_bad_link_config_is_refused(overrides: dict[str, Any]) -> None:
     base = {"broker_url": "mqtts://broker.example:8883", "site": SITE, "device_id": "d1"}
@@ -603,3 +604,122 @@ def _listening(port: int) -> bool:
         return True
     except OSError:
         return False
+
+
+# -- gateway presence gate ---------------------------------------------------------------
+def announce(broker: Any, site: str, *, online: bool = True, retain: bool = False) -> None:
+    """Publish one gateway presence message the way a gateway does (or retained, stale)."""
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    pub.connect(broker.host, broker.port)
+    pub.loop_start()
+    payload = messages.gateway_presence_message(site, "gw-test", online=online,
+                                                ts=time.time(), interval_s=2.0)
+    pub.publish(topics.gateway_presence(site), payload, qos=1, retain=retain).wait_for_publish(5)
+    pub.disconnect()
+    pub.loop_stop()
+
+
+def gated_link(links: list[Link], broker: Any, site: str, device: str,
+               **overrides: Any) -> Link:
+    config = LinkConfig(broker.url, site, device, backoff_min_s=0.05, backoff_max_s=0.5,
+                        require_gateway=True, **overrides)
+    link = Link(config, boot_id="boot-1")
+    links.append(link)
+    link.start()
+    assert link.wait_connected(10)
+    assert wait_for(lambda: link.stats()["subscriptions"] >= 1)  # presence topic subscribed
+    return link
+
+
+def test_gate_holds_the_outbox_until_a_live_gateway_presence(
+        mosquitto: Any, tmp_path: Path, device: str, collectors: list[Collector],
+        links: list[Link]) -> None:
+    site = f"s{uuid.uuid4().hex[:8]}"
+    col = Collector(mosquitto, f"{topics.ROOT}/{site}/{device}/#")
+    collectors.append(col)
+    announce(mosquitto, site, retain=True)  # stale: left behind, says nothing about now
+    try:
+        outbox = Outbox(tmp_path / "outbox.db", boot_id="boot-1")
+        expected = fill(outbox, 50, alerts=2)
+        link = gated_link(links, mosquitto, site, device)
+        time.sleep(0.3)  # the retained presence has been delivered by now
+        assert link.drain(outbox, timeout_s=0.3) == 0
+        stats = link.stats()
+        assert stats["gateway_present"] == 0 and stats["drains_held"] >= 1
+        assert stats["published_msgs"] == 0 and col.records() == []
+        assert outbox.depth()["telemetry"].rows == 50
+        announce(mosquitto, site)
+        assert wait_for(lambda: link.gateway_present, 5)
+        assert link.drain(outbox, timeout_s=10) == len(expected)
+        assert wait_for(lambda: len(col.records()) >= len(expected))
+        assert Counter(col.records()) == Counter(expected)
+        announce(mosquitto, site, online=False)  # a gateway leaving closes the gate at once
+        assert wait_for(lambda: not link.gateway_present, 5)
+        outbox.close()
+    finally:
+        announce_clear = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        announce_clear.connect(mosquitto.host, mosquitto.port)
+        announce_clear.loop_start()
+        announce_clear.publish(topics.gateway_presence(site), b"", qos=1,
+                               retain=True).wait_for_publish(5)
+        announce_clear.disconnect()
+        announce_clear.loop_stop()
+
+
+def test_gate_closes_after_the_timeout_and_after_a_reconnect(
+        mosquitto_private: Any, tmp_path: Path, device: str, links: list[Link]) -> None:
+    site = f"s{uuid.uuid4().hex[:8]}"
+    outbox = Outbox(tmp_path / "outbox.db", boot_id="boot-1")
+    fill(outbox, 20)
+    link = gated_link(links, mosquitto_private, site, device, gateway_timeout_s=1.0)
+    announce(mosquitto_private, site)
+    assert wait_for(lambda: link.gateway_present, 5)
+    assert link.drain(outbox, timeout_s=10) == 20
+    time.sleep(1.3)  # no presence for longer than gateway_timeout_s
+    assert not link.gateway_present
+    fill(outbox, 30)
+    assert link.drain(outbox, timeout_s=0.3) == 0
+    assert outbox.depth()["telemetry"].rows == 30  # the backlog waits
+    announce(mosquitto_private, site)
+    assert wait_for(lambda: link.gateway_present, 5)
+    mosquitto_private.restart()  # a presence from before the latest connect does not count
+    assert wait_for(lambda: link.stats()["reconnects"] >= 1, 15)
+    assert link.wait_connected(10) and not link.gateway_present
+    assert link.drain(outbox, timeout_s=0.3) == 0
+    assert wait_for(lambda: link.stats()["subscriptions"] >= 2)
+    announce(mosquitto_private, site)
+    assert wait_for(lambda: link.gateway_present, 5)
+    assert link.drain(outbox, timeout_s=10) == 30
+    outbox.close()
+
+
+def test_a_real_gateway_opens_the_gate_and_stores_everything(
+        mosquitto: Any, tmp_path: Path, device: str, links: list[Link]) -> None:
+    from gateway.config import GatewayConfig
+    from gateway.service import Gateway
+
+    site = f"s{uuid.uuid4().hex[:8]}"
+    outbox = Outbox(tmp_path / "outbox.db", boot_id="boot-1")
+    expected = fill(outbox, 40, alerts=3)
+    link = gated_link(links, mosquitto, site, device)
+    assert link.drain(outbox, timeout_s=0.2) == 0
+    cfg = GatewayConfig.for_site(mosquitto.url, site, f"sqlite:///{tmp_path / 'gw.db'}",
+                                 client_id=f"gw-{site}", presence_interval_s=0.5,
+                                 fleet_interval_s=0)
+    with Gateway(cfg) as gateway:
+        assert wait_for(lambda: link.gateway_present, 5)
+        assert link.drain(outbox, timeout_s=10) == len(expected)
+        assert wait_for(lambda: gateway.stats().records_stored >= len(expected), 10)
+    assert wait_for(lambda: not link.gateway_present, 5)  # the gateway said online: false
+    outbox.close()
+
+
+def test_the_gate_is_off_by_default(mosquitto: Any, tmp_path: Path, device: str,
+                                    links: list[Link]) -> None:
+    outbox = Outbox(tmp_path / "outbox.db", boot_id="boot-1")
+    fill(outbox, 10)
+    link = make_link(links, mosquitto, device, "boot-1")
+    assert link.wait_connected(10) and link.gateway_present
+    assert link.drain(outbox, timeout_s=10) == 10
+    assert link.stats()["drains_held"] == 0
+    outbox.close()

@@ -68,7 +68,7 @@ def agent_config(spec: dict[str, Any]) -> Any:
         spec["device"], spec["site"], spec["broker_url"], spec["state_dir"],
         model={"bundle": str(bundle), "trusted_keys": [str(key)]},
         decision={"commission_s": commission_s(60.0)},
-        link={"protocol": "5", "client_id": f"chaos-{spec['device']}",
+        link={"protocol": "5", "client_id": f"chaos-{spec['device']}", "require_gateway": True,
               "backoff_min_s": 0.2, "backoff_max_s": 2.0},
         service={"health_interval_s": float(spec.get("health_interval_s", 2.0))},
         outbox=dict(spec.get("outbox", {})))
