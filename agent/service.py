@@ -369,6 +369,23 @@ class Agent(ModelUpdates, HealthReporting):
         self._lap("link", t)
 
     # -- shutdown ----------------------------------------------------------------------------
+    def _final_drain(self) -> None:
+        """Deliver what the outbox holds before stopping: wait for the link to connect and
+        (with ``link.require_gateway``) for a gateway to announce itself, for at most
+        ``link.connect_timeout_s`` + ``link.gateway_timeout_s``. What is left stays in the
+        outbox for the next start."""
+        if self.link is None or self.outbox is None:
+            return
+        cfg = self.config.link
+        deadline = time.monotonic() + cfg.connect_timeout_s + cfg.gateway_timeout_s
+        while time.monotonic() < deadline:
+            if sum(d.rows for d in self.outbox.depth().values()) == 0:
+                return
+            if self.link.connected and self.link.gateway_present:
+                self.drain(timeout_s=CLOSE_DRAIN_S)
+            else:
+                time.sleep(0.05)
+
     def close(self) -> None:
         """Process what is queued, write health, drain once more, close outbox and link."""
         if self._closed:
@@ -379,9 +396,8 @@ class Agent(ModelUpdates, HealthReporting):
             self._process(self._next_batch())
         self._save_learning()
         if self.outbox is not None:
-            self.drain(timeout_s=CLOSE_DRAIN_S)
             self.emit_health()
-            self.drain(timeout_s=CLOSE_DRAIN_S)
+            self._final_drain()
             self.write_status()  # a replay (no outbox) leaves no status file behind
         if self.link is not None:
             self.link.stop()

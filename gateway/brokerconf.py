@@ -93,6 +93,8 @@ def render_acl(opts: BrokerOptions, sites: Sequence[str]) -> str:
         lines += [f"pattern write {base}/{kind}" for kind in DEVICE_WRITE]
         lines += [f"pattern read {base}/{kind}" for kind in DEVICE_READ]
         lines += [f"pattern readwrite {base}/{kind}" for kind in DEVICE_READWRITE]
+        # gateway presence: devices hold their outbox until a gateway is live (docs/topics.md)
+        lines.append(f"pattern read {topics.gateway_presence(site)}")
         lines.append("")
     for name in opts.gateways:
         lines += [f"# gateway instance {name}: ingest (shared subscriptions), commands, "
