@@ -172,9 +172,9 @@ class ModelUpdates:
                 self.counters["ota_errors"] += 1
                 log.error("model update message on %s: %s", topic, exc)
                 continue
-            if out:
-                self._send_status(out)
+            if out:  # switch first: "active" goes out only once the new model runs
                 self._follow_ota()
+                self._send_status(out)
         self._flush_status()
 
     def _shadow(self, z_all: Any) -> None:
@@ -188,9 +188,8 @@ class ModelUpdates:
                                  candidate)
         out = ota.observe(z_all[:, self._shadow_cols[0]])
         if out:
-            self._send_status(out)
             self._follow_ota()
-            self._flush_status()
+            self._send_status(out)
 
     def _send_status(self, payloads: list[bytes]) -> None:
         self._unsent.extend(payloads)
