@@ -27,7 +27,8 @@ from foreshock.errors import ConfigError
 ROOT: Final = "foreshock/v1"
 ID_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
 
-DEVICE_KINDS: Final = ("state", "telemetry", "alert", "event", "health", "model/status")
+DEVICE_KINDS: Final = ("state", "telemetry", "alert", "event", "health", "model/status",
+                        "cmd/feedback")
 RECORD_KINDS: Final = ("telemetry", "alert", "event", "health")
 COMMANDS: Final = ("rebaseline", "feedback", "rollback", "snapshot", "ping")
 

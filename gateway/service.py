@@ -45,7 +45,7 @@ from gateway.ingest import Ingestor, IngestStats, Outcome
 from gateway.store import Store, open_store
 
 log = logging.getLogger(__name__)
-SHARED_KINDS = ("telemetry", "alert", "event", "health", "model/status")
+SHARED_KINDS = ("telemetry", "alert", "event", "health", "model/status", "cmd/feedback")
 
 
 class Gateway:

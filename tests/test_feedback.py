@@ -114,44 +114,34 @@ def test_cli_feedback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
 
 def test_watch_mark_publishes_feedback_the_gateway_records(
         tmp_path: Path, mosquitto: Any, capsys: pytest.CaptureFixture[str]) -> None:
-    """`foreshock watch --mark` through a real broker; the ingestor records what arrives."""
-    import threading
+    """`foreshock watch --mark` through a real broker to a running gateway, which records it."""
+    import time
     import uuid
 
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-
     from foreshock.cli import main
+    from gateway.config import GatewayConfig
+    from gateway.service import Gateway
 
     site = f"fb{uuid.uuid4().hex[:6]}"
-    s = open_store(f"sqlite:///{tmp_path / 'gw.db'}")
+    db_url = f"sqlite:///{tmp_path / 'gw.db'}"
+    s = open_store(db_url)
     s.store_batch(Batch(site, "pump-1", "b", "alert", (alert(1, "inc-w"),), T0), T0)
-    got: list[tuple[str, bytes]] = []
-    subscribed, arrived = threading.Event(), threading.Event()
-    host, port = mosquitto.url.removeprefix("mqtt://").split(":")
-    sub = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    sub.on_subscribe = lambda *a: subscribed.set()
-
-    def on_message(client: Any, userdata: Any, msg: Any) -> None:
-        got.append((msg.topic, bytes(msg.payload)))
-        arrived.set()
-
-    sub.on_message = on_message
-    sub.connect(host, int(port))
-    sub.loop_start()
-    sub.subscribe(f"foreshock/v1/{site}/+/cmd/feedback", qos=1)
-    assert subscribed.wait(5)
-    with pytest.raises(SystemExit) as exc:
-        main(["watch", "--broker", mosquitto.url, "--site", site, "--device", "pump-1",
-              "--mark", "inc-w", "--label", "false_alarm"])
-        raise SystemExit(0)
-    assert int(exc.value.code or 0) == 0
-    assert "sent false_alarm for incident inc-w" in capsys.readouterr().out
-    assert arrived.wait(5)
-    sub.loop_stop()
-    sub.disconnect()
-    assert Ingestor(s).handle(*got[0], T0 + 9).valid
-    assert [(f.label, f.source) for f in fb.rows(s)] == [("false_alarm", "mqtt")]
+    gateway = Gateway(GatewayConfig.for_site(mosquitto.url, site, db_url,
+                                             client_id=f"gw-{site}"), store=s)
+    gateway.start()
+    try:
+        with pytest.raises(SystemExit) as exc:
+            main(["watch", "--broker", mosquitto.url, "--site", site, "--device", "pump-1",
+                  "--mark", "inc-w", "--label", "false_alarm"])
+            raise SystemExit(0)
+        assert int(exc.value.code or 0) == 0
+        assert "sent false_alarm for incident inc-w" in capsys.readouterr().out
+        deadline = time.monotonic() + 10
+        while not fb.rows(s) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [(f.label, f.source) for f in fb.rows(s)] == [("false_alarm", "mqtt")]
+    finally:
+        gateway.stop()
     s.close()
     with pytest.raises(SystemExit) as exc:
         main(["watch", "--broker", mosquitto.url, "--mark", "inc-w"])
