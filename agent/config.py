@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from agent.baselines import LearningConfig
 from agent.features.geometry import BEARINGS, ISO_ZONE_LIMITS_MM_S
 from agent.link import LinkConfig
 from agent.monitor import MonitorConfig
@@ -203,6 +204,7 @@ SECTIONS: dict[str, type] = {
     "device": DeviceConfig, "source": SourceConfig, "features": FeaturesConfig,
     "model": ModelConfig, "decision": DecisionConfig, "outbox": OutboxSection,
     "link": LinkSection, "service": ServiceConfig, "monitor": MonitorConfig,
+    "learning": LearningConfig,
 }
 
 
@@ -217,6 +219,7 @@ class AgentConfig:
     link: LinkSection = field(default_factory=LinkSection)
     service: ServiceConfig = field(default_factory=ServiceConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    learning: LearningConfig = field(default_factory=LearningConfig)
 
     @classmethod
     def load(cls, path: Path | str) -> AgentConfig:

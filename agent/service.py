@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 
 from agent import pipeline
-from agent.baselines import LearningConfig, StateBank
+from agent.baselines import StateBank
 from agent.config import AgentConfig
 from agent.health import HealthReporting
 from agent.model_updates import OTA_KINDS, ModelUpdates
@@ -127,7 +127,7 @@ class Agent(ModelUpdates, HealthReporting):
 
     def _open_learning(self) -> None:
         """Operating-state baselines saved in the state dir (docs/learning.md)."""
-        self.learning = StateBank(LearningConfig(), self.pipeline.spec.feature_names,
+        self.learning = StateBank(self.config.learning, self.pipeline.spec.feature_names,
                                   state_dir=self.config.service.state_dir)
         try:
             self.learning.load()
