@@ -40,6 +40,8 @@ ALL_FAULTS = ("normal", "inner_race", "outer_race", "ball", "imbalance", "misali
 class Tested:
     """One test record's windows and decisions."""
 
+    __test__ = False  # not a pytest test class, despite the name
+
     name: str
     label: int
     decisions: npt.NDArray[np.int64]
