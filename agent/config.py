@@ -84,12 +84,20 @@ class ModelConfig:
     ``bundle``, load the newest bundle shipped in the package (models/bundles/, verified with
     the key shipped next to it); false: the model-free z-score detector.
     ``backend``: onnx (the bundle's default file, usually int8), onnx-fp32, or tflite.
+    ``command_keys``: PEM public keys allowed to sign state-changing commands (rebaseline,
+    feedback, rollback); empty means ``trusted_keys`` (docs/config.md).
     """
 
     bundle: Path | None = None
     trusted_keys: tuple[Path, ...] = ()
     default_bundle: bool = True
     backend: Literal["onnx", "onnx-fp32", "tflite"] = "onnx"
+    command_keys: tuple[Path, ...] = ()
+
+    @property
+    def command_key_files(self) -> tuple[Path, ...]:
+        """The keys commands are verified with: ``command_keys``, else ``trusted_keys``."""
+        return self.command_keys or self.trusted_keys
 
 
 @dataclass(frozen=True)

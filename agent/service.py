@@ -32,6 +32,12 @@ Model updates (agent/model_updates.py): ``model/offer``, ``model/chunk`` and
 (agent/ota.py); its answers go out on ``model/status``, every scored batch feeds a candidate
 in shadow, and the loop switches models when the receiver promotes or rolls back.
 
+Commands: ``cmd/rebaseline``, ``cmd/feedback`` and ``cmd/rollback`` change state, so they
+run only when signed (``sig``, ed25519) by a ``model.command_keys`` key (default
+``model.trusted_keys``), with ``ts`` within 600 s of the device clock and an ``id`` not
+among the last 256 accepted (replay guard); anything else is logged and counted in
+``bad_commands``, never executed. ``ping`` and ``snapshot`` may be unsigned.
+
 systemd: READY=1 once the loop runs, WATCHDOG=1 at half of WATCHDOG_USEC, STATUS= with a
 one-line summary, STOPPING=1 on shutdown (see agent/sdnotify.py).
 """
@@ -47,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agent import pipeline
 from agent.baselines import StateBank
@@ -57,6 +64,7 @@ from agent.monitor import Monitor, PrometheusExporter, WindowMeta
 from agent.sdnotify import Notifier
 from agent.sources import Source
 from agent.window import Window, Windower
+from foreshock import bundle as fsbundle
 from foreshock import messages, topics
 from foreshock.errors import ForeshockError
 
@@ -94,6 +102,8 @@ class Agent(ModelUpdates, HealthReporting):
         self.started_ts = time.time()
         self.last_alert: dict[str, Any] | None = None
         self._commands: deque[tuple[str, dict[str, Any]]] = deque(maxlen=64)
+        self._command_keys: list[Ed25519PublicKey] | None = None   # loaded on first use
+        self._command_ids = messages.CommandReplayGuard()
         self._quality: dict[str, int] = {}
         self._next_health = self.started + config.service.health_interval_s
         self._next_watchdog = self.started
@@ -142,7 +152,8 @@ class Agent(ModelUpdates, HealthReporting):
             self.pipeline.learning = self.learning
 
     def _on_command(self, topic: str, payload: bytes) -> None:
-        """Called from the link's thread: parse and queue it for the loop."""
+        """Called from the link's thread: parse, check a state-changing command's signature
+        and freshness, and queue it for the loop."""
         try:
             _, _, kind = topics.parse(topic)
             ota = kind in OTA_KINDS and self.ota is not None
@@ -150,6 +161,8 @@ class Agent(ModelUpdates, HealthReporting):
                 self._queue_ota(topic, payload)   # validated by the receiver (counted there)
                 return
             command = messages.decode_command(payload)
+            if kind.startswith("cmd/") and kind[4:] in messages.SIGNED_COMMANDS:
+                self._verify_command(command)
         except (ValueError, ForeshockError) as exc:
             self.counters["bad_commands"] += 1
             log.warning("ignoring message on %s: %s", topic, exc)
@@ -159,6 +172,19 @@ class Agent(ModelUpdates, HealthReporting):
         elif kind.startswith("cmd/"):
             by = str(command.get("issued_by") or "gateway")
             self._commands.append((kind[4:], {**command["args"], "issued_by": by}))
+
+    def _verify_command(self, command: dict[str, Any]) -> None:
+        """Signed by a ``model.command_keys`` key, ``ts`` within 600 s of our clock, and an
+        id not among the last 256 accepted; else MessageError (docs/config.md)."""
+        if self._command_keys is None:
+            self._command_keys = []
+            for path in self.config.model.command_key_files:
+                try:
+                    self._command_keys.append(fsbundle.load_public_key(Path(path)))
+                except ForeshockError as exc:
+                    log.error("command key not usable, skipped: %s", exc)
+        messages.verify_command(command, self._command_keys)
+        self._command_ids.check(command)
 
     # -- the loop ----------------------------------------------------------------------------
     def start(self) -> None:

@@ -16,6 +16,7 @@ import typer
 
 from foreshock.errors import ConfigError
 from gateway.config import GatewayConfig
+from gateway.config import command_key as load_command_key
 
 log = logging.getLogger(__name__)
 app = typer.Typer(no_args_is_help=True, add_completion=False,
@@ -165,7 +166,11 @@ def deploy(bundle: Path = typer.Argument(..., help="Signed bundle directory."),
            config: Path = typer.Option(None, "--config", help="Gateway TOML (broker, store)."),
            broker_url: str = typer.Option(None, "--broker", help="Broker url (overrides "
                                           "--config)."),
-           db: str = typer.Option(None, "--db", help=f"Store url (default {DEFAULT_DB}).")
+           db: str = typer.Option(None, "--db", help=f"Store url (default {DEFAULT_DB})."),
+           command_key: Path = typer.Option(None, "--command-key", help="ed25519 private "
+                                            "key (PEM) that signs the rollback command "
+                                            "(default: command_key_file, else the site's "
+                                            "model-signing key).")
            ) -> None:
     """Roll a signed model bundle out: canary first, widen, abort and roll back on failure."""
     from gateway.deploy import deploy as run_deploy
@@ -174,6 +179,7 @@ def deploy(bundle: Path = typer.Argument(..., help="Signed bundle directory."),
     from gateway.store import open_store
 
     cfg = GatewayConfig.load(config) if config else GatewayConfig()
+    signer = load_command_key(command_key or cfg.command_key_file)
     store = open_store(db or cfg.db_url)
 
     def progress(m: RolloutManager) -> None:
@@ -185,7 +191,8 @@ def deploy(bundle: Path = typer.Argument(..., help="Signed bundle directory."),
         plan = RolloutPlan(bundle, site, devices, canary=canary, abort_on_pct=abort_on,
                            shadow_windows=shadow_windows)
         manager = run_deploy(plan, broker_url or cfg.broker_url, store, list(key),
-                             timeout_s=timeout_s, progress=progress)
+                             timeout_s=timeout_s, progress=progress,
+                             command_key=signer)
     finally:
         store.close()
     typer.echo(f"rollout {manager.rollout_id} of {manager.bundle['name']} "

@@ -14,11 +14,17 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from foreshock import topics
+from foreshock.bundle import load_private_key
 from foreshock.config import check_range, from_table, read_toml
 from foreshock.errors import ConfigError
 
 BROKER_SCHEMES = ("mqtt", "mqtts")
+# Where `foreshock gateway ca init` puts the site's model-signing key; devices pin its
+# public half, so it also signs commands (docs/provisioning.md).
+DEFAULT_COMMAND_KEY = Path("/var/lib/foreshock/model-signing/model-signing.key")
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,7 @@ class GatewayConfig:
     presence_interval_s: float = 2.0
     republish_alerts: bool = True
     invalid_log_interval_s: float = 60.0
+    command_key_file: str = ""
 
     def __post_init__(self) -> None:
         if self.site != "+":
@@ -94,6 +101,22 @@ class GatewayConfig:
 
     def with_(self, **changes: Any) -> GatewayConfig:
         return replace(self, **changes)
+
+
+def command_key(path: str | Path | None) -> Ed25519PrivateKey | None:
+    """The private key that signs device commands (rebaseline, feedback, rollback).
+
+    ``path`` (``--command-key`` / ``command_key_file``) must load; with none, the site's
+    model-signing key at its default place if it exists, else None (commands go unsigned
+    and devices refuse the state-changing ones). Raises BundleError for an unusable key.
+    """
+    if path:
+        return load_private_key(Path(path))
+    try:
+        present = DEFAULT_COMMAND_KEY.is_file()
+    except OSError:   # a directory we may not read
+        present = False
+    return load_private_key(DEFAULT_COMMAND_KEY) if present else None
 
 
 def broker(url: str) -> BrokerAddress:

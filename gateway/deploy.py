@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion
 
 from foreshock import topics
@@ -52,8 +53,12 @@ def targets(store: Store, to: str) -> tuple[str, tuple[str, ...]]:
 
 def deploy(plan: RolloutPlan, broker_url: str, store: Store, trusted_keys: Sequence[Any], *,
            timeout_s: float = 3600.0, reoffer_s: float = 60.0,
-           progress: Callable[[RolloutManager], None] | None = None) -> RolloutManager:
-    """Run the rollout; returns the manager (``state`` complete, aborted or timed out)."""
+           progress: Callable[[RolloutManager], None] | None = None,
+           command_key: Ed25519PrivateKey | None = None) -> RolloutManager:
+    """Run the rollout; returns the manager (``state`` complete, aborted or timed out).
+
+    ``command_key`` signs the ``cmd/rollback`` sent on abort (devices refuse unsigned ones).
+    """
     addr = broker(broker_url)
     client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5,
                          client_id=f"foreshock-deploy-{uuid.uuid4().hex[:8]}")
@@ -62,7 +67,7 @@ def deploy(plan: RolloutPlan, broker_url: str, store: Store, trusted_keys: Seque
     if addr.tls:
         client.tls_set()
     manager = RolloutManager(plan, store, lambda t, p, q: _publish(client, t, p, q),
-                             trusted_keys)
+                             trusted_keys, command_key=command_key)
     subscribed = threading.Event()
     client.on_subscribe = lambda *a: subscribed.set()
     client.on_message = lambda c, u, m: manager.on_status(m.topic, bytes(m.payload))

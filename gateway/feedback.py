@@ -23,6 +23,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from foreshock import messages, topics
 from foreshock.errors import ConfigError, MessageError
 from gateway.store import Store
@@ -139,12 +141,14 @@ def latest_labels(store: Store) -> list[Feedback]:
 
 
 def feedback_command(site: str, device: str, *, incident: str, label: str, operator: str,
-                     ts: float, note: str = "") -> tuple[str, bytes]:
-    """(topic, payload) of the ``cmd/feedback`` message for one incident."""
+                     ts: float, note: str = "",
+                     key: Ed25519PrivateKey | None = None) -> tuple[str, bytes]:
+    """(topic, payload) of the ``cmd/feedback`` message for one incident; the agent runs
+    it only when signed with ``key`` (the site's command key, docs/gateway.md)."""
     check_label(label)
     payload = messages.command_message("feedback", {"incident": incident, "label": label,
                                                     "note": note}, issued_by=operator, ts=ts,
-                                       command_id=uuid.uuid4().hex[:16])
+                                       command_id=uuid.uuid4().hex[:16], key=key)
     return topics.command(site, device, "feedback"), payload
 
 

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from foreshock import bundle as fsbundle
 from foreshock import messages, topics
 from foreshock.errors import ConfigError, MessageError
@@ -107,8 +109,10 @@ class RolloutManager:
     """Drives one rollout from model status messages (``on_status``); thread-safe."""
 
     def __init__(self, plan: RolloutPlan, store: Store, publish: Publish,
-                 trusted_keys: Sequence[Any], rollout_id: str | None = None) -> None:
+                 trusted_keys: Sequence[Any], rollout_id: str | None = None,
+                 command_key: Ed25519PrivateKey | None = None) -> None:
         self.plan = plan
+        self.command_key = command_key  # signs cmd/rollback (devices refuse unsigned ones)
         self.store = store
         self.publish = publish
         self.manifest, self.files = read_bundle(plan.bundle, trusted_keys)
@@ -226,7 +230,8 @@ class RolloutManager:
                 continue
             cmd = messages.command_message("rollback", {"rollout_id": self.rollout_id},
                                            issued_by="gateway-rollout", ts=time.time(),
-                                           command_id=f"{self.rollout_id}-{device}")
+                                           command_id=f"{self.rollout_id}-{device}",
+                                           key=self.command_key)
             self.publish(topics.command(self.plan.site, device, "rollback"), cmd, 1)
 
     def summary(self) -> dict[str, int]:

@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -244,6 +245,10 @@ def watch(broker: str = typer.Option("mqtt://127.0.0.1:1883", "--broker",
           label: str = typer.Option("false_alarm", "--label", help="With --mark: confirmed, "
                                     "false_alarm or maintenance_done."),
           device: str = typer.Option(None, "--device", help="With --mark: the device."),
+          command_key: Path = typer.Option(None, "--command-key", help="With --mark: the "
+                                           "ed25519 private key (PEM) that signs the "
+                                           "command (default: the site's model-signing "
+                                           "key); devices refuse unsigned feedback."),
           ) -> None:
     """Live view of devices, scores, open alerts and rollout progress; with --mark, send
     an operator's label of an incident on cmd/feedback (docs/learning.md)."""
@@ -256,7 +261,8 @@ def watch(broker: str = typer.Option("mqtt://127.0.0.1:1883", "--broker",
     if protocol not in ("5", "3.1.1"):
         raise ConfigError(f"--protocol {protocol!r} is not allowed; use 5 or 3.1.1")
     if mark is not None:
-        topic = send_feedback(broker, site, device, mark, label, protocol)
+        topic = send_feedback(broker, site, device, mark, label, protocol,
+                              command_key=command_key)
         typer.echo(f"sent {label} for incident {mark} on {topic}")
         return
     model = WatchModel(site)
@@ -276,20 +282,24 @@ def watch(broker: str = typer.Option("mqtt://127.0.0.1:1883", "--broker",
 
 
 def send_feedback(broker: str, site: str, device: str | None, incident: str, label: str,
-                  protocol: str = "5", timeout_s: float = 10.0) -> str:
-    """Publish an operator's label on ``cmd/feedback`` (QoS 1, waits for the broker's ack);
-    the device and the gateway's ingestor act on it. Needs an identity the broker lets
-    publish commands (the gateway's)."""
+                  protocol: str = "5", timeout_s: float = 10.0,
+                  command_key: Path | None = None) -> str:
+    """Publish an operator's label on ``cmd/feedback`` (QoS 1, waits for the broker's ack),
+    signed with ``command_key`` (default: the site's model-signing key, see
+    :func:`gateway.config.command_key`); the device and the gateway's ingestor act on it.
+    Needs an identity the broker lets publish commands (the gateway's)."""
     import getpass
 
     from foreshock.errors import ConfigError, LinkError
+    from gateway.config import command_key as load_command_key
     from gateway.feedback import feedback_command
     from gateway.watch_link import WatchSubscriber
 
     if site == "+" or not device:
         raise ConfigError("--mark needs --site and --device")
     topic, payload = feedback_command(site, device, incident=incident, label=label,
-                                      operator=getpass.getuser(), ts=time.time())
+                                      operator=getpass.getuser(), ts=time.time(),
+                                      key=load_command_key(command_key))
     link = WatchSubscriber(broker, site, WatchModel(site), protocol=protocol)
     link.start()
     try:

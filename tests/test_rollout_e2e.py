@@ -79,7 +79,7 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     pub.write_bytes(fsbundle.public_key_pem(key.public_key()))
     manifest = json.loads((SHIPPED / "manifest.json").read_text())
     det = manifest["models"]["detector"]
-    out: dict[str, Any] = {"pub": pub, "old": manifest["version"]}
+    out: dict[str, Any] = {"pub": pub, "key": key, "old": manifest["version"]}
     for version, broken in (("9.1.0", False), ("9.2.0", True)):
         path = root / version
         shutil.copytree(SHIPPED, path)
@@ -106,6 +106,7 @@ class Fleet:
     agents: dict[str, Agent]
     threads: list[threading.Thread]
     stop_event: threading.Event
+    command_key: Any = None   # signs cmd/rollback (agents refuse unsigned ones)
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -155,7 +156,7 @@ def fleet(mosquitto: Any, bundles: dict[str, Any], tmp_path: Path) -> Iterator[F
     started = [start_agent(mosquitto.url, site, f"pump-{i}", tmp_path / f"pump-{i}",
                            bundles["pub"], i + 1, stop) for i in range(3)]
     fleet = Fleet(site, gw, {a.config.device.device_id: a for a, _ in started},
-                  [t for _, t in started], stop)
+                  [t for _, t in started], stop, bundles["key"])
     try:
         assert wait_for(lambda: all(a.link.connected for a in fleet.agents.values())
                         and len(gw.store.devices(site)) == 3), "agents did not come online"
@@ -173,7 +174,8 @@ def run_rollout(fleet: Fleet, plan: RolloutPlan, pub: Path,
         fleet.gateway.client.publish(topic, relay(topic, payload) if relay else payload,
                                      qos=qos)
 
-    manager = RolloutManager(plan, fleet.gateway.store, publish, [pub])
+    manager = RolloutManager(plan, fleet.gateway.store, publish, [pub],
+                             command_key=fleet.command_key)
     fleet.gateway.hooks.append(manager.on_status)
     manager.start()
     wait_for(manager.done)
@@ -193,7 +195,8 @@ def test_healthy_rollout_goes_canary_then_everyone(fleet: Fleet, bundles: dict[s
     seen: list[tuple[str, dict[str, int]]] = []
     manager = deploy(plan, mosquitto.url, fleet.gateway.store, [bundles["pub"]],
                      timeout_s=TIMEOUT_S, reoffer_s=5.0,
-                     progress=lambda m: seen.append((m.state, m.summary())))
+                     progress=lambda m: seen.append((m.state, m.summary())),
+                     command_key=bundles["key"])
     assert manager.state == "complete", manager.summary()
     assert manager.summary() == {"active": 3}
     # the canary alone was offered first; the others only after it was active
@@ -213,7 +216,8 @@ def test_healthy_rollout_goes_canary_then_everyone(fleet: Fleet, bundles: dict[s
     # a rollback command returns one device to its last-known-good (the shipped) model
     back = devices[1]
     cmd = messages.command_message("rollback", {"rollout_id": manager.rollout_id},
-                                   issued_by="test", ts=time.time(), command_id="c-back")
+                                   issued_by="test", ts=time.time(), command_id="c-back",
+                                   key=bundles["key"])
     fleet.gateway.client.publish(topics.command(fleet.site, back, "rollback"), cmd, qos=1)
     assert wait_for(lambda: statuses(fleet, manager.rollout_id)[back] == "rolled_back", 10)
     assert fleet.agents[back].model_info["version"] == bundles["old"]
@@ -285,7 +289,8 @@ def test_flipped_byte_is_refused_and_the_running_model_stays(
     assert agent.ota is not None and agent.ota.refused == 1
     # the device also answers a rollback command for a rollout it never took with nothing
     cmd = messages.command_message("rollback", {"rollout_id": manager.rollout_id},
-                                   issued_by="test", ts=time.time(), command_id="c1")
+                                   issued_by="test", ts=time.time(), command_id="c1",
+                                   key=bundles["key"])
     fleet.gateway.client.publish(topics.command(fleet.site, devices[0], "rollback"), cmd,
                                  qos=1)
     processed = agent.counters["windows_processed"]
