@@ -246,7 +246,7 @@ def test_events_only_on_transitions_and_valid_records() -> None:
 
 def test_shared_data_windows_are_clean(shared_data: Path) -> None:
     """Real faulty bearings (CWRU, FEMTO run-to-failure) are vibration, not bad data."""
-    scipy_io = pytest.importorskip("scipy.io")
+    import scipy.io as scipy_io
     mon = DataQualityMonitor()
     rows = []
     for path in sorted((shared_data / "cwru").glob("*_1_*.mat"))[:9]:
