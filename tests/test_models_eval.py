@@ -68,3 +68,28 @@ def test_decisions_and_summary() -> None:
     assert r["normal_alert_windows"] == 1
     assert r["wrong_files"] == ["f2: outer_race -> inner_race"]
     assert confusion(np.array([0, 1]), np.array([0, 2]))[1][2] == 1
+
+
+def test_report_rewrite_keeps_the_learning_block(tmp_path) -> None:
+    """write_report regenerates everything except the block scripts/evaluate_learning.py
+    owns, which stays byte for byte (and a report without one gets none)."""
+    import json
+
+    from models.evaluate import RESULTS, SUMMARY
+    from models.report import write_report
+
+    results = json.loads(RESULTS.read_text())
+    headline = json.loads(SUMMARY.read_text())["headline"]
+    block = ("<!-- BEGIN learning -->\n## Continuous learning\n\n| a | b |\n|---|---|\n"
+             "| 1 | 2 |\n<!-- END learning -->")
+    doc = tmp_path / "evaluation.md"
+    doc.write_text("# Evaluation\n\nold text\n\n" + block + "\n\ntrailing old text\n")
+    write_report(doc, results, headline)
+    text = doc.read_text()
+    assert text.count(block) == 1
+    assert "old text" not in text and "## Targets" in text
+    write_report(doc, results, headline)  # idempotent: still exactly one block
+    assert doc.read_text() == text
+    fresh = tmp_path / "fresh.md"
+    write_report(fresh, results, headline)
+    assert "BEGIN learning" not in fresh.read_text()
