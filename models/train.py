@@ -110,43 +110,141 @@ def label_index(label: str | None) -> int:
     return LABELS.index(label) if label in LABELS else -1
 
 
+#: The fault classifier's evidence units (docs/models.md): each is relu(z) of one feature,
+#: and may raise the logits of the labels listed (physics: a defect family's envelope lines
+#: name its fault; 1x names imbalance, 2x/3x (and some 1x) misalignment; impulsiveness and
+#: level say "a bearing is damaged" without saying which part). ``SHAFT_AGAINST`` features
+#: may only lower the shaft-fault logits: an impulsive window is not a pure shaft fault.
+EVIDENCE_UNITS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("env_bpfi_snr", ("inner_race",)), ("env_bpfi_harm_snr", ("inner_race",)),
+    ("env_bpfi_sb_snr", ("inner_race",)),
+    ("env_bpfo_snr", ("outer_race",)), ("env_bpfo_harm_snr", ("outer_race",)),
+    ("env_2bsf_snr", ("ball",)), ("env_2bsf_harm_snr", ("ball",)), ("env_ftf_snr", ("ball",)),
+    ("order_1x_g", ("imbalance", "misalignment")), ("order_2x_g", ("misalignment",)),
+    ("order_3x_g", ("misalignment",)),
+    ("kurtosis", ("inner_race", "outer_race", "ball")),
+    ("env_band_kurtosis", ("inner_race", "outer_race", "ball")),
+    ("rms_g", ("inner_race", "outer_race", "ball", "imbalance", "misalignment")),
+)
+SHAFT_AGAINST = ("kurtosis", "env_band_kurtosis")
+SHAFT_LABELS = ("imbalance", "misalignment")
+#: The physics prior the fit is pulled towards (and the whole answer for labels the training
+#: set lacks): one logit unit per robust sd of a family's own lines, half a unit for 1x
+#: under misalignment, minus one per sd of impulsiveness for the shaft faults; "normal"
+#: wins until about three sd of evidence.
+PRIOR_LINE_WEIGHT = 1.0
+PRIOR_NORMAL_BIAS = 3.0
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    hidden: int = 24
+    hidden: int = 24  # unused by the evidence classifier; kept for callers
     seed: int = 0
     max_iter: int = 600
-    alpha: float = 1e-3
+    alpha: float = 1e-3  # unused by the evidence classifier; kept for callers
     classifier_features: tuple[str, ...] = CLASSIFIER_FEATURES
+    #: L2 pull of the evidence weights towards the physics prior (chosen on held-out
+    #: simulated training machines, docs/models.md)
+    prior_strength: float = 0.01
+
+
+def evidence_prior() -> tuple[F32, F32, npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """(prior weights [units, labels], prior biases, lower and upper bounds of the weights)."""
+    n = len(EVIDENCE_UNITS)
+    w0 = np.zeros((n, len(LABELS)), np.float32)
+    lo = np.zeros((n, len(LABELS)))
+    hi = np.zeros((n, len(LABELS)))
+    line = {"kurtosis", "env_band_kurtosis", "rms_g"}
+    for u, (feat, labels) in enumerate(EVIDENCE_UNITS):
+        for label in labels:
+            c = LABELS.index(label)
+            hi[u, c] = np.inf
+            if feat not in line:
+                w0[u, c] = PRIOR_LINE_WEIGHT
+        if feat in SHAFT_AGAINST:
+            for label in SHAFT_LABELS:
+                c = LABELS.index(label)
+                lo[u, c], w0[u, c] = -np.inf, -PRIOR_LINE_WEIGHT
+    u1x = [f for f, _ in EVIDENCE_UNITS].index("order_1x_g")
+    w0[u1x, LABELS.index("misalignment")] = 0.5 * PRIOR_LINE_WEIGHT
+    b0 = np.zeros(len(LABELS), np.float32)
+    b0[0] = PRIOR_NORMAL_BIAS
+    return w0, b0, lo, hi
+
+
+def evidence_of(z: F32) -> npt.NDArray[np.float64]:
+    """The evidence units' activations: relu of the clipped z of each unit's feature."""
+    cols = [INPUT_FEATURES.index(f) for f, _ in EVIDENCE_UNITS]
+    return np.maximum(np.clip(z[:, cols], -Z_CLIP, Z_CLIP), 0).astype(np.float64)
+
+
+def fit_evidence(z: F32, y: npt.NDArray[np.int64], prior_strength: float
+                 ) -> tuple[F32, F32]:
+    """Class-balanced multinomial logistic fit of the evidence weights within their sign
+    bounds, pulled towards :func:`evidence_prior` (deterministic L-BFGS-B). Labels absent
+    from ``y`` keep (nearly) their prior weights."""
+    from scipy.optimize import minimize
+
+    x = evidence_of(z)
+    w0, b0, lo, hi = evidence_prior()
+    free = lo != hi
+    present = np.unique(y)
+    class_w = np.zeros(len(LABELS))
+    for c in present:
+        class_w[c] = len(y) / (len(present) * np.sum(y == c))
+    sw = class_w[y] / len(y)
+    rows = np.arange(len(y))
+    nf = int(free.sum())
+
+    def unpack(p: npt.NDArray[np.float64]) -> tuple[npt.NDArray[np.float64],
+                                                     npt.NDArray[np.float64]]:
+        w = w0.astype(np.float64)
+        w[free] = p[:nf]
+        return w, p[nf:]
+
+    def loss(p: npt.NDArray[np.float64]) -> tuple[float, npt.NDArray[np.float64]]:
+        w, b = unpack(p)
+        logits = x @ w + b
+        logits -= logits.max(axis=1, keepdims=True)
+        lse = np.log(np.exp(logits).sum(axis=1))
+        nll = float(np.sum((lse - logits[rows, y]) * sw))
+        g = np.exp(logits - lse[:, None])
+        g[rows, y] -= 1.0
+        g *= sw[:, None]
+        dw, db = w - w0, b - b0
+        value = nll + prior_strength * (float(np.sum(dw ** 2)) + float(np.sum(db ** 2)))
+        grad_w = x.T @ g + 2 * prior_strength * dw
+        grad_b = g.sum(axis=0) + 2 * prior_strength * db
+        return value, np.r_[grad_w[free], grad_b]
+
+    bounds = [(None if np.isinf(a) else a, None if np.isinf(b) else b)
+              for a, b in zip(lo[free], hi[free], strict=True)]
+    bounds += [(None, None)] * len(LABELS)
+    fit = minimize(loss, np.r_[w0[free], b0].astype(np.float64), jac=True, method="L-BFGS-B",
+                   bounds=bounds, options={"maxiter": 2000})
+    w, b = unpack(fit.x)
+    return w.astype(np.float32), b.astype(np.float32)
 
 
 def fit_detector(sets: list[MachineSet], cfg: TrainConfig) -> DetectorWeights:
-    """Train the classifier head (sklearn MLP) and set the anomaly head's weights."""
-    from sklearn.neural_network import MLPClassifier
+    """Train the fault classifier (evidence head) and set the anomaly head's weights.
 
+    The classifier is one hidden layer whose units are fixed: unit u is relu(z of feature
+    u) (:data:`EVIDENCE_UNITS`); the output layer maps them to label logits with sign
+    constraints from physics, fitted by :func:`fit_evidence`. It is the same ONNX / TFLite
+    graph as any one-hidden-layer MLP (models.export)."""
     z = np.concatenate([s.z for s in sets])
     y = np.concatenate([s.labels for s in sets])
     keep = y >= 0
     z, y = np.clip(z[keep], -Z_CLIP, Z_CLIP), y[keep]
-    cols = [INPUT_FEATURES.index(n) for n in cfg.classifier_features]
-    # every label gets an output column, even ones absent from this training set
-    present = np.unique(y)
-    mlp = MLPClassifier(hidden_layer_sizes=(cfg.hidden,), alpha=cfg.alpha, max_iter=cfg.max_iter,
-                        random_state=cfg.seed, early_stopping=False)
-    mlp.fit(z[:, cols], y)
-    w2 = np.zeros((cfg.hidden, len(LABELS)), np.float32)
-    b2 = np.full(len(LABELS), -30.0, np.float32)  # absent labels: probability ~0
-    if len(present) == 2:  # sklearn uses one logistic output for two classes
-        w2[:, present[1]] = mlp.coefs_[1][:, 0]
-        b2[present[0]], b2[present[1]] = 0.0, mlp.intercepts_[1][0]
-    else:
-        w2[:, present] = mlp.coefs_[1]
-        b2[present] = mlp.intercepts_[1]
-    log.info("classifier trained on %d windows, %d labels, train accuracy %.3f",
-             len(y), len(present), mlp.score(z[:, cols], y))
-    w1 = np.zeros((len(INPUT_FEATURES), cfg.hidden), np.float32)
-    w1[cols] = mlp.coefs_[0]
-    return DetectorWeights(Z_CLIP, w1,
-                           mlp.intercepts_[0].astype(np.float32), w2, b2,
+    w2, b2 = fit_evidence(z, y, cfg.prior_strength)
+    w1 = np.zeros((len(INPUT_FEATURES), len(EVIDENCE_UNITS)), np.float32)
+    for u, (feat, _) in enumerate(EVIDENCE_UNITS):
+        w1[INPUT_FEATURES.index(feat), u] = 1.0
+    logits = evidence_of(z) @ w2 + b2
+    log.info("classifier fitted on %d windows, %d labels, train accuracy %.3f",
+             len(y), len(np.unique(y)), float(np.mean(logits.argmax(axis=1) == y)))
+    return DetectorWeights(Z_CLIP, w1, np.zeros(len(EVIDENCE_UNITS), np.float32), w2, b2,
                            anomaly_weights(z, y > 0), 0.0)
 
 
