@@ -2,7 +2,7 @@
 
 The graph (``z`` float32[N, k] are baseline robust z-scores)::
 
-    zc   = clip(z, -z_clip, z_clip)
+    zc   = clip(z, z_low, z_clip)                 z_low = -z_clip unless z_floor is set
     h    = relu(zc @ w1 + b1)                      fault classifier hidden layer
     p    = softmax(h @ w2 + b2)                    -> fault_probabilities float32[N, 6]
     a    = sqrt(relu(zc)^2 @ w_anomaly + b_anomaly) -> anomaly_score float32[N]
@@ -47,6 +47,14 @@ class DetectorWeights:
     b2: F32  # [classes]
     w_anomaly: F32  # [k] non-negative
     b_anomaly: float
+    #: Lower clip of z; None = -z_clip. A graph that reads only relu(z) (the evidence
+    #: classifier and the anomaly head) computes the same function with 0 here, and int8
+    #: then spends its 256 steps on [0, z_clip] instead of [-z_clip, z_clip].
+    z_floor: float | None = None
+
+    @property
+    def z_low(self) -> float:
+        return -self.z_clip if self.z_floor is None else float(self.z_floor)
 
     @property
     def n_inputs(self) -> int:
@@ -59,11 +67,13 @@ class DetectorWeights:
                               f"b1 {self.b1.shape}, w2 {self.w2.shape}, b2 {self.b2.shape}")
         if self.w_anomaly.shape != (k,) or (self.w_anomaly < 0).any() or self.b_anomaly < 0:
             raise ConfigError("w_anomaly must be k non-negative weights, b_anomaly >= 0")
+        if not -self.z_clip <= self.z_low < self.z_clip:
+            raise ConfigError(f"z_floor {self.z_floor} must lie in [-z_clip, z_clip)")
 
 
 def reference_forward(w: DetectorWeights, z: npt.ArrayLike) -> tuple[F32, F32]:
     """numpy implementation of the graph: (anomaly_score[N], fault_probabilities[N, C])."""
-    zc = np.clip(np.asarray(z, np.float32), -w.z_clip, w.z_clip)
+    zc = np.clip(np.asarray(z, np.float32), w.z_low, w.z_clip)
     h = np.maximum(zc @ w.w1 + w.b1, 0)
     logits = h @ w.w2 + w.b2
     e = np.exp(logits - logits.max(axis=1, keepdims=True))
@@ -80,7 +90,7 @@ def to_onnx(w: DetectorWeights, input_features: list[str] | None = None) -> Any:
 
     k, c = w.n_inputs, w.w2.shape[1]
     inits = [
-        numpy_helper.from_array(np.array(-w.z_clip, np.float32), "z_min"),
+        numpy_helper.from_array(np.array(w.z_low, np.float32), "z_min"),
         numpy_helper.from_array(np.array(w.z_clip, np.float32), "z_max"),
         numpy_helper.from_array(w.w1.astype(np.float32), "w1"),
         numpy_helper.from_array(w.b1.astype(np.float32), "b1"),
@@ -136,7 +146,7 @@ def to_tflite(w: DetectorWeights) -> bytes:
     k, hidden, c = w.n_inputs, w.w1.shape[1], w.w2.shape[1]
     z = b.tensor(INPUT, [1, k], dynamic=True)
     zc = b.tensor("zc", [1, k], dynamic=True)
-    zmin = b.tensor("zmin", [1], np.array([-w.z_clip], np.float32))
+    zmin = b.tensor("zmin", [1], np.array([w.z_low], np.float32))
     zmax = b.tensor("zmax", [1], np.array([w.z_clip], np.float32))
     zt = b.tensor("zt", [1, k], dynamic=True)
     b.op(fb.BuiltinOperator.MINIMUM, [z, zmax], [zt])

@@ -244,8 +244,9 @@ def fit_detector(sets: list[MachineSet], cfg: TrainConfig) -> DetectorWeights:
     logits = evidence_of(z) @ w2 + b2
     log.info("classifier fitted on %d windows, %d labels, train accuracy %.3f",
              len(y), len(np.unique(y)), float(np.mean(logits.argmax(axis=1) == y)))
+    # every unit and the anomaly head read relu(z) only: clip at 0 (same function, finer int8)
     return DetectorWeights(Z_CLIP, w1, np.zeros(len(EVIDENCE_UNITS), np.float32), w2, b2,
-                           anomaly_weights(z, y > 0), 0.0)
+                           anomaly_weights(z, y > 0), 0.0, z_floor=0.0)
 
 
 #: Share of the anomaly weights learned from data; the rest is the uniform prior over

@@ -136,3 +136,54 @@ def test_machine_set_split() -> None:
                    np.arange(6.0), np.array([1, 1, 1, 0, 0, 0], bool))
     a, b = split_normal(s)
     assert len(a.z) == 3 and a.commission.all() and not b.commission.any()
+
+
+def test_floor_clip_graphs_compute_the_reference(tmp_path: Path) -> None:
+    """z_floor = 0: ONNX and TFLite still compute the reference, and for a graph that reads
+    only relu(z) (one-hot units, zero bias) the function equals the symmetric clip's."""
+    rng = np.random.default_rng(4)
+    k, f = 23, np.float32
+    w1 = np.zeros((k, 5), f)
+    w1[[0, 3, 7, 9, 20], range(5)] = 1.0
+    sym = DetectorWeights(10.0, w1, np.zeros(5, f), rng.normal(size=(5, len(LABELS))).astype(f),
+                          rng.normal(size=len(LABELS)).astype(f),
+                          np.abs(rng.normal(size=k)).astype(f), 0.0)
+    low = DetectorWeights(10.0, sym.w1, sym.b1, sym.w2, sym.b2, sym.w_anomaly, 0.0, z_floor=0.0)
+    z = rng.normal(scale=6.0, size=(64, k)).astype(f)
+    a_sym, p_sym = reference_forward(sym, z)
+    a_ref, p_ref = reference_forward(low, z)
+    np.testing.assert_allclose(a_ref, a_sym, rtol=1e-6)
+    np.testing.assert_allclose(p_ref, p_sym, rtol=1e-6)
+    save_onnx(low, tmp_path / "d.onnx")
+    save_tflite(low, tmp_path / "d.tflite")
+    for run in (OnnxRunner(tmp_path / "d.onnx"), TfliteRunner(tmp_path / "d.tflite")):
+        a, p = run(z)
+        np.testing.assert_allclose(a, a_ref, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(p, p_ref, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ConfigError):
+        DetectorWeights(10.0, sym.w1, sym.b1, sym.w2, sym.b2, sym.w_anomaly, 0.0, z_floor=10.0)
+
+
+def test_classifier_names_shaft_faults_it_never_saw() -> None:
+    """Trained without imbalance or misalignment (as on CWRU), the evidence classifier still
+    names them on other machines from the physics prior (1x, 2x orders), and names the
+    bearing faults it did see."""
+    from models.train import TrainConfig, fit_detector
+
+    train = sim_sets(random_machines(8, seed=31, faults=("normal", "inner_race", "outer_race",
+                                                          "ball")),
+                     DEFAULT_SPEC, seconds=3.0, seed=31)
+    w = fit_detector(train, TrainConfig())
+    assert w.b2[LABELS.index("imbalance")] > -5  # a real output, not a switched-off label
+    test = sim_sets([m for m in random_machines(12, seed=77) if m.severity > 0.1],
+                    DEFAULT_SPEC, seconds=3.0, seed=77)
+    right = total = 0
+    for s in test:
+        faulty = s.labels > 0
+        if not faulty.any():
+            continue
+        _, p = reference_forward(w, s.z[faulty])
+        named = np.bincount(1 + p[:, 1:].argmax(axis=1), minlength=len(LABELS)).argmax()
+        right += int(named == s.labels[faulty][0])
+        total += 1
+    assert total >= 4 and right >= total - 1, f"{right} of {total} named"
