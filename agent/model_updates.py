@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 OTA_KINDS: Final = ("model/offer", "model/chunk", "cmd/rollback")
 MAX_QUEUED_OTA_BYTES: Final = 16 * 1024 * 1024
 MAX_UNSENT_STATUS: Final = 256
+MAX_CONFIRMED: Final = 256
 
 
 class ModelUpdates:
@@ -177,8 +178,12 @@ class ModelUpdates:
                 self._send_status(out)
         self._flush_status()
 
-    def _shadow(self, z_all: Any) -> None:
-        """Feed a scored batch (z over every spec feature) to the candidate in shadow."""
+    def _shadow(self, z_all: Any, out: Any = None) -> None:
+        """Feed a scored batch (z over every spec feature) to the candidate in shadow, with
+        the running model's alert per window (its score above its bundle floor) and whether
+        the window's stream has an open incident an operator confirmed (``out``: the
+        batch's :class:`agent.pipeline.StepOutput`; None: the running model's alerts are
+        unknown and every candidate alert counts as extra)."""
         ota = self.ota
         if ota is None or ota.shadow is None or not len(z_all):
             return
@@ -186,10 +191,45 @@ class ModelUpdates:
         if self._shadow_cols is None or self._shadow_cols[1] is not candidate:
             self._shadow_cols = (self.pipeline.spec.index(list(candidate.input_features)),
                                  candidate)
-        out = ota.observe(z_all[:, self._shadow_cols[0]])
-        if out:
+        running, confirmed = self._running_alerts(len(z_all), out)
+        result = ota.observe(z_all[:, self._shadow_cols[0]], running, confirmed)
+        if result:
             self._follow_ota()
-            self._send_status(out)
+            self._send_status(result)
+
+    def _running_alerts(self, n: int, out: Any) -> tuple[Any, Any]:
+        """(running model alerts, on a confirmed fault) per shadow window, or (None, None)."""
+        import numpy as np
+
+        anomaly = getattr(out, "anomaly", None)
+        if anomaly is None or len(anomaly) != n:
+            return None, None
+        running = np.nan_to_num(np.asarray(anomaly, np.float64), nan=-np.inf) > \
+            self.pipeline.decider.floor
+        confirmed_ids: set[str] = getattr(self, "confirmed_incidents", set())
+        scored = [r for r in out.results if not r.commissioning]
+        if not confirmed_ids or len(scored) != n:
+            return running, None
+        decider = self.pipeline.decider
+        confirmed = np.zeros(n, bool)
+        for i, r in enumerate(scored):
+            incident = decider.stream((r.window.device_id, r.window.channel)).incident
+            confirmed[i] = incident is not None and incident.id in confirmed_ids
+        return running, confirmed
+
+    def note_feedback(self, args: dict[str, Any]) -> None:
+        """Remember the incidents an operator confirmed (``cmd/feedback``, signed): a
+        candidate in shadow must keep flagging their windows. A later label replaces it."""
+        incident = args.get("incident")
+        if not isinstance(incident, str):
+            return
+        confirmed: set[str] = self.__dict__.setdefault("confirmed_incidents", set())
+        if args.get("label") == "confirmed":
+            if len(confirmed) >= MAX_CONFIRMED:
+                confirmed.pop()
+            confirmed.add(incident)
+        else:
+            confirmed.discard(incident)
 
     def _send_status(self, payloads: list[bytes]) -> None:
         self._unsent.extend(payloads)

@@ -8,9 +8,17 @@ bundle with :func:`agent.inference.load_bundle` (signature, manifest hashes, fea
 model load). Until then — and during the shadow run — the running model is untouched.
 
 The candidate then runs in shadow beside the running model for the offer's
-``shadow_windows`` windows (else ``shadow.windows``) (:class:`ShadowCheck`: no NaN, scores
-at all, latency within bound, alert rate sane) and is promoted, or
-refused and deleted. Promotion keeps the previous bundle as last-known-good; a ``rollback``
+``shadow_windows`` windows (else ``shadow.windows``) and is promoted, or refused and deleted
+(:class:`ShadowCheck`): no NaN, scores at all, latency within bound, and an alert rate
+judged *relative to the running model on the same windows* (each model's window alert: its
+score above its own bundle floor). It is refused when it alerts where the running model is
+silent on more than ``max_extra_alert_rate`` of the windows, or when it misses more than
+``max_lost_fault_rate`` of the windows the running model flags on a stream whose open
+incident an operator confirmed (``cmd/feedback`` ``confirmed``). A machine with an open
+fault therefore no longer blocks an update that keeps detecting it, and a retrained model
+that is quieter on false alarms passes (docs/gateway.md, "Shadow check").
+
+Promotion keeps the previous bundle as last-known-good; a ``rollback``
 command, or a failed shadow run, returns to it. Everything the receiver decides is written
 atomically to ``<state_dir>/ota.json`` first, so a reboot mid-update resumes the download,
 restarts the shadow run, or keeps whatever model was last promoted.
@@ -51,11 +59,14 @@ CHUNK_SCHEMA: Final = messages.MODEL_CHUNK_SCHEMA
 
 @dataclass(frozen=True)
 class ShadowPolicy:
-    """When a candidate model may replace the running one."""
+    """When a candidate model may replace the running one (module doc)."""
 
     windows: int = 100
     max_latency_ms: float = 50.0
-    max_alert_rate: float = 0.2
+    #: share of shadow windows on which the candidate alerts while the running model is silent
+    max_extra_alert_rate: float = 0.05
+    #: share of the running model's alerting windows on confirmed faults the candidate misses
+    max_lost_fault_rate: float = 0.2
 
 
 @dataclass(frozen=True)
@@ -75,7 +86,8 @@ class Verdict:
 
 
 class ShadowCheck:
-    """Scores windows with a candidate detector and decides after ``policy.windows``."""
+    """Scores windows with a candidate detector beside the running model and decides after
+    ``policy.windows`` windows."""
 
     def __init__(self, detector: Any, anomaly_threshold: float, policy: ShadowPolicy,
                  seen: int = 0) -> None:
@@ -83,11 +95,21 @@ class ShadowCheck:
         self.threshold = anomaly_threshold
         self.policy = policy
         self.seen = seen
-        self.alerts = 0
+        self.alerts = 0          # candidate alerts
+        self.running_alerts = 0  # running model alerts on the same windows
+        self.extra = 0           # candidate alerts where the running model is silent
+        self.fault_windows = 0   # running model alerts on a confirmed fault
+        self.lost = 0            # ... that the candidate misses
         self.worst_ms = 0.0
 
-    def observe(self, z: npt.NDArray[np.float32]) -> Verdict | None:
-        """Score a batch of windows' z-scores; a Verdict once the run is decided."""
+    def observe(self, z: npt.NDArray[np.float32],
+                running: npt.NDArray[np.bool_] | None = None,
+                confirmed: npt.NDArray[np.bool_] | None = None) -> Verdict | None:
+        """Score a batch of windows' z-scores; a Verdict once the run is decided.
+
+        ``running``: whether the running model alerts on each window (None: silent on all,
+        so every candidate alert counts as extra); ``confirmed``: whether each window is
+        on a stream whose open incident an operator confirmed as a fault."""
         t0 = time.perf_counter()
         try:
             anomaly = np.asarray(self.detector.score(z).anomaly, dtype=np.float64)
@@ -100,16 +122,46 @@ class ShadowCheck:
         if self.worst_ms > self.policy.max_latency_ms:
             return Verdict(False, f"candidate latency {self.worst_ms:.2f} ms per window "
                                   f"exceeds {self.policy.max_latency_ms:g} ms")
-        self.seen += len(anomaly)
-        self.alerts += int(np.count_nonzero(anomaly > self.threshold))
+        n = len(anomaly)
+        cand = anomaly > self.threshold
+        run = _flags(running, n)
+        fault = _flags(confirmed, n) & run
+        self.seen += n
+        self.alerts += int(np.count_nonzero(cand))
+        self.running_alerts += int(np.count_nonzero(run))
+        self.extra += int(np.count_nonzero(cand & ~run))
+        self.fault_windows += int(np.count_nonzero(fault))
+        self.lost += int(np.count_nonzero(fault & ~cand))
         if self.seen < self.policy.windows:
             return None
-        rate = self.alerts / self.seen
-        if rate > self.policy.max_alert_rate:
-            return Verdict(False, f"candidate would alert on {rate:.0%} of {self.seen} windows "
-                                  f"(limit {self.policy.max_alert_rate:.0%})")
-        return Verdict(True, f"{self.seen} shadow windows, alert rate {rate:.0%}, "
-                             f"worst {self.worst_ms:.2f} ms")
+        return self.verdict()
+
+    def verdict(self) -> Verdict:
+        p = self.policy
+        extra = self.extra / max(1, self.seen)
+        if extra > p.max_extra_alert_rate:
+            return Verdict(False, f"candidate alerts on {extra:.0%} of {self.seen} windows "
+                                  f"where the running model is silent "
+                                  f"(limit {p.max_extra_alert_rate:.0%})")
+        lost = self.lost / self.fault_windows if self.fault_windows else 0.0
+        if lost > p.max_lost_fault_rate:
+            return Verdict(False, f"candidate misses {self.lost} of {self.fault_windows} "
+                                  f"windows the running model flags on a confirmed fault "
+                                  f"(limit {p.max_lost_fault_rate:.0%})")
+        return Verdict(True, f"{self.seen} shadow windows, alert rate "
+                             f"{self.alerts / max(1, self.seen):.0%} (running model "
+                             f"{self.running_alerts / max(1, self.seen):.0%}, extra "
+                             f"{extra:.0%}, confirmed-fault windows missed {self.lost}/"
+                             f"{self.fault_windows}), worst {self.worst_ms:.2f} ms")
+
+
+def _flags(values: npt.NDArray[np.bool_] | None, n: int) -> npt.NDArray[np.bool_]:
+    if values is None:
+        return np.zeros(n, bool)
+    flags = np.asarray(values, dtype=bool).reshape(-1)
+    if len(flags) != n:
+        raise ValueError(f"{len(flags)} flags for {n} shadow windows")
+    return flags
 
 
 Loader = Callable[[Path, Sequence[Any], str], Any]
@@ -347,11 +399,15 @@ class OtaReceiver:
         return []
 
     # --- shadow, promotion, rollback --------------------------------------------------------
-    def observe(self, z: npt.NDArray[np.float32]) -> list[bytes]:
-        """Feed the windows the running model scored to the candidate in shadow."""
+    def observe(self, z: npt.NDArray[np.float32],
+                running: npt.NDArray[np.bool_] | None = None,
+                confirmed: npt.NDArray[np.bool_] | None = None) -> list[bytes]:
+        """Feed the windows the running model scored to the candidate in shadow, with the
+        running model's alert per window and whether it is on a confirmed fault
+        (:meth:`ShadowCheck.observe`)."""
         if self.shadow is None:
             return []
-        verdict = self.shadow.observe(z)
+        verdict = self.shadow.observe(z, running, confirmed)
         if verdict is None:
             return []
         offer = self.state["pending"]["offer"]

@@ -287,7 +287,7 @@ class Agent(ModelUpdates, HealthReporting):
             out = self.pipeline.process(good, lambda stage, t: self._lap(stage, t, n), samples)
             if out.anomaly.size:
                 events += self.monitor.update_drift(out.z, out.anomaly, out.alerted, at_s=at_s)
-                self._shadow(out.z_all)
+                self._shadow(out.z_all, out)
         events += out.events
         self.counters["windows_processed"] += len(good)
         t = time.perf_counter()
@@ -343,6 +343,8 @@ class Agent(ModelUpdates, HealthReporting):
 
     def _command(self, name: str, args: dict[str, Any]) -> None:
         self.counters["commands"] += 1
+        if name == "feedback":
+            self.note_feedback(args)       # a confirmed fault binds a model in shadow
         channel = args.get("channel")
         if name == "rebaseline" or (name == "feedback" and args.get("label")
                                     == "maintenance_done"):

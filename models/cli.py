@@ -78,8 +78,13 @@ def _build_from_gateway(db_url: str, out: Path | None, current: Path | None,
         typer.echo(f"{name:<9} false alarms flagged {m['false_alarms_flagged']}/"
                    f"{m['false_alarms']}, confirmed flagged {m['confirmed_flagged']}/"
                    f"{m['confirmed']} (floor {m['floor']:.3g})")
+    for name, e in r.evidence.items():
+        typer.echo(f"{name:<9} known faults: machines detected {e['fault_machines_detected']}/"
+                   f"{e['fault_machines']}, windows {e['fault_window_recall']:.1%}, confirmed "
+                   f"labels {e['confirmed_labels_flagged']}/{e['confirmed_labels']}; normal "
+                   f"windows flagged {e['normal_windows_flagged']:.1%}")
     if not r.accepted:
-        typer.echo("candidate not better on the held-back feedback; no bundle written")
+        typer.echo(f"candidate refused: {r.reason}; no bundle written")
         raise typer.Exit(1)
     typer.echo(f"built {out}: signed; roll it out with `foreshock gateway deploy {out}`")
 

@@ -8,10 +8,25 @@
    current bundle and the candidate are judged on the same unseen feedback.
 3. Train a candidate on the shipped training data plus the remaining feedback
    (:func:`models.train.fit_detector`, the same code as the shipped bundle).
-4. Judge both on the held-back feedback with each bundle's own anomaly floor: false alarms
-   still flagged, confirmed alerts still flagged. The candidate is accepted only if it flags
-   no more false alarms, loses no confirmed detection, and flags strictly fewer false alarms
-   (or equally few with more detections); only then is the signed bundle written.
+4. Set the candidate's anomaly floor: the training rule on its normal windows (shipped data
+   and false-alarm labels), but never above the level at which it would detect fewer of the
+   known fault windows than the current bundle does, and never more than
+   ``max_floor_ratio`` times above or below the current floor in one retrain. A handful of
+   false-alarm labels (which are, by selection, the loudest normal windows) therefore
+   cannot lift the threshold over known faults.
+5. Judge both bundles, each at its own floor, on the same evidence:
+
+   * the held-back feedback: false alarms still flagged, confirmed alerts still flagged;
+   * the fault evidence: every confirmed-fault label (trained on or held back) and the
+     fault windows of the shipped/simulated training machines (windows flagged, and
+     machines detected by the device's 3-of-5 rule);
+   * the normal windows of the training machines (windows flagged).
+
+   The candidate is accepted only if it loses no held-back confirmed detection, no
+   confirmed-fault label, no detected fault machine, at most ``max_recall_drop`` of the
+   fault-window recall, flags at most ``max_normal_rise`` more normal windows, and flags
+   strictly fewer held-back false alarms (or equally few with more detections); only then
+   is the signed bundle written.
 
 ``models`` may not import ``gateway``: :func:`read_feedback` reads the ``feedback`` table
 with plain read-only SQL (SQLite path/url or PostgreSQL url/dsn, as ``open_store``).
@@ -121,11 +136,130 @@ def judge(runner: OnnxRunner, floor: float, held: Labelled) -> dict[str, Any]:
 
 
 def better(candidate: dict[str, Any], current: dict[str, Any]) -> bool:
+    """The held-back feedback rule: no confirmed detection lost, fewer false alarms (or as
+    many with more detections)."""
     lost = candidate["confirmed_flagged"] < current["confirmed_flagged"]
     fewer = candidate["false_alarms_flagged"] < current["false_alarms_flagged"]
     same_more = (candidate["false_alarms_flagged"] == current["false_alarms_flagged"]
                  and candidate["confirmed_flagged"] > current["confirmed_flagged"])
     return not lost and (fewer or same_more)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How far one retrain may move the bundle (module doc, steps 4 and 5)."""
+
+    max_floor_ratio: float = 1.5     # floor within current / r .. current * r
+    max_recall_drop: float = 0.02    # fault-window recall may drop at most this much
+    max_normal_rise: float = 0.01    # normal windows flagged may rise at most this much
+    k: int = 3                       # the device's debounce: k of n windows above
+    n: int = 5
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What a candidate must keep detecting (and not start flagging): the training
+    machines' fault windows (one array per machine, in time order) and normal windows,
+    and every confirmed-fault label."""
+
+    faults: tuple[F32, ...]
+    normal: F32
+    confirmed: F32
+
+    @classmethod
+    def of(cls, sets: list[MachineSet], data: Labelled) -> Evidence:
+        faults = tuple(np.clip(s.z[s.labels > 0], -Z_CLIP, Z_CLIP).astype(np.float32)
+                       for s in sets if (s.labels > 0).any())
+        normal = np.concatenate([s.z[s.labels == 0] for s in sets] or
+                                [np.zeros((0, len(INPUT_FEATURES)), np.float32)])
+        return cls(faults, np.clip(normal, -Z_CLIP, Z_CLIP).astype(np.float32),
+                   data.z[data.faulty])
+
+    def scores(self, runner: OnnxRunner) -> tuple[list[npt.NDArray[np.float32]],
+                                                  npt.NDArray[np.float32],
+                                                  npt.NDArray[np.float32]]:
+        def run(z: F32) -> npt.NDArray[np.float32]:
+            return runner(z)[0] if len(z) else np.zeros(0, np.float32)
+        return [run(f) for f in self.faults], run(self.normal), run(self.confirmed)
+
+
+def judge_evidence(scores: tuple[list[npt.NDArray[np.float32]], npt.NDArray[np.float32],
+                                 npt.NDArray[np.float32]], floor: float,
+                   limits: Limits) -> dict[str, Any]:
+    """Fault machines detected (k of n), fault-window recall, confirmed labels flagged and
+    normal windows flagged, at ``floor``."""
+    from models.policy import first_kofn
+
+    faults, normal, confirmed = scores
+    flagged = [f > floor for f in faults]
+    windows = sum(len(f) for f in faults)
+    return {"fault_machines": len(faults),
+            "fault_machines_detected": sum(first_kofn(f, limits.k, limits.n) is not None
+                                           for f in flagged),
+            "fault_window_recall": round(float(sum(int(f.sum()) for f in flagged))
+                                         / max(1, windows), 4),
+            "confirmed_labels": len(confirmed),
+            "confirmed_labels_flagged": int((confirmed > floor).sum()),
+            "normal_windows_flagged": round(float((normal > floor).mean())
+                                            if len(normal) else 0.0, 4),
+            "floor": floor}
+
+
+def detecting_floor(scores: npt.NDArray[np.float32], k: int, n: int) -> float:
+    """The highest floor at which ``scores`` (one machine, in time order) still raise a
+    k-of-n detection: the best k-th largest score of any n consecutive windows."""
+    if len(scores) < k:
+        return -np.inf
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    padded = np.r_[scores, np.full(max(0, n - len(scores)), -np.inf, np.float32)]
+    runs = np.sort(sliding_window_view(padded, n), axis=1)[:, n - k]
+    return float(runs.max())
+
+
+def choose_floor(rule_floor: float, current_floor: float,
+                 fault_scores: list[npt.NDArray[np.float32]],
+                 current: dict[str, Any], current_fault_scores: list[npt.NDArray[np.float32]],
+                 limits: Limits) -> float:
+    """The candidate's floor: its training rule, capped where it would detect fewer known
+    fault windows or fault machines than the current bundle, and within
+    ``max_floor_ratio`` of the current floor."""
+    floor = rule_floor
+    scores = np.concatenate(fault_scores) if fault_scores else np.zeros(0, np.float32)
+    if len(scores):
+        keep = min(1.0, max(0.0, float(current["fault_window_recall"])))
+        if keep > 0:   # the largest floor that keeps `keep` of the fault windows above it
+            floor = min(floor, float(np.quantile(scores, 1.0 - keep, method="lower")))
+        for cand, cur in zip(fault_scores, current_fault_scores, strict=True):
+            if detecting_floor(cur, limits.k, limits.n) > current_floor:  # detected now
+                floor = min(floor, detecting_floor(cand, limits.k, limits.n))
+        floor -= 1e-4
+    floor = min(max(floor, current_floor / limits.max_floor_ratio),
+                current_floor * limits.max_floor_ratio)
+    return round(float(floor), 4)
+
+
+def refusal(held_cand: dict[str, Any], held_cur: dict[str, Any], ev_cand: dict[str, Any],
+            ev_cur: dict[str, Any], limits: Limits) -> str:
+    """Why the candidate may not replace the current bundle ('' when it may)."""
+    if ev_cand["fault_machines_detected"] < ev_cur["fault_machines_detected"]:
+        return (f"it detects {ev_cand['fault_machines_detected']} of "
+                f"{ev_cand['fault_machines']} known fault machines, the current bundle "
+                f"{ev_cur['fault_machines_detected']}")
+    if ev_cand["confirmed_labels_flagged"] < ev_cur["confirmed_labels_flagged"]:
+        return (f"it flags {ev_cand['confirmed_labels_flagged']} of "
+                f"{ev_cand['confirmed_labels']} confirmed-fault labels, the current bundle "
+                f"{ev_cur['confirmed_labels_flagged']}")
+    if ev_cand["fault_window_recall"] < ev_cur["fault_window_recall"] - limits.max_recall_drop:
+        return (f"its fault-window recall {ev_cand['fault_window_recall']:.1%} is below the "
+                f"current {ev_cur['fault_window_recall']:.1%}")
+    if ev_cand["normal_windows_flagged"] > ev_cur["normal_windows_flagged"] + \
+            limits.max_normal_rise:
+        return (f"it flags {ev_cand['normal_windows_flagged']:.1%} of normal training "
+                f"windows, the current bundle {ev_cur['normal_windows_flagged']:.1%}")
+    if not better(held_cand, held_cur):
+        return "it is not better on the held-back feedback"
+    return ""
 
 
 def feedback_set(train: Labelled) -> MachineSet:
@@ -152,20 +286,28 @@ def next_version(version: str) -> str:
 
 @dataclass(frozen=True)
 class RetrainResult:
+    """``current``/``candidate``: their judgement on the held-back feedback;
+    ``evidence``: both on the fault and normal evidence; ``reason``: why refused ('')."""
+
     accepted: bool
     current: dict[str, Any]
     candidate: dict[str, Any]
     train_feedback: int
     held_feedback: int
     out: Path | None
+    evidence: dict[str, dict[str, Any]]
+    reason: str = ""
 
 
 def retrain(db_url: str, current: Path, out: Path, key: Path, *, sets: list[MachineSet],
             spec: Any, seed: int = 7, holdout_every: int = 3,
-            rows: list[dict[str, Any]] | None = None) -> RetrainResult:
-    """Train, judge against ``current`` on held-back feedback, write ``out`` only if better."""
+            rows: list[dict[str, Any]] | None = None,
+            limits: Limits | None = None) -> RetrainResult:
+    """Train, judge against ``current`` on held-back feedback and on the fault evidence,
+    write ``out`` only if the candidate is better and loses no detection."""
     from models.build import BundleInfo, write_bundle
 
+    limits = limits or Limits()
     rows_ = rows if rows is not None else read_feedback(db_url)
     data = labelled(rows_)
     if data.z.shape[0] < 2:
@@ -173,32 +315,51 @@ def retrain(db_url: str, current: Path, out: Path, key: Path, *, sets: list[Mach
     train, held = split(data, holdout_every)
     cur_runner, cur_floor, manifest = bundle_runner(current)
     baseline = judge(cur_runner, cur_floor, held)
-    weights = fit_detector([*sets, feedback_set(train)], TrainConfig(seed=seed))
+    evidence = Evidence.of(sets, data)
+    cur_scores = evidence.scores(cur_runner)
+    ev_current = judge_evidence(cur_scores, cur_floor, limits)
+    train_sets = [*sets, feedback_set(train)]
+    weights = fit_detector(train_sets, TrainConfig(seed=seed))
     staging = out.with_name(out.name + ".candidate")
     info = BundleInfo(manifest["name"], next_version(manifest["version"]),
                       f"{manifest.get('description', '')} Retrained with fleet feedback.")
-    metrics = {"feedback": {"train": int(train.z.shape[0]), "held_back": int(held.z.shape[0]),
-                            "current": baseline}}
-    cand_manifest = write_bundle(staging, weights, spec, [*sets, feedback_set(train)], info,
-                                 metrics, key, training={"from_gateway": True,
-                                                         "feedback_incidents": len(rows_)},
-                                 seed=seed)
-    cand_floor = float(cand_manifest["thresholds"]["anomaly"]["value"])
-    candidate = judge(OnnxRunner(staging / cand_manifest["models"]["detector"]["file"]),
-                      cand_floor, held)
-    accepted = better(candidate, baseline)
-    if accepted:
+    metrics: dict[str, Any] = {"feedback": {"train": int(train.z.shape[0]),
+                                            "held_back": int(held.z.shape[0]),
+                                            "current": baseline}}
+    cand_manifest = write_bundle(staging, weights, spec, train_sets, info, metrics, None,
+                                 training={"from_gateway": True,
+                                           "feedback_incidents": len(rows_)}, seed=seed)
+    cand_runner = OnnxRunner(staging / cand_manifest["models"]["detector"]["file"])
+    rule_floor = float(cand_manifest["thresholds"]["anomaly"]["value"])
+    ev_scores = evidence.scores(cand_runner)
+    cand_floor = choose_floor(rule_floor, cur_floor, ev_scores[0], ev_current,
+                              cur_scores[0], limits)
+    candidate = judge(cand_runner, cand_floor, held)
+    ev_candidate = {**judge_evidence(ev_scores, cand_floor, limits), "rule_floor": rule_floor}
+    reason = refusal(candidate, baseline, ev_candidate, ev_current, limits)
+    both = {"current": ev_current, "candidate": ev_candidate}
+    if not reason:
         metrics["feedback"]["candidate"] = candidate
+        metrics["fault_evidence"] = both
         cand_manifest["metrics"] = metrics
+        _set_floor(cand_manifest, cand_floor)
         fb.write_manifest(staging, cand_manifest)
         fb.sign(staging, fb.load_private_key(key))
         _remove(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         staging.rename(out)
     else:
+        log.warning("candidate refused: %s", reason)
         _remove(staging)
-    return RetrainResult(accepted, baseline, candidate, int(train.z.shape[0]),
-                         int(held.z.shape[0]), out if accepted else None)
+    return RetrainResult(not reason, baseline, candidate, int(train.z.shape[0]),
+                         int(held.z.shape[0]), None if reason else out, both, reason)
+
+
+def _set_floor(manifest: dict[str, Any], floor: float) -> None:
+    anomaly = manifest["thresholds"]["anomaly"]
+    anomaly["value"] = floor
+    if isinstance(anomaly.get("adapt"), dict) and "floor" in anomaly["adapt"]:
+        anomaly["adapt"]["floor"] = floor
 
 
 def _remove(path: Path) -> None:

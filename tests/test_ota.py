@@ -63,7 +63,7 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def receiver(keys: dict[str, Any], state_dir: Path, device: str = "pump-1",
              spec: str | None = None, windows: int = 20) -> OtaReceiver:
     cfg = OtaConfig("plant1", device, state_dir, (keys["pem"],), spec or keys["spec"],
-                    ShadowPolicy(windows=windows, max_latency_ms=500.0, max_alert_rate=0.2))
+                    ShadowPolicy(windows=windows, max_latency_ms=500.0))
     return OtaReceiver(cfg, RUNNING)
 
 
