@@ -6,10 +6,11 @@ Per vibration channel, in g, float32, at any sample rate up to 51.2 kHz:
   harmonics, following a slowly varying shaft speed;
 - rolling-element bearing defects, the accepted model (McFadden & Smith; Randall & Antoni):
   an impulse train at the geometric defect frequency (BPFO, BPFI, 2xBSF in shaft orders),
-  with 1-2 % random jitter of the spacing (slip), each impulse ringing a decaying structural
-  resonance of a few kHz; inner-race impulses amplitude-modulated at shaft speed (the defect
-  passes through the load zone once per turn), ball impulses modulated at FTF (the cage
-  carries the ball through the load zone);
+  with random jitter of the spacing (slip, 1-2 % by default) and of the amplitudes (both
+  per fault), each impulse ringing a decaying structural resonance of a few kHz;
+  inner-race impulses amplitude-modulated at shaft speed (the defect passes through the
+  load zone once per turn), ball impulses modulated at FTF (the cage carries the ball
+  through the load zone);
 - gear mesh tone with shaft-rate sidebands, broadband noise;
 - a temperature channel that rises with fault severity.
 
@@ -34,7 +35,6 @@ F64 = npt.NDArray[np.float64]
 PATH_POINTS = 1024
 MAX_POST_FAILURE_SEVERITY = 3.0
 RING_DECAY = 1e-3  # the resonance kernel is cut where its envelope falls below this
-AMPLITUDE_SPREAD = 0.02  # relative random spread of impact amplitudes
 
 
 class DegradationPath:
@@ -177,7 +177,8 @@ class VibrationModel:
             pos, phase_at = self._impulse_positions(fault, cycles)
             if amp <= 0 or pos.size == 0:
                 continue
-            gain = amp * (1.0 + AMPLITUDE_SPREAD * self.rng.standard_normal(pos.size))
+            spread = fault.amplitude_spread * self.rng.standard_normal(pos.size)
+            gain = amp * np.maximum(1.0 + spread, 0.0)
             gain *= self._modulation(fault, phase_at)
             # Exact sub-sample timing: start the ring at the next sample, advanced by d.
             at = np.ceil(pos).astype(np.intp)

@@ -120,6 +120,9 @@ class FaultSpec:
     path_noise: float = 0.3
     jitter: float = 0.01  # relative standard deviation of the impact spacing (slip)
     modulation: float = 0.8  # depth of the shaft (inner race) or FTF (ball) modulation
+    #: relative standard deviation of impact amplitudes (spall edge, load and contact differ
+    #: from impact to impact; a ball's defect meets the races only as its spin axis allows)
+    amplitude_spread: float = 0.02
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
@@ -133,6 +136,7 @@ class FaultSpec:
         check_range(f"faults[{self.kind}].path_noise", self.path_noise, 0.0, 2.0)
         check_range(f"faults[{self.kind}].jitter", self.jitter, 0.0, 0.2)
         check_range(f"faults[{self.kind}].modulation", self.modulation, 0.0, 1.0)
+        check_range(f"faults[{self.kind}].amplitude_spread", self.amplitude_spread, 0.0, 1.0)
 
     @property
     def peak_g(self) -> float:

@@ -61,7 +61,7 @@ def training_sets(cfg: DefaultBuild, spec: Any, data_dir: Path | None) -> tuple[
                                                                                   dict[str, Any]]:
     machines = random_machines(cfg.n_machines, cfg.seed,
                                faults=("normal", "inner_race", "outer_race", "ball",
-                                       "imbalance", "misalignment"))
+                                       "imbalance", "misalignment"), varied=True)
     sets = sim_sets(machines, spec, seconds=cfg.sim_seconds, seed=cfg.seed)
     info: dict[str, Any] = {"seed": cfg.seed, "sim_machines": len(machines),
                             "sim_seconds_per_recording": cfg.sim_seconds,

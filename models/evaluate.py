@@ -128,7 +128,8 @@ def cwru_crossload(cwru: Path, spec: Any, seed: int) -> dict[str, Any]:
 
 def transfer(cwru: Path, spec: Any, seed: int, n_machines: int) -> dict[str, Any]:
     """Simulator -> every CWRU file, and CWRU -> simulated machines on other bearings."""
-    sim_train = sim_sets(random_machines(n_machines, seed, faults=ALL_FAULTS), spec, seed=seed)
+    sim_train = sim_sets(random_machines(n_machines, seed, faults=ALL_FAULTS, varied=True), spec,
+                         seed=seed)
     cw = cwru_sets(cwru, spec)
     normal_train, normal_test = split_normal(cw[0])
     tests = [*cw[1:], normal_test]

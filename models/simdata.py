@@ -8,6 +8,7 @@ with one fault at a fixed severity, or a run to failure with its severity path.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,19 @@ SEVERITY_RANGE = (0.03, 0.6)
 #: Impact-spacing jitter per fault: rolling elements slip and spin in and out of the load
 #: zone, so a ball fault's envelope lines are smeared (and often invisible, as on CWRU).
 JITTER_RANGE = {"ball": (0.02, 0.2), "inner_race": (0.005, 0.04), "outer_race": (0.005, 0.04)}
+#: Ranges drawn per machine by ``random_machines(varied=True)`` (training fleets): real
+#: defects differ in how deeply the load zone (inner race) or the cage (ball) modulates
+#: them, how much one impact differs from the next (spall edges, load; a ball's defect
+#: strikes only as its spin axis allows, so ball impacts vary most), and how much the
+#: rolling elements slip.
+VARIED: dict[str, dict[str, tuple[float, float]]] = {
+    "inner_race": {"jitter": (0.005, 0.06), "modulation": (0.2, 1.0),
+                   "amplitude_spread": (0.02, 0.5)},
+    "outer_race": {"jitter": (0.005, 0.06), "modulation": (0.2, 1.0),
+                   "amplitude_spread": (0.02, 0.5)},
+    "ball": {"jitter": (0.02, 0.2), "modulation": (0.2, 1.0),
+             "amplitude_spread": (0.2, 1.0)},
+}
 FAULT_AMPLITUDE_G = {"inner_race": 2.0, "outer_race": 2.0, "ball": 1.5, "imbalance": 0.25,
                      "misalignment": 0.15}
 
@@ -77,8 +91,6 @@ def render_scenario(name: str, *, seconds: float | None = None, seed: int = 0,
 
 
 def _replace(scenario: Any, table: dict[str, Any]) -> Any:
-    import dataclasses
-
     machine = dataclasses.replace(scenario.machine, **table.get("machine", {}))
     return dataclasses.replace(scenario, machine=machine)
 
@@ -97,6 +109,8 @@ class SimMachine:
     noise_g: float
     imbalance_g: float
     jitter: float = 0.015  # relative spread of impact spacing (slip)
+    modulation: float = 0.8  # load-zone (inner race) / cage (ball) modulation depth
+    amplitude_spread: float = 0.02  # relative spread of impact amplitudes
 
 
 def scenario_of(m: SimMachine, seed: int) -> Any:
@@ -111,16 +125,25 @@ def scenario_of(m: SimMachine, seed: int) -> Any:
     }
     if m.fault != "normal":
         table["faults"] = [{"kind": m.fault, "severity": m.severity, "jitter": m.jitter,
-                            "amplitude_g": FAULT_AMPLITUDE_G[m.fault]}]
+                            "amplitude_g": FAULT_AMPLITUDE_G[m.fault],
+                            "modulation": m.modulation,
+                            "amplitude_spread": m.amplitude_spread}]
     return Scenario.from_dict(table)
 
 
 def random_machines(n: int, seed: int, *, bearings: tuple[str, ...] = tuple(SIM_BEARINGS),
                     rates_hz: tuple[float, ...] = (12_000.0, 25_600.0, 48_000.0, 20_000.0),
                     faults: tuple[str, ...] = tuple(FAULT_AMPLITUDE_G),
-                    rpm_range: tuple[float, float] = (600.0, 3600.0)) -> list[SimMachine]:
-    """``n`` machines with random bearing, speed, rate, resonance, noise and fault."""
+                    rpm_range: tuple[float, float] = (600.0, 3600.0),
+                    varied: bool = False) -> list[SimMachine]:
+    """``n`` machines with random bearing, speed, rate, resonance, noise and fault.
+
+    ``varied``: also draw the defect physics the fixed defaults hold still (load-zone / cage
+    modulation depth, impact-amplitude spread, wider race slip; :data:`VARIED`), so a model
+    trained on the fleet cannot key on one simulator setting. The other draws are the same
+    as without it (extra draws come from a separate stream)."""
     rng = np.random.default_rng(seed)
+    extra = np.random.default_rng([seed, 1])
     out = []
     for i in range(n):
         rate = float(rng.choice(rates_hz))
@@ -133,4 +156,10 @@ def random_machines(n: int, seed: int, *, bearings: tuple[str, ...] = tuple(SIM_
             resonance_hz=float(rng.uniform(1500.0, min(5500.0, 0.4 * rate))),
             noise_g=float(rng.uniform(0.03, 0.12)), imbalance_g=float(rng.uniform(0.01, 0.05)),
             jitter=float(rng.uniform(*JITTER_RANGE.get(fault, (0.005, 0.03))))))
+        if varied:
+            v = VARIED.get(fault, VARIED["outer_race"])
+            out[-1] = dataclasses.replace(
+                out[-1], jitter=float(extra.uniform(*v["jitter"])),
+                modulation=float(extra.uniform(*v["modulation"])),
+                amplitude_spread=float(extra.uniform(*v["amplitude_spread"])))
     return out

@@ -128,3 +128,26 @@ def test_degradation_path_is_monotone_noisy_and_fails_at_end_of_life() -> None:
     assert mid.std() > 0.005  # seeds give different paths
     assert np.all(mid < 0.3)  # exponential-like: most growth near the end
     assert paths[0].severity(1200.0) > 1.0
+
+
+def test_amplitude_spread_varies_impacts_and_keeps_the_line() -> None:
+    """amplitude_spread: impacts differ more from one another (a broader peak distribution,
+    lower line-to-floor ratio), yet the defect line stays; bad values are refused."""
+    from foreshock.errors import ConfigError
+
+    def peaks(spread: float) -> tuple[npt.NDArray[np.float64], float]:
+        x, orders = simulate([{"kind": "outer_race", "amplitude_spread": spread}],
+                             noise_g=0.001)
+        bpfo = orders["bpfo"] * SHAFT_HZ
+        n = int(FS_HZ / bpfo)
+        per_impact = np.abs(x[: x.size // n * n].reshape(-1, n)).max(axis=1)
+        freqs, spec = envelope_spectrum(x)
+        return per_impact, level(freqs, spec, bpfo) / floor(freqs, spec)
+
+    steady, line_steady = peaks(0.0)
+    varied, line_varied = peaks(0.6)
+    cv = lambda p: float(np.std(p) / np.mean(p))  # noqa: E731
+    assert cv(varied) > 3 * cv(steady)
+    assert line_varied > 5 and line_varied < line_steady
+    with pytest.raises(ConfigError, match="amplitude_spread"):
+        FaultSpec(kind="ball", amplitude_spread=1.5)
