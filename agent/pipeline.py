@@ -18,7 +18,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,6 +98,20 @@ class StepOutput:
     z_all: FloatArray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
     anomaly: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
     alerted: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, bool))
+    #: the results' telemetry fields as columns (see :meth:`telemetry`)
+    columns: tuple[list[Any], ...] = ()
+
+    def telemetry(self, every: int = 1, base: int = 0) -> list[tuple[dict[str, Any], float]]:
+        """``(result.telemetry, window end)`` of the results whose ``base + index`` is a
+        multiple of ``every``, built from :attr:`columns` in one pass."""
+        rows: Iterable[tuple[Any, ...]] = zip(*self.columns, strict=True)
+        if every > 1:
+            rows = (r for i, r in enumerate(rows) if (base + i) % every == 0)
+        return [({"channel": ch, "window_ts": end, "anomaly_score": 0.0 if a != a else a,
+                  "fault": fault, "fault_probability": p, "rms_g": rms,
+                  "velocity_rms_mm_s": vel, "zone": zone, "commissioning": a != a,
+                  "threshold": thr, "rpm": rpm, "sensor": dev}, end)
+                for ch, end, a, fault, p, rms, vel, zone, thr, rpm, dev in rows]
 
 
 def _no_lap(stage: str, since: float) -> float:
@@ -257,6 +271,8 @@ class Pipeline:
     def _commission(self, windows: Sequence[Window], keys: list[tuple[str, int]],
                     x: FloatArray, out: StepOutput) -> list[int]:
         """Feed commissioning streams; indices of the windows of monitored streams."""
+        if all(self.decider.baseline(k) is not None for k in dict.fromkeys(keys)):
+            return list(range(len(windows)))       # every stream is monitored already
         live = []
         for i, (w, key) in enumerate(zip(windows, keys, strict=True)):
             if self.decider.baseline(key) is None and not self._restore(key, w, x[i]):
@@ -351,6 +367,7 @@ class Pipeline:
         anomaly, top_p, top = scored.anomaly.tolist(), scored.top_p.tolist(), scored.top
         rpm = self._rpm(windows).tolist()
         threshold = {k: self.decider.threshold(k) for k in state}
+        thresholds = [threshold[k] for k in keys]
         alerted = []
         results = out.results
         for i, w in enumerate(windows):
@@ -363,9 +380,12 @@ class Pipeline:
             if not commissioning:
                 alerted.append(state[key])
             results.append(WindowResult(i, w, x[i], anomaly[i], top[i], top_p[i], commissioning,
-                                        threshold[key], zones[i], body, state[key], rms[i],
+                                        thresholds[i], zones[i], body, state[key], rms[i],
                                         velocity[i], rpm[i]))
         out.alerted = np.asarray(alerted, dtype=bool)
+        out.columns = ([w.channel for w in windows], [w.end_s for w in windows], anomaly, top,
+                       top_p, rms, velocity, zones, thresholds, rpm,
+                       [w.device_id for w in windows])
 
     def _zones(self, x: FloatArray) -> tuple[list[str], list[float]]:
         """ISO 10816 zone and velocity (0 if unknown) per window (vectorised

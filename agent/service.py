@@ -60,7 +60,7 @@ from agent.baselines import StateBank
 from agent.config import AgentConfig
 from agent.health import HealthReporting
 from agent.model_updates import OTA_KINDS, ModelUpdates
-from agent.monitor import Monitor, PrometheusExporter, WindowMeta
+from agent.monitor import Monitor, PrometheusExporter
 from agent.sdnotify import Notifier
 from agent.sources import Source
 from agent.window import Window, Windower
@@ -233,9 +233,7 @@ class Agent(ModelUpdates, HealthReporting):
         if frames:
             t = self._lap("source", t)
             self.counters["frames"] += len(frames)
-            observe = self.monitor.quality.observe_frame
-            for frame in frames:
-                observe(frame)
+            self.monitor.quality.observe_frames(frames)
             windows = self.windower.push_many(frames)
             if windows:
                 self._enqueue(windows)
@@ -269,7 +267,7 @@ class Agent(ModelUpdates, HealthReporting):
         """Integrity checks: (scoreable windows, their samples stacked, data_quality events)."""
         t = time.perf_counter()
         samples = np.stack([w.samples for w in batch])
-        verdicts = self.monitor.quality.check_batch(samples, [WindowMeta.of(w) for w in batch])
+        verdicts = self.monitor.quality.check_windows(batch, samples)
         events = [body for q in verdicts for body in q.events]
         keep = [q.scoreable for q in verdicts]
         self._lap("quality", t, len(batch))
@@ -300,8 +298,7 @@ class Agent(ModelUpdates, HealthReporting):
         self.counters["events"] += len(events)
         every = self.config.service.telemetry_every
         base = self.counters["windows_processed"] - len(good)
-        telemetry = [(r.telemetry, r.window.end_s) for r in out.results
-                     if every == 1 or (base + r.index) % every == 0]
+        telemetry = out.telemetry(every, base)
         self.counters["telemetry"] += len(telemetry)
         if self.outbox is not None:
             self._store(out.alerts, events, telemetry, at_s)

@@ -40,6 +40,7 @@ from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
+from numpy.lib.stride_tricks import sliding_window_view
 
 from foreshock.wire import Frame
 
@@ -115,12 +116,16 @@ class _Stream:
     def reset(self) -> None:
         self.fill = 0
 
-    def append(self, samples: npt.NDArray[np.float32]) -> None:
-        end = self.fill + samples.size
-        if end > self.data.size:
-            grown = np.empty(max(end, 2 * self.data.size), np.float32)
+    def reserve(self, size: int) -> None:
+        """Make room for ``size`` samples in ``data`` (keeping the pending ones)."""
+        if size > self.data.size:
+            grown = np.empty(max(size, 2 * self.data.size), np.float32)
             grown[:self.fill] = self.data[:self.fill]
             self.data = grown
+
+    def append(self, samples: npt.NDArray[np.float32]) -> None:
+        end = self.fill + samples.size
+        self.reserve(end)
         self.data[self.fill:end] = samples
         self.fill = end
 
@@ -222,30 +227,36 @@ class Windower:
     def _push_run(self, key: tuple[str, int], stream: _Stream, group: list[Frame],
                   out: list[Window]) -> bool:
         """The fast path of :meth:`push_many`; False (nothing done) if it does not apply."""
-        seq, rate = stream.last_seq, stream.rate_hz
-        rpms = []
-        rpm = stream.rpm
-        for frame in group:
-            if (frame.seq - seq) % SEQ_MOD != 1 or frame.sample_rate_hz != rate:
-                return False
-            seq = frame.seq
-            rpm = frame.rpm if frame.rpm > 0 else rpm
-            rpms.append(rpm)
-        parts = [f.samples for f in group]
-        before = stream.fill
-        for part in parts:
-            stream.append(part)
-        if not math.isfinite(float(np.add.reduce(stream.data[before:stream.fill]))):
-            stream.fill = before            # float32 sum: NaN/inf (or overflow): slow path
+        n = len(group)
+        first = (stream.last_seq + 1) % SEQ_MOD
+        if [f.seq for f in group] != list(range(first, first + n)):
+            return False            # a gap, a repeat or a u32 wrap inside the run: slow path
+        rate = stream.rate_hz
+        if any(f.sample_rate_hz != rate for f in group):
             return False
-        self.counters["frames"] += len(group)
-        self.counters["samples"] += stream.fill - before
-        stream.last_seq, stream.rpm = seq, rpm
+        parts = [f.samples for f in group]
+        sizes = [p.size for p in parts]
+        before = stream.fill
+        end = before + sum(sizes)
+        stream.reserve(end)
+        pending = stream.data[before:end]
+        np.concatenate(parts, out=pending)
+        if not math.isfinite(float(np.add.reduce(pending))):
+            return False            # float32 sum: NaN/inf (or overflow): slow path
+        stream.fill = end
+        rpms = [f.rpm for f in group]
+        if min(rpms) <= 0:          # frames without a speed keep the latest known one
+            rpm = stream.rpm
+            for i, value in enumerate(rpms):
+                rpm = rpms[i] = value if value > 0 else rpm
+        self.counters["frames"] += n
+        self.counters["samples"] += end - before
+        stream.last_seq, stream.rpm = (first + n - 1) % SEQ_MOD, rpms[-1]
         if before == 0:
             stream.start_us = group[0].timestamp_us
         win, hop = self._span(stream.rate_hz)
         if stream.fill >= win:
-            ends = before + np.cumsum([p.size for p in parts])
+            ends = before + np.cumsum(sizes)
             count = (stream.fill - win) // hop + 1
             last = np.searchsorted(ends, np.arange(count) * hop + win, side="left")
             out += self._cut(key, stream, win, hop, [rpms[j] for j in last.tolist()])
@@ -273,9 +284,7 @@ class Windower:
         """Every complete window in the buffer, copied out into one ``[count, win]`` block."""
         count = (stream.fill - win) // hop + 1
         data = stream.data
-        blocks = np.empty((count, win), np.float32)
-        for i in range(count):
-            blocks[i] = data[i * hop:i * hop + win]
+        blocks = sliding_window_view(data[:stream.fill], win)[::hop][:count].copy()
         stream.consume(count * hop)
         target = float(self.spec.sample_rate_hz)
         if win != self.spec.window_samples:

@@ -102,22 +102,20 @@ def window_cpu_s(frames: list, read_batch: int = 256) -> tuple[float, list]:
     t0 = time.process_time()
     for i in range(0, len(frames), read_batch):
         chunk = frames[i:i + read_batch]
-        for frame in chunk:
-            mon.quality.observe_frame(frame)
+        mon.quality.observe_frames(chunk)
         out += windower.push_many(chunk)
     return time.process_time() - t0, out
 
 
 def quality_cpu_s(windows: list, batch: int) -> float:
-    """CPU seconds of the window integrity checks (stack, metas, check_batch) alone."""
-    from agent.monitor import Monitor, WindowMeta
+    """CPU seconds of the window integrity checks (stack, check_windows) alone."""
+    from agent.monitor import Monitor
 
     mon = Monitor()
     t0 = time.process_time()
     for i in range(0, len(windows), batch):
         chunk = windows[i:i + batch]
-        mon.quality.check_batch(np.stack([w.samples for w in chunk]),
-                                [WindowMeta.of(w) for w in chunk])
+        mon.quality.check_windows(chunk, np.stack([w.samples for w in chunk]))
     return time.process_time() - t0
 
 

@@ -347,3 +347,21 @@ def test_drift_from_bundle_training_stats(tmp_path: Path) -> None:
     assert "rms_g" in events[0]["new"]
     assert "rms_g" in health[-1]["drift"]["drifting"]
     assert status["drift_watched"] is True and "rms_g" in status["drift"]["drifting"]
+
+
+def test_step_telemetry_matches_each_result(tmp_path: Path) -> None:
+    """StepOutput.telemetry (built column-wise) gives each result's telemetry body, for
+    commissioning and scored windows, every window or every n-th."""
+    from agent.pipeline import Pipeline
+    from agent.window import Windower
+
+    cfg = AgentConfig.for_device("pump-9", "plant1", "", tmp_path,
+                                 decision={"commission_s": 2.0})
+    pipe = Pipeline(cfg)
+    windows = Windower(pipe.spec).push_many(frames(120, 80))
+    outs = [pipe.process(windows[i:i + 20]) for i in range(0, len(windows), 20)]
+    assert {r.commissioning for o in outs for r in o.results} == {True, False}
+    for out in outs:
+        assert out.telemetry() == [(r.telemetry, r.window.end_s) for r in out.results]
+        assert out.telemetry(3, 1) == [(r.telemetry, r.window.end_s) for r in out.results
+                                       if (1 + r.index) % 3 == 0]

@@ -39,7 +39,9 @@ windows, and only those two transitions produce a ``data_quality`` event body in
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -54,6 +56,7 @@ log = logging.getLogger(__name__)
 
 SEQ_MOD = 2**32
 REORDER_FRAMES = 8  # as agent.window: a frame further back is a restart, not a late frame
+_UNKNOWN = object()
 
 
 @dataclass(frozen=True)
@@ -226,6 +229,65 @@ class DataQualityMonitor:
         self._observe_rate(stream, frame.timestamp_us / 1e6, int(frame.count),
                            float(frame.sample_rate_hz))
 
+    def observe_frames(self, frames: Iterable[FrameLike]) -> None:
+        """:meth:`observe_frame` every frame, with the same counts and state.
+
+        A stream's run of frames that simply continue it (consecutive sequence numbers, the
+        declared rate, one sample format, no time step) is recorded with a few array
+        operations; any other run goes frame by frame.
+        """
+        groups: dict[tuple[str, int], list[FrameLike]] = {}
+        for frame in frames:
+            groups.setdefault((frame.device_id, frame.channel), []).append(frame)
+        for key, group in groups.items():
+            stream = self._streams.get(key)
+            if stream is None or len(group) < 2 or not self._observe_run(stream, group):
+                for frame in group:
+                    self.observe_frame(frame)
+
+    def _observe_run(self, stream: _Stream, group: list[FrameLike]) -> bool:
+        """The fast path of :meth:`observe_frames`; False (nothing done) if it does not apply."""
+        if stream.last_seq is None or not stream.marks:
+            return False
+        n = len(group)
+        first = (stream.last_seq + 1) % SEQ_MOD
+        if [int(f.seq) for f in group] != list(range(first, first + n)):
+            return False
+        rate = stream.declared_hz
+        if any(float(f.sample_rate_hz) != rate for f in group):
+            return False
+        raws = [np.asarray(f.raw) for f in group]
+        dtype = raws[0].dtype
+        if any(r.dtype != dtype for r in raws):
+            return False
+        scale = float(group[0].scale)
+        if dtype == np.int16 and any(float(f.scale) != scale for f in group):
+            return False
+        counts = np.fromiter((int(f.count) for f in group), np.int64, n)
+        ts = np.fromiter((f.timestamp_us for f in group), np.float64, n) / 1e6
+        last_ts, last_total = stream.marks[-1]
+        prev_ts = np.empty(n)
+        prev_ts[0], prev_ts[1:] = last_ts, ts[:-1]
+        gaps = np.empty(n, np.int64)
+        gaps[0], gaps[1:] = stream.total_samples - last_total, counts[:-1]
+        if np.any(np.abs(ts - (prev_ts + gaps / rate)) > self.config.time_step_s):
+            return False                # a time step: the per-frame path counts it
+        joined = np.concatenate(raws)
+        if dtype == np.int16:
+            stream.full_scale_g = 32767.0 * scale
+            if joined.max() == 32767 or joined.min() == -32768:
+                stream.saturated += int(np.count_nonzero((joined == 32767) | (joined == -32768)))
+        elif not math.isfinite(float(np.add.reduce(joined, dtype=np.float64))):
+            stream.non_finite += int(joined.size - np.count_nonzero(np.isfinite(joined)))
+        stream.last_seq = (first + n - 1) % SEQ_MOD
+        totals = stream.total_samples + np.cumsum(counts) - counts
+        keep = self.config.rate_frames
+        stream.marks.extend(zip(ts[-keep:].tolist(), totals[-keep:].tolist(), strict=True))
+        while len(stream.marks) > keep:
+            stream.marks.popleft()
+        stream.total_samples += int(counts.sum())
+        return True
+
     def _observe_rate(self, stream: _Stream, ts_s: float, count: int, rate_hz: float) -> None:
         marks = stream.marks
         if rate_hz != stream.declared_hz:
@@ -257,6 +319,54 @@ class DataQualityMonitor:
         full = [self._full_scale(m) for m in metas]
         per_row = sample_issues(x, full, self.config)
         return [self._verdict(m, issues) for m, issues in zip(metas, per_row, strict=True)]
+
+    def check_windows(self, windows: Sequence[WindowLike], samples: npt.ArrayLike
+                      ) -> list[Quality]:
+        """:meth:`check_batch` of windows (``samples``: theirs stacked ``[n, w]``) with the
+        metas of :meth:`WindowMeta.of`; the same verdicts, counters and events.
+
+        A clean window of a healthy stream with no frame evidence pending gets the stream's
+        shared clean verdict without building its meta; every other window takes the
+        general path.
+        """
+        x = _as_rows(samples, len(windows))
+        keys = [(w.device_id, int(w.channel)) for w in windows]
+        full = {k: s.full_scale_g if (s := self._streams.get(k)) else 0.0 for k in set(keys)}
+        per_row = sample_issues(x, [full[k] for k in keys], self.config)
+        clean: dict[tuple[str, int, float], Quality | None] = {}
+        out: list[Quality] = []
+        for w, key, found in zip(windows, keys, per_row, strict=True):
+            if not found:
+                rate = float(w.source_rate_hz or w.sample_rate_hz)
+                fast = clean.get((*key, rate), _UNKNOWN)
+                if fast is _UNKNOWN:
+                    fast = clean[(*key, rate)] = self._clean_verdict(key, rate)
+                if isinstance(fast, Quality):
+                    self.counters["windows_checked"] += 1
+                    out.append(fast)
+                    continue
+            out.append(self._verdict(WindowMeta.of(w), found))
+            for cached in [c for c in clean if c[:2] == key]:
+                del clean[cached]          # the stream's state may have changed
+        return out
+
+    def _clean_verdict(self, key: tuple[str, int], rate_hz: float) -> Quality | None:
+        """The shared clean verdict if a clean window of this stream at ``rate_hz`` gets it
+        now (what :meth:`_verdict` would decide), after consuming the stream's (empty) frame
+        evidence; None if the window must take the general path."""
+        stream = self._streams.get(key)
+        if stream is None and len(self._streams) < self.max_streams:
+            stream = self._stream(*key)
+        if (stream is None or stream.bad or stream.run or stream.non_finite
+                or stream.missing_frames or stream.saturated >= self.config.clip_min_samples):
+            return None
+        rate = _rate_hz(stream, self.config)
+        if rate > 0 and rate_hz > 0 and abs(rate / rate_hz - 1.0) > self.config.rate_tolerance:
+            return None
+        stream.saturated = 0
+        if stream.clean_verdict is None:
+            stream.clean_verdict = Quality(key[0], key[1])
+        return stream.clean_verdict
 
     def _full_scale(self, meta: WindowMeta) -> float:
         if meta.full_scale_g > 0:
