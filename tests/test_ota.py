@@ -49,13 +49,19 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("bundles")
     manifest = json.loads((SHIPPED / "manifest.json").read_text())
     bundles = {}
-    for version in ("0.2.0", "0.0.9"):
+    # 0.3.0 alerts on nothing (floor 1000), 0.4.0 on everything (floor 0): shadow tests
+    for version, floor in (("0.2.0", None), ("0.0.9", None), ("0.3.0", 1000.0),
+                           ("0.4.0", 0.0)):
         path = root / version
         shutil.copytree(SHIPPED, path)
-        fsbundle.write_manifest(path, {**manifest, "version": version})
+        data = json.loads(json.dumps({**manifest, "version": version}))
+        if floor is not None:
+            data["thresholds"]["anomaly"]["value"] = floor
+            data["thresholds"]["anomaly"]["adapt"]["floor"] = floor
+        fsbundle.write_manifest(path, data)
         fsbundle.sign(path, key)
         bundles[version] = path
-    return {"pem": fsbundle.public_key_pem(key.public_key()), "bundles": bundles,
+    return {"pem": fsbundle.public_key_pem(key.public_key()), "bundles": bundles, "key": key,
             "spec": manifest["feature_spec_hash"], "width": len(
                 manifest["models"]["detector"]["input_features"])}
 
@@ -372,3 +378,123 @@ def test_agent_starts_on_its_configured_model_when_the_ota_state_is_malformed(
     agent.close()
     assert agent.model_info == RUNNING and agent.ota is not None
     assert (tmp_path / "s" / "ota" / "ota.json.bad").exists()
+
+
+def test_shadow_is_judged_against_the_running_model(keys: dict[str, Any], tmp_path: Path
+                                                     ) -> None:
+    """Real bundles in the real receiver: alerting where the running model alerts is fine
+    (an open fault does not block an update), alerting where it is silent is not, and
+    missing what it flags matters only on an operator-confirmed fault."""
+    loud = np.full((20, keys["width"]), 8.0, np.float32)
+    on, off = np.ones(20, bool), np.zeros(20, bool)
+
+    def shadow(version: str, z: Any, running: Any, confirmed: Any, name: str) -> str:
+        manifest, files = read_bundle(keys["bundles"][version], [keys["pem"]])
+        ota = receiver(keys, tmp_path / name)
+        deliver(ota, offer_message(name, manifest, files, CHUNK, 20),
+                [chunk_message(name, f, i, CHUNK) for f in files
+                 for i in range(-(-len(f.data) // CHUNK))])
+        out = ota.observe(z, running, confirmed)
+        return f"{status_of(out)[-1]}: {json.loads(out[-1]).get('detail', '')}"
+
+    # the candidate alerts on 100 % of windows, as the running model does: an open fault
+    assert shadow("0.2.0", loud, on, off, "fault").startswith("active")
+    got = shadow("0.2.0", loud, off, off, "noisy")
+    assert got.startswith("failed") and "where the running model is silent" in got
+    # a quieter candidate: fine on unconfirmed alerts (false alarms), not on a confirmed fault
+    assert shadow("0.3.0", loud, on, off, "quiet").startswith("active")
+    got = shadow("0.3.0", loud, on, on, "deaf")
+    assert got.startswith("failed") and "misses 20 of 20 windows" in got
+
+
+def agent_for(keys: dict[str, Any], tmp_path: Path, device: str, frames_: list[Any]) -> Any:
+    from agent.config import AgentConfig
+    from agent.service import Agent
+    from agent.sources import ReplaySource
+
+    pem = tmp_path / f"{device}.pub"
+    pem.write_bytes(keys["pem"])
+    cfg = AgentConfig.for_device(device, "plant1", "", tmp_path / device,
+                                 model={"trusted_keys": [str(pem)]},
+                                 decision={"commission_s": 4.0})
+    return Agent(cfg, ReplaySource(frames_))
+
+
+def offer_to(agent: Any, keys: dict[str, Any], version: str, rid: str) -> None:
+    device = agent.config.device.device_id
+    offer, chunks = offer_and_chunks(keys, version=version, rid=rid)
+    agent._on_command(topics.model_offer("plant1", device), offer)
+    for c in chunks:
+        agent._on_command(topics.model_chunk("plant1", device), c)
+    agent.step(0.0)
+    assert agent.ota.shadow is not None, list(agent._unsent)
+
+
+def run_until(agent: Any, check: Any, limit: int = 2000) -> bool:
+    for _ in range(limit):
+        if check() or (agent.source.exhausted and not agent.queue):
+            break
+        agent.step(0.0)
+    return bool(check())
+
+
+def details(agent: Any) -> list[str]:
+    return [f"{json.loads(p)['status']}: {json.loads(p).get('detail', '')}"
+            for p in agent._unsent]
+
+
+@pytest.mark.parametrize(("version", "confirm"), [("0.2.0", False), ("0.3.0", False),
+                                                 ("0.3.0", True)])
+def test_running_agent_with_an_open_fault_shadow_checks_relative_to_its_model(
+        keys: dict[str, Any], tmp_path: Path, version: str, confirm: bool) -> None:
+    """The real Agent (features, onnxruntime, decider) on a machine whose vibration jumps:
+    the running model raises an incident. A candidate that flags the same windows (0.2.0,
+    alert rate ~100 %) is promoted; one that flags none (0.3.0) is promoted only while no
+    operator confirmed the incident, and refused once the signed ``confirmed`` feedback
+    has arrived."""
+    from test_agent_service import frames
+
+    agent = agent_for(keys, tmp_path, "pump-f", frames(900, 150))
+    try:
+        assert run_until(agent, lambda: any(s.incident for s in
+                                            agent.pipeline.decider._streams.values()))
+        incident = next(s.incident.id for s in agent.pipeline.decider._streams.values()
+                        if s.incident)
+        if confirm:
+            payload = messages.command_message(
+                "feedback", {"incident": incident, "label": "confirmed", "note": ""},
+                issued_by="ana", ts=time.time(), command_id="c1", key=keys["key"])
+            agent._on_command(topics.command("plant1", "pump-f", "feedback"), payload)
+            agent.step(0.0)
+            assert agent.counters["bad_commands"] == 0
+        offer_to(agent, keys, version, "r-1")
+        assert run_until(agent, lambda: agent.ota.shadow is None)
+        got = details(agent)[-1]
+        if confirm:
+            assert got.startswith("failed") and "confirmed fault" in got, got
+            assert agent.model_info["version"] == "0.1.0"
+        else:
+            assert got.startswith("active"), got
+            assert agent.model_info["version"] == version
+    finally:
+        agent.close()
+
+
+def test_running_agent_refuses_a_candidate_that_alerts_where_its_model_is_silent(
+        keys: dict[str, Any], tmp_path: Path) -> None:
+    from test_agent_service import frames
+
+    agent = agent_for(keys, tmp_path, "pump-h", frames(600, 10_000))
+    try:
+        assert run_until(agent, lambda: agent.counters["windows_processed"] > 40)
+        offer_to(agent, keys, "0.4.0", "r-noisy")     # floor 0: alerts on every window
+        assert run_until(agent, lambda: agent.ota.shadow is None)
+        got = details(agent)[-1]
+        assert got.startswith("failed") and "where the running model is silent" in got, got
+        assert agent.model_info["version"] == "0.1.0"
+        offer_to(agent, keys, "0.2.0", "r-same")      # the running model's twin passes
+        assert run_until(agent, lambda: agent.ota.shadow is None)
+        assert details(agent)[-1].startswith("active") and \
+            agent.model_info["version"] == "0.2.0"
+    finally:
+        agent.close()
