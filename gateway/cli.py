@@ -14,7 +14,7 @@ from typing import Any
 
 import typer
 
-from foreshock.errors import ConfigError
+from foreshock.errors import ConfigError, LinkError
 from gateway.config import GatewayConfig
 from gateway.config import command_key as load_command_key
 
@@ -115,9 +115,21 @@ def feedback(alert_id: int = typer.Argument(None, help="Stored alert id (alerts 
              note: str = typer.Option("", "--note", help="Free text kept with the label."),
              operator: str = typer.Option(None, "--by", help="Operator (default: $USER)."),
              db: str = typer.Option(None, "--db", help=f"Store url (default {DEFAULT_DB})."),
-             config: Path = typer.Option(None, "--config", help="Take the store url from "
-                                         "this gateway TOML file.")) -> None:
-    """Mark an alert confirmed, false alarm or maintenance done (stored with its features)."""
+             config: Path = typer.Option(None, "--config", help="Gateway TOML file: the "
+                                         "store url, and the broker and command key the "
+                                         "label is sent to the device with."),
+             broker_url: str = typer.Option(None, "--broker", help="Send the label to the "
+                                            "device as a signed cmd/feedback through this "
+                                            "broker (default with --config: its broker_url)."),
+             command_key: Path = typer.Option(None, "--command-key", help="ed25519 private "
+                                              "key (PEM) that signs cmd/feedback (default: "
+                                              "command_key_file, else the site's "
+                                              "model-signing key)."),
+             publish: bool = typer.Option(True, "--publish/--no-publish", help="With a "
+                                          "broker: also send the label to the device.")
+             ) -> None:
+    """Mark an alert confirmed, false alarm or maintenance done: stored with its features
+    and, with a broker, sent to the device as a signed cmd/feedback (docs/learning.md)."""
     import getpass
     import time
 
@@ -127,14 +139,36 @@ def feedback(alert_id: int = typer.Argument(None, help="Stored alert id (alerts 
     fb.check_label(label)
     if (alert_id is None) == (incident is None):
         raise ConfigError("give exactly one of ALERT_ID or --incident")
-    store = open_store(_db_url(db, config))
+    cfg = GatewayConfig.load(config) if config else GatewayConfig()
+    send = publish and bool(broker_url or config)
+    if send:
+        cfg = cfg.with_(broker_url=broker_url) if broker_url else cfg
+        signer = load_command_key(command_key or cfg.command_key_file)
+        if signer is None:
+            raise ConfigError("no key to sign cmd/feedback with; devices refuse it unsigned",
+                              hint="give --command-key PATH or command_key_file, or "
+                                   "--no-publish to store the label only")
+    who, ts = operator or getpass.getuser(), time.time()
+    store = open_store(db or cfg.db_url)
     try:
-        row = fb.record(store, label=label, operator=operator or getpass.getuser(),
-                        ts=time.time(), alert_id=alert_id, incident=incident, note=note)
+        row = fb.record(store, label=label, operator=who, ts=ts, alert_id=alert_id,
+                        incident=incident, note=note)
     finally:
         store.close()
     typer.echo(f"feedback {row.id}: {row.label} on {row.site}/{row.device} incident "
                f"{row.incident} ({len(row.features)} features stored)")
+    if not send:
+        typer.echo("stored only (not sent to the device: give --broker or --config)")
+        return
+    topic, payload = fb.feedback_command(row.site, row.device, incident=row.incident,
+                                         label=label, operator=who, ts=ts, note=note,
+                                         key=signer)
+    try:
+        fb.publish_command(cfg, topic, payload)
+    except LinkError as exc:
+        raise LinkError(f"feedback stored, but not sent to the device: {exc}",
+                        hint=exc.hint) from None
+    typer.echo(f"sent signed cmd/feedback on {topic}")
 
 
 def _mount_security() -> None:

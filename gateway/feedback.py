@@ -8,7 +8,10 @@ fleet's labelled feature store that ``foreshock model build --from-gateway`` tra
 Ways in:
 
 * ``foreshock gateway feedback ALERT_ID|--incident ID --label L`` (this module's
-  :func:`record`), where ALERT_ID is the ``id`` of a stored alert record;
+  :func:`record`), where ALERT_ID is the ``id`` of a stored alert record; with a broker
+  (``--broker``, or ``--config``'s ``broker_url``) it also publishes the signed
+  ``cmd/feedback`` below to the alert's device (:func:`publish_command`), and a running
+  gateway that sees it does not record it twice;
 * the command topic ``foreshock/v1/<site>/<device>/cmd/feedback`` with a
   ``foreshock.command/1`` message, ``args = {"incident": ..., "label": ..., "note": ...}``
   (:func:`feedback_command` builds it, e.g. from ``foreshock watch``): the device gets it
@@ -26,7 +29,8 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from foreshock import messages, topics
-from foreshock.errors import ConfigError, MessageError
+from foreshock.errors import ConfigError, LinkError, MessageError
+from gateway.config import GatewayConfig
 from gateway.store import Store
 
 log = logging.getLogger(__name__)
@@ -152,9 +156,62 @@ def feedback_command(site: str, device: str, *, incident: str, label: str, opera
     return topics.command(site, device, "feedback"), payload
 
 
+def publish_command(config: GatewayConfig, topic: str, payload: bytes,
+                    timeout_s: float = 10.0) -> None:
+    """Publish one command (QoS 1) with the gateway's broker identity (``broker_url``,
+    ``username``/``password``, TLS files) and wait for the broker's acknowledgement;
+    LinkError when the broker cannot be reached, refuses us or does not acknowledge."""
+    import ssl
+    import threading
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from gateway.config import broker
+
+    addr = broker(config.broker_url)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2,
+                         client_id=f"foreshock-feedback-{uuid.uuid4().hex[:8]}",
+                         protocol=mqtt.MQTTv311 if config.protocol == "3.1.1" else mqtt.MQTTv5)
+    username = config.username or addr.username
+    if username:
+        client.username_pw_set(username, config.password or addr.password)
+    if addr.tls or config.tls_ca_file:
+        client.tls_set(ca_certs=config.tls_ca_file or None,
+                       certfile=config.tls_cert_file or None,
+                       keyfile=config.tls_key_file or None, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+    connected, refused = threading.Event(), []
+
+    def on_connect(c: Any, u: Any, flags: Any, reason: Any, props: Any = None) -> None:
+        if reason.is_failure:
+            refused.append(str(reason))
+        connected.set()
+
+    client.on_connect = on_connect
+    try:
+        client.connect(addr.host, addr.port, 30)
+    except OSError as exc:
+        raise LinkError(f"cannot connect to broker {config.broker_url}: {exc}",
+                        hint="check --broker / broker_url and that the broker runs") from None
+    client.loop_start()
+    try:
+        if not connected.wait(timeout_s) or refused:
+            raise LinkError(f"broker {config.broker_url} refused the connection: "
+                            f"{refused[0] if refused else 'no answer'}")
+        info = client.publish(topic, payload, qos=1)
+        info.wait_for_publish(timeout_s)
+        if not info.is_published():
+            raise LinkError(f"broker {config.broker_url} did not acknowledge {topic}")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
 def record_command(store: Store, site: str, device: str, payload: bytes,
                    received_ts: float) -> Feedback:
-    """Record a ``cmd/feedback`` message seen on the broker; MessageError when malformed."""
+    """Record a ``cmd/feedback`` message seen on the broker; MessageError when malformed.
+    A command the CLI published after storing the same label (same incident, label,
+    operator and ``ts``) is not stored again: the stored row is returned."""
     cmd = messages.decode_command(payload)
     args = cmd["args"]
     incident, label = args.get("incident"), args.get("label")
@@ -168,8 +225,15 @@ def record_command(store: Store, site: str, device: str, payload: bytes,
     if (alert["site"], alert["device"]) != (site, device):
         raise MessageError(f"incident {incident} is not from {site}/{device}")
     note = args.get("note") if isinstance(args.get("note"), str) else ""
-    return record(store, label=label, operator=str(cmd.get("issued_by") or "?"),
-                  ts=received_ts, incident=incident, note=note, source="mqtt")
+    operator = str(cmd.get("issued_by") or "?")
+    sent_ts = cmd.get("ts")
+    if isinstance(sent_ts, (int, float)):
+        for prior in reversed(rows(store, incident=incident)):
+            if (prior.source, prior.label, prior.operator) == ("cli", label, operator) \
+                    and abs(prior.ts - float(sent_ts)) < 1e-3:
+                return prior
+    return record(store, label=label, operator=operator, ts=received_ts, incident=incident,
+                  note=note, source="mqtt")
 
 
 def _feedback(row: dict[str, Any]) -> Feedback:

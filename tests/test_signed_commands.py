@@ -154,3 +154,63 @@ def test_gateway_feedback_is_signed_and_runs(agent: Agent, mosquitto: Any) -> No
     assert learn_until(agent, lambda: agent.counters["commands"] == 1)
     assert agent.counters["bad_commands"] == 0
     assert {r["who"] for r in resets(agent)} == {"command:ana"}
+
+
+def test_cli_feedback_publishes_a_signed_command_the_agent_runs(
+        agent: Agent, mosquitto: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+        ) -> None:
+    """`foreshock gateway feedback` stores the label and sends it, signed, to the device
+    through a real broker; a running gateway sees the command and does not store it twice;
+    a label signed with an untrusted key is refused by the device."""
+    from foreshock.cli import main
+    from foreshock.messages import Batch, Record
+    from gateway.config import GatewayConfig
+    from gateway.service import Gateway
+    from gateway.store import open_store
+
+    device, key = agent.config.device.device_id, agent.site_key  # type: ignore[attr-defined]
+    key_file = tmp_path / "command.key"
+    key_file.write_bytes(fsbundle.private_key_pem(key))
+    stranger_file = tmp_path / "stranger.key"
+    stranger_file.write_bytes(fsbundle.private_key_pem(fsbundle.generate_signing_key()))
+    db = f"sqlite:///{tmp_path / 'gw.db'}"
+    store = open_store(db)
+    body = {"incident": "inc-cli", "status": "raised", "severity": "alarm", "channel": 0,
+            "anomaly_score": 5.0, "threshold": 3.0, "fault": "outer_race", "zone": "C",
+            "explanation": {"features_z": {"kurtosis": 6.0}}, "model": {"name": "m"}}
+    store.store_batch(Batch(SITE, device, "b", "alert", (Record(1, time.time(), body),),
+                            time.time()), time.time())
+    gateway = Gateway(GatewayConfig.for_site(mosquitto.url, SITE, db,
+                                             client_id=f"gw-{device}"), store=store)
+    gateway.start()
+
+    def run(*args: str) -> tuple[int, str]:
+        with pytest.raises(SystemExit) as exc:
+            main(["gateway", "feedback", "--incident", "inc-cli", "--db", db, "--by", "ana",
+                  "--broker", mosquitto.url, *args])
+            raise SystemExit(0)
+        got = capsys.readouterr()
+        return int(exc.value.code or 0), got.out + got.err
+
+    try:
+        time.sleep(0.3)     # the gateway's subscriptions settle
+        code, out = run("--label", "confirmed", "--command-key", str(stranger_file))
+        assert code == 0 and "sent signed cmd/feedback" in out, out
+        assert learn_until(agent, lambda: agent.counters["bad_commands"] == 1)
+        assert agent.counters["commands"] == 0
+        code, out = run("--label", "maintenance_done", "--command-key", str(key_file))
+        assert code == 0 and f"on {topics.command(SITE, device, 'feedback')}" in out, out
+        assert learn_until(agent, lambda: agent.counters["commands"] == 1)
+        assert {r["who"] for r in resets(agent)} == {"command:ana"}
+        assert agent.counters["bad_commands"] == 1
+        assert learn_until(agent, lambda: gateway.ingestor._counts["feedback"] >= 2), \
+            gateway.ingestor._counts
+        # stored once each, by the CLI; the gateway saw both commands and added none
+        assert [(f.label, f.source) for f in fb.rows(store)] == [
+            ("confirmed", "cli"), ("maintenance_done", "cli")]
+        code, out = run("--label", "confirmed", "--broker", "mqtt://127.0.0.1:1",
+                        "--command-key", str(key_file))
+        assert code == 1 and "stored, but not sent" in out and "Traceback" not in out, out
+    finally:
+        gateway.stop()
+        store.close()
