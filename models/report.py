@@ -42,24 +42,46 @@ def _fmt_s(v: float | None) -> str:
 
 
 def _femto(f: dict[str, Any]) -> list[str]:
-    out = ["| bearing | life s | policy (quantile, factor, margin, k/n) | model first alert s "
-           "| model lead s | first half? | RMS rule first alert s | RMS lead s | first half? |",
-           "|---|---|---|---|---|---|---|---|---|"]
-    for r in f["bearings"]:
+    rows = f["bearings"]
+    out = []
+    if rows and "design" in rows[0]:
+        out += ["Also chosen on the other five bearings: the anomaly head (the learned share "
+                "of its weights; 0 = the physics prior alone, uniform over the damage "
+                "features) and the channels streamed (one agent stream each; an incident on "
+                "any is an alert). Score peaks: the highest score held k of n windows in the "
+                "first half of life and in the clean-warning window (second half, >= 10 min "
+                "before the end); a clean warning needs a threshold between the two.", ""]
+    out += ["| bearing | life s | head share, channels | policy (quantile, factor, margin, k/n) "
+            "| model first alert s | model lead s | first half? | score peaks first half / "
+            "warning window | RMS rule first alert s | RMS lead s | first half? |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
         m, b, p = r["model"], r["rms_rule"], r["policy"]
-        out.append(f"| {r['bearing']} | {r['life_s']:.0f} | {p['quantile']}, {p['factor']}, "
-                   f"{p['margin']}, {p['k']}/{p['n']} "
+        d = r.get("design")
+        design = "—" if d is None else (f"{d['anomaly_share']:g}, "
+                                        + "+".join(c[0].upper() for c in d["channels"]))
+        pk = r.get("score_peaks")
+        peaks = "—" if pk is None else f"{_fmt_f(pk['first_half'])} / " \
+                                        f"{_fmt_f(pk['warning_window'])}"
+        out.append(f"| {r['bearing']} | {r['life_s']:.0f} | {design} | {p['quantile']}, "
+                   f"{p['factor']}, {p['margin']}, {p['k']}/{p['n']} "
                    f"| {_fmt_s(m['first_alert_s'])} | {_fmt_s(m['lead_s'])} | "
-                   f"{'yes' if m['first_half_alert'] else 'no'} | {_fmt_s(b['first_alert_s'])} "
-                   f"| {_fmt_s(b['lead_s'])} | {'yes' if b['first_half_alert'] else 'no'} |")
+                   f"{'yes' if m['first_half_alert'] else 'no'} | {peaks} | "
+                   f"{_fmt_s(b['first_alert_s'])} | {_fmt_s(b['lead_s'])} | "
+                   f"{'yes' if b['first_half_alert'] else 'no'} |")
     h = f["headline"]
+    n = h.get("femto_bearings", len(rows))
     out += ["", "| | alert before failure | no first-half alert | >= 10 min clean warning |",
             "|---|---|---|---|"]
     for key, name in (("model", "detector (int8)"), ("rms_rule", "day-one RMS rule")):
-        out.append(f"| {name} | {h[f'femto_{key}_alert_before_failure']} / 6 | "
-                   f"{h[f'femto_{key}_no_first_half_alert']} / 6 | "
-                   f"{h[f'femto_{key}_clean_warning_10min']} / 6 |")
+        out.append(f"| {name} | {h[f'femto_{key}_alert_before_failure']} / {n} | "
+                   f"{h[f'femto_{key}_no_first_half_alert']} / {n} | "
+                   f"{h[f'femto_{key}_clean_warning_10min']} / {n} |")
     return out
+
+
+def _fmt_f(v: float | None) -> str:
+    return "—" if v is None else f"{v:.2f}"
 
 
 def _fleet(f: dict[str, Any]) -> list[str]:

@@ -259,11 +259,16 @@ def prior_anomaly_weights() -> F32:
     return w / w.sum()
 
 
-def anomaly_weights(z: F32 | None = None, faulty: npt.NDArray[np.bool_] | None = None) -> F32:
+def anomaly_weights(z: F32 | None = None, faulty: npt.NDArray[np.bool_] | None = None,
+                    share: float | None = None) -> F32:
     """Non-negative weights of the anomaly head, summing to 1: the prior blended with a
-    non-negative logistic fit of faulty vs normal on relu(z)^2 (deterministic L-BFGS-B)."""
+    non-negative logistic fit of faulty vs normal on relu(z)^2 (deterministic L-BFGS-B).
+    ``share`` is the learned part's share (default :data:`LEARNED_SHARE`; 0 = the prior)."""
+    share = LEARNED_SHARE if share is None else float(share)
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"anomaly weight share {share} must lie in [0, 1]")
     prior = prior_anomaly_weights()
-    if z is None or faulty is None or faulty.all() or not faulty.any():
+    if z is None or faulty is None or faulty.all() or not faulty.any() or share == 0.0:
         return prior
     from scipy.optimize import minimize
 
@@ -280,5 +285,5 @@ def anomaly_weights(z: F32 | None = None, faulty: npt.NDArray[np.bool_] | None =
     learned = fit.x[:-1]
     if learned.sum() <= 0:
         return prior
-    w = (1 - LEARNED_SHARE) * prior + LEARNED_SHARE * learned / learned.sum()
+    w = (1 - share) * prior + share * learned / learned.sum()
     return (w / w.sum()).astype(np.float32)
