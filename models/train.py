@@ -134,6 +134,7 @@ SHAFT_LABELS = ("imbalance", "misalignment")
 #: wins until about three sd of evidence.
 PRIOR_LINE_WEIGHT = 1.0
 PRIOR_NORMAL_BIAS = 3.0
+BIAS_PULL = 1e-3
 
 
 @dataclass(frozen=True)
@@ -143,9 +144,9 @@ class TrainConfig:
     max_iter: int = 600
     alpha: float = 1e-3  # unused by the evidence classifier; kept for callers
     classifier_features: tuple[str, ...] = CLASSIFIER_FEATURES
-    #: L2 pull of the evidence weights towards the physics prior (chosen on held-out
-    #: simulated training machines, docs/models.md)
-    prior_strength: float = 0.01
+    #: L2 pull of the evidence weights towards the physics prior, chosen on training data
+    #: only by ``python -m models.select`` (docs/models.md)
+    prior_strength: float = 0.03
 
 
 def evidence_prior() -> tuple[F32, F32, npt.NDArray[np.float64], npt.NDArray[np.float64]]:
@@ -195,6 +196,9 @@ def fit_evidence(z: F32, y: npt.NDArray[np.int64], prior_strength: float
     sw = class_w[y] / len(y)
     rows = np.arange(len(y))
     nf = int(free.sum())
+    # a present label's bias is its base rate in the data (barely pulled); an absent one's
+    # stays with the prior like its weights
+    bias_pull = np.where(class_w > 0, BIAS_PULL, prior_strength)
 
     def unpack(p: npt.NDArray[np.float64]) -> tuple[npt.NDArray[np.float64],
                                                      npt.NDArray[np.float64]]:
@@ -212,9 +216,10 @@ def fit_evidence(z: F32, y: npt.NDArray[np.int64], prior_strength: float
         g[rows, y] -= 1.0
         g *= sw[:, None]
         dw, db = w - w0, b - b0
-        value = nll + prior_strength * (float(np.sum(dw ** 2)) + float(np.sum(db ** 2)))
+        value = (nll + prior_strength * float(np.sum(dw ** 2))
+                 + float(np.sum(bias_pull * db ** 2)))
         grad_w = x.T @ g + 2 * prior_strength * dw
-        grad_b = g.sum(axis=0) + 2 * prior_strength * db
+        grad_b = g.sum(axis=0) + 2 * bias_pull * db
         return value, np.r_[grad_w[free], grad_b]
 
     bounds = [(None if np.isinf(a) else a, None if np.isinf(b) else b)
