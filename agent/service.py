@@ -312,7 +312,10 @@ class Agent(ModelUpdates, HealthReporting):
             for body in alerts:
                 self.outbox.put("alert", body, float(body.get("window_ts", at_s)))
             if alerts:
-                self._next_drain = 0.0  # an alert leaves at once, not at the next drain tick
+                # stored (fsynced): it leaves at once, ahead of this batch's other records'
+                # writes and of the drain tick; its PUBACK is settled by the next drain
+                self.drain(timeout_s=0.0)
+                self._next_drain = 0.0
             if events:
                 self.outbox.put_many("event", [(e, at_s) for e in events])
             if telemetry:
