@@ -29,6 +29,7 @@ import scipy.fft as sfft
 
 from agent.features import DEFAULT_SPEC, extract, shaft_hz
 from agent.features import envelope as env_stage
+from agent.features.spec import TIME_FEATURES
 
 EXTRACT = sys.modules["agent.features.extract"]
 
@@ -82,13 +83,16 @@ def stages(x: np.ndarray) -> dict[str, Callable[[], object]]:
     shaft = shaft_hz(spec, 1797.0, x.shape[0])
     centred = x - x.mean(axis=1, keepdims=True)
     spectrum = sfft.rfft(centred, axis=1)
+    out = np.empty((x.shape[0], len(spec.feature_names)))
+    n_time, n_env = len(TIME_FEATURES), env_stage.n_features()
+    # the time stage overwrites its input with sqrt|x|: the same work on every call
     return {
-        "  stage: time domain": lambda: EXTRACT._time_features(centred),
+        "  stage: time domain": lambda: EXTRACT._time_features(plan, centred, out[:, :n_time]),
         "  stage: spectrum, bands, orders": lambda: EXTRACT._spectrum_features(
-            spec, plan, spectrum, shaft),
+            spec, plan, spectrum, shaft, out[:, n_time:-n_env]),
         "  stage: kurtogram band choice": lambda: env_stage.choose_band(plan.env, spectrum),
         "  stage: envelope incl. band choice": lambda: env_stage.features(
-            spec, plan.env, spectrum, shaft),
+            spec, plan.env, spectrum, shaft, out[:, -n_env:]),
     }
 
 

@@ -45,6 +45,7 @@ class EnvelopePlan:
     lowest: int               # allowed first bin of the envelope band ...
     highest: int              # ... and last allowed first bin
     multiples: np.ndarray     # (T,) targets as multiples of shaft speed
+    target_bins: np.ndarray   # (T,) the same in envelope-spectrum bins per Hz of shaft speed
 
 
 def plan(spec: FeatureSpec) -> EnvelopePlan:
@@ -53,12 +54,12 @@ def plan(spec: FeatureSpec) -> EnvelopePlan:
     if spec.envelope_band_hz is not None:
         lo = max(1, math.ceil(spec.envelope_band_hz[0] / spec.bin_hz))
         hi = min(n_bins - 1, math.floor(spec.envelope_band_hz[1] / spec.bin_hz))
-        return EnvelopePlan(np.zeros(0, np.int64), 0, hi - lo, lo, lo, mult)
+        return EnvelopePlan(np.zeros(0, np.int64), 0, hi - lo, lo, lo, mult, mult / spec.bin_hz)
     width = max(8, round(spec.envelope_bandwidth_hz / spec.bin_hz))
     cand = max(4, width // 2)
     first = max(1, math.ceil(spec.envelope_min_hz / spec.bin_hz))
     starts = np.arange(first, n_bins - cand, cand, dtype=np.int64)
-    return EnvelopePlan(starts, cand, width, first, n_bins - 1 - width, mult)
+    return EnvelopePlan(starts, cand, width, first, n_bins - 1 - width, mult, mult / spec.bin_hz)
 
 
 def _multiples(spec: FeatureSpec) -> np.ndarray:
@@ -75,29 +76,36 @@ def choose_band(eplan: EnvelopePlan, spectrum: np.ndarray) -> np.ndarray:
     n_win = spectrum.shape[0]
     if eplan.cand_starts.size == 0:
         return np.full(n_win, eplan.lowest, np.int64)
-    first, count = int(eplan.cand_starts[0]), eplan.cand_starts.size
-    tiles = scratch("candidates", (n_win, count, eplan.cand_bins), spectrum.dtype.type)
-    tiles.reshape(n_win, -1)[:] = spectrum[:, first:first + count * eplan.cand_bins]
-    bands = sfft.ifft(tiles, axis=-1, overwrite_x=True)        # in place
-    energy = spectra.power_inplace(bands)
-    flat = energy.reshape(-1, eplan.cand_bins)
+    first, count, cb = int(eplan.cand_starts[0]), eplan.cand_starts.size, eplan.cand_bins
+    tiles = spectrum[:, first:first + count * cb].reshape(n_win, count, cb)   # a view
+    energy = spectra.power_inplace(sfft.ifft(tiles, axis=-1))  # the fresh ifft output
+    flat = energy.reshape(-1, cb)
     m1 = flat.sum(axis=1).astype(np.float64).reshape(n_win, -1)
     m2 = np.einsum("ij,ij->i", flat, flat).astype(np.float64).reshape(n_win, -1)
-    kurt = np.divide(m2 * eplan.cand_bins, m1 * m1, out=np.zeros_like(m1), where=m1 > 0) - 2.0
+    kurt = np.divide(m2 * cb, m1 * m1, out=np.zeros_like(m1), where=m1 > 0) - 2.0
     strong = m1 > KURTOSIS_ENERGY_FLOOR * m1.max(axis=1, keepdims=True)
-    kurt = np.where(strong, kurt, -np.inf)
-    impulsive = kurt.max(axis=1) >= SK_SIGNIFICANCE / np.sqrt(eplan.cand_bins)
+    kurt[~strong] = -np.inf
+    impulsive = kurt.max(axis=1) >= SK_SIGNIFICANCE / math.sqrt(cb)
     choice = np.where(impulsive, np.argmax(kurt, axis=1), np.argmax(m1, axis=1))
-    centre = eplan.cand_starts[choice] + eplan.cand_bins // 2
-    return np.minimum(np.maximum(centre - eplan.band_bins // 2, eplan.lowest), eplan.highest)
+    centre = eplan.cand_starts[choice] + (cb // 2 - eplan.band_bins // 2)
+    return np.minimum(np.maximum(centre, eplan.lowest), eplan.highest)
 
 
-def features(spec: FeatureSpec, eplan: EnvelopePlan, spectrum: np.ndarray, shaft: np.ndarray
-             ) -> np.ndarray:
-    """Envelope band centre and kurtosis, defect-family SNRs and BPFI sidebands."""
+def n_features() -> int:
+    """Columns of :func:`features`: band centre, band kurtosis, per family its harmonics and
+    their mean, and the BPFI sidebands."""
+    return 3 + len(ENV_FAMILIES) * (ENV_HARMONICS + 1)
+
+
+def features(spec: FeatureSpec, eplan: EnvelopePlan, spectrum: np.ndarray, shaft: np.ndarray,
+             out: np.ndarray | None = None) -> np.ndarray:
+    """Envelope band centre and kurtosis, defect-family SNRs and BPFI sidebands (n,
+    :func:`n_features`), written into ``out`` when given."""
     width = eplan.band_bins
     start = choose_band(eplan, spectrum)
     n_win = spectrum.shape[0]
+    if out is None:
+        out = np.empty((n_win, n_features()))
     padded = scratch("envelope", (n_win, 2 * width), spectrum.dtype.type)
     padded[:, width:] = 0.0
     padded[:, :width] = spectra.spans(spectrum, width)[np.arange(n_win), start]
@@ -108,16 +116,18 @@ def features(spec: FeatureSpec, eplan: EnvelopePlan, spectrum: np.ndarray, shaft
     kurt = np.divide(m2, m1 * m1, out=np.zeros_like(m1), where=m1 > 0) - 2.0
     env -= m1.astype(np.float32)[:, None]
     env_pw = spectra.hann_power(sfft.rfft(env, axis=1))
-    centres = shaft[:, None] * (eplan.multiples / spec.bin_hz)     # 0 = unknown speed
+    centres = shaft[:, None] * eplan.target_bins                 # 0 = unknown speed
     ratio = spectra.snr(env_pw, centres, spec.envelope_search_tol, spec.envelope_floor_bins)
     n_fam = len(ENV_FAMILIES)
-    harm = ratio[:, :n_fam * ENV_HARMONICS].reshape(n_win, n_fam, ENV_HARMONICS)
-    out = np.empty((n_win, 3 + n_fam * (ENV_HARMONICS + 1)))
     out[:, 0] = (start + width / 2.0) * spec.bin_hz
-    out[:, 1] = np.maximum(kurt, -2.0)
+    np.maximum(kurt, -2.0, out=out[:, 1])
+    harm = ratio[:, :n_fam * ENV_HARMONICS].reshape(n_win, n_fam, ENV_HARMONICS)
     fam = np.empty((n_win, n_fam, ENV_HARMONICS + 1))
     fam[:, :, :ENV_HARMONICS] = harm
-    fam[:, :, ENV_HARMONICS] = harm.mean(axis=2)
+    fam[:, :, ENV_HARMONICS] = harm.sum(axis=2)
+    fam[:, :, ENV_HARMONICS] /= ENV_HARMONICS           # the mean, summed as np.mean does
     out[:, 2:-1] = fam.reshape(n_win, -1)
-    out[:, -1] = ratio[:, n_fam * ENV_HARMONICS:].mean(axis=1)
+    sides = ratio[:, n_fam * ENV_HARMONICS:]
+    out[:, -1] = sides.sum(axis=1)
+    out[:, -1] /= sides.shape[1]
     return out

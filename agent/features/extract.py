@@ -29,7 +29,7 @@ import scipy.fft as sfft
 
 from agent.features import envelope, spectra
 from agent.features.scratch import scratch
-from agent.features.spec import FeatureSpec
+from agent.features.spec import ORDER_FEATURES, TIME_FEATURES, FeatureSpec
 from foreshock.errors import DataError
 
 STANDARD_GRAVITY = 9.80665
@@ -40,10 +40,14 @@ class _Plan:
     """Per-spec constants, computed once per spec."""
 
     n_bins: int
+    n_features: int
+    mean: np.ndarray         # (window_samples,) float32 1/n: row means as a matrix-vector product
     weights: np.ndarray   # (6, n_bins) float32, scaled |X|^2 -> g^2: 1, u, u^2, u^3, u^4
                           # (u = f / Nyquist) and the velocity weight, one row each
     band_starts: np.ndarray  # (bands,) first bin of each log band (the last ends at Nyquist)
     band_empty: np.ndarray   # (bands,) bool: a band narrower than one bin
+    order_edges: np.ndarray  # (2 x order bands,) low, high edge of each order band (orders)
+    harmonics: np.ndarray    # 1, 2, 3: the shaft harmonics of the order amplitudes
     env: envelope.EnvelopePlan
 
 
@@ -63,14 +67,27 @@ def _plan(spec: FeatureSpec) -> _Plan:
     edges = np.ceil(spec.log_band_edges_hz() / spec.bin_hz).astype(np.int64)
     edges[-1] = n_bins
     weights = np.stack([np.ones(n_bins), u, u**2, u**3, u**4, vel]) * scale
-    return _Plan(n_bins, np.ascontiguousarray(weights, np.float32), edges[:-1],
-                 edges[1:] <= edges[:-1], envelope.plan(spec))
+    return _Plan(n_bins, len(spec.feature_names), _constant(np.full(n, 1.0 / n, np.float32)),
+                 _constant(np.ascontiguousarray(weights, np.float32)), _constant(edges[:-1]),
+                 _constant(edges[1:] <= edges[:-1]),
+                 _constant(np.asarray(spec.order_bands, dtype=np.float64).reshape(-1)),
+                 _constant(np.arange(1, len(ORDER_FEATURES) + 1)), envelope.plan(spec))
+
+
+def _constant(a: np.ndarray) -> np.ndarray:
+    """``a`` made read-only: plans are shared by every call and thread."""
+    a.flags.writeable = False
+    return a
 
 
 def shaft_hz(spec: FeatureSpec, rpm: float | np.ndarray, n: int) -> np.ndarray:
     """Shaft speed in Hz per window; 0.0 where unknown (after the nominal_rpm fallback)."""
     try:
-        values = np.broadcast_to(np.asarray(rpm, dtype=np.float64), (n,)).copy()
+        values = np.array(rpm, dtype=np.float64)           # a copy: filled in below
+        if values.ndim == 0:
+            values = np.full(n, values)
+        elif values.shape != (n,):
+            values = np.broadcast_to(values, (n,)).copy()
     except (TypeError, ValueError):
         raise DataError(f"rpm must be a number or one number per window ({n}); "
                         f"got shape {np.shape(rpm)}") from None
@@ -101,13 +118,15 @@ def extract(spec: FeatureSpec, windows: np.ndarray, rpm: float | np.ndarray = 0.
     plan = _plan(spec)
     shaft = shaft_hz(spec, rpm, x.shape[0])
     if x.shape[0] == 0:
-        return np.zeros((0, len(spec.feature_names)), np.float32)
-    ones = np.full(x.shape[1], 1.0 / x.shape[1], np.float32)
-    x = np.subtract(x, (x @ ones)[:, None], out=scratch("centred", x.shape, np.float32))
+        return np.zeros((0, plan.n_features), np.float32)
+    x = np.subtract(x, (x @ plan.mean)[:, None], out=scratch("centred", x.shape, np.float32))
     spectrum = sfft.rfft(x, axis=1)
-    parts = [_time_features(x), *_spectrum_features(spec, plan, spectrum, shaft),
-             envelope.features(spec, plan.env, spectrum, shaft)]
-    return np.concatenate(parts, axis=1).astype(np.float32)
+    out = np.empty((x.shape[0], plan.n_features))     # float64, each stage fills its columns
+    env_first = plan.n_features - envelope.n_features()
+    _spectrum_features(spec, plan, spectrum, shaft, out[:, len(TIME_FEATURES):env_first])
+    envelope.features(spec, plan.env, spectrum, shaft, out[:, env_first:])
+    _time_features(plan, x, out[:, :len(TIME_FEATURES)])       # last: overwrites x
+    return out.astype(np.float32)
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -115,27 +134,32 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return np.divide(num, den, out=np.zeros(np.broadcast(num, den).shape), where=den > 0)
 
 
-def _time_features(x: np.ndarray) -> np.ndarray:
+def _time_features(plan: _Plan, x: np.ndarray, out: np.ndarray) -> None:
     """RMS, peak, peak-to-peak, crest, kurtosis (3 for Gaussian), skewness, shape, impulse,
-    clearance of zero-mean windows. Ratios are 0.0 for an all-constant window.
+    clearance of zero-mean windows into ``out`` (n, 9). Ratios are 0.0 for an all-constant
+    window.
 
-    One scratch temporary: x^2, then |x|, then sqrt|x| in place; the third and fourth
-    moments are dot products of rows (no product array)."""
-    mean = np.full(x.shape[1], 1.0 / x.shape[1], np.float32)
+    Overwrites ``x`` (the caller's scratch) with sqrt|x|. One scratch temporary, x^2; the
+    third and fourth moments are dot products of rows (no product array)."""
     x2 = np.multiply(x, x, out=scratch("time_work", x.shape, np.float32))
-    m2 = (x2 @ mean).astype(np.float64)
+    m2 = (x2 @ plan.mean).astype(np.float64)
     m3 = _row_dots(x2, x) / x.shape[1]
     m4 = _row_dots(x2, x2) / x.shape[1]
-    ax = np.abs(x, out=x2)
-    mabs = (ax @ mean).astype(np.float64)
-    msqrt = (np.sqrt(ax, out=ax) @ mean).astype(np.float64)
     top = x.max(axis=1).astype(np.float64)
     bottom = x.min(axis=1).astype(np.float64)
+    ax = np.abs(x, out=x)
+    mabs = (ax @ plan.mean).astype(np.float64)
+    msqrt = (np.sqrt(ax, out=ax) @ plan.mean).astype(np.float64)
     peak = np.maximum(top, -bottom)
     rms = np.sqrt(m2)
-    num = np.stack([peak, m4, m3, rms, peak, peak], axis=1)
-    den = np.stack([rms, m2 * m2, m2 * rms, mabs, mabs, msqrt * msqrt], axis=1)
-    return np.column_stack([rms, peak, top - bottom, _ratio(num, den)])
+    res = np.zeros((len(TIME_FEATURES), x.shape[0]))
+    res[0] = rms
+    res[1] = peak
+    np.subtract(top, bottom, out=res[2])
+    num = np.array([peak, m4, m3, rms, peak, peak])
+    den = np.array([rms, m2 * m2, m2 * rms, mabs, mabs, msqrt * msqrt])
+    np.divide(num, den, out=res[3:], where=den > 0)
+    out[:] = res.T
 
 
 def _row_dots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -146,42 +170,56 @@ def _row_dots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _spectrum_features(spec: FeatureSpec, plan: _Plan, spectrum: np.ndarray,
-                       shaft: np.ndarray) -> list[np.ndarray]:
-    """Velocity RMS, spectral centroid and kurtosis, log and order band RMS, 1x/2x/3x."""
+                       shaft: np.ndarray, out: np.ndarray) -> None:
+    """Velocity RMS, spectral centroid and kurtosis, log and order band RMS, 1x/2x/3x into
+    ``out`` (n, 3 + log bands + order bands + 3)."""
     pw = spectra.power32(spectrum)
     # one matrix-vector product per weight: a (windows x bins x 6) matrix product would go
     # to multithreaded BLAS, which stalls for a scheduler tick whenever a core is busy
-    mom = np.stack([pw @ w for w in plan.weights], axis=1).astype(np.float64)
-    total = mom[:, 0]
-    mean = _ratio(mom[:, 1], total)
-    var = _ratio(mom[:, 2], total) - mean**2
-    m4 = _ratio(mom[:, 4] - 4 * mean * mom[:, 3] + 6 * mean**2 * mom[:, 2], total) - 3 * mean**4
-    shape = np.stack([np.sqrt(mom[:, 5]), mean * spec.sample_rate_hz / 2.0,
-                      _ratio(m4, var * var)], axis=1)
-    centres = shaft[:, None] * np.arange(1, 4) / spec.bin_hz
+    mom32 = np.empty((len(plan.weights), pw.shape[0]), np.float32)
+    for w, row in zip(plan.weights, mom32, strict=True):
+        np.matmul(pw, w, out=row)
+    mom = mom32.astype(np.float64)
+    total = mom[0]
+    mean, var = _ratio(mom[1:3], total)
+    var -= mean**2
+    m4 = _ratio(mom[4] - 4 * mean * mom[3] + 6 * mean**2 * mom[2], total) - 3 * mean**4
+    np.sqrt(mom[5], out=out[:, 0])
+    out[:, 1] = mean * spec.sample_rate_hz / 2.0
+    out[:, 2] = _ratio(m4, var * var)
+    n_log, n_orders = len(plan.band_starts), len(plan.order_edges) // 2
+    _log_bands(spec, plan, pw, out[:, 3:3 + n_log])
+    _order_bands(spec, plan, pw, shaft, out[:, 3 + n_log:3 + n_log + n_orders])
+    centres = shaft[:, None] * plan.harmonics / spec.bin_hz
     peak, valid = spectra.peak_power(spectrum, centres, spec.order_search_tol)
-    amp = np.where(valid, 4.0 * np.sqrt(peak) / spec.window_samples, 0.0)   # g peak
-    bands = np.sqrt(np.maximum(_log_bands(spec, plan, pw), 0.0))
-    return [shape, bands, _order_bands(spec, pw, shaft), amp]
+    out[:, 3 + n_log + n_orders:] = np.where(valid, 4.0 * np.sqrt(peak) / spec.window_samples,
+                                             0.0)   # g peak
 
 
-def _log_bands(spec: FeatureSpec, plan: _Plan, pw: np.ndarray) -> np.ndarray:
-    """Energy in g^2 of each log band; one ``add.reduceat`` (the Nyquist bin counts half)."""
+def _log_bands(spec: FeatureSpec, plan: _Plan, pw: np.ndarray, out: np.ndarray) -> None:
+    """RMS in g of each log band into ``out``; one ``add.reduceat`` (the Nyquist bin counts
+    half)."""
     sums = np.add.reduceat(pw, plan.band_starts, axis=1).astype(np.float64)
     sums[:, -1] -= 0.5 * pw[:, -1]
     sums *= 2.0 / spec.window_samples**2
-    sums[:, plan.band_empty] = 0.0
-    return sums
+    if plan.band_empty.any():
+        sums[:, plan.band_empty] = 0.0
+    np.sqrt(np.maximum(sums, 0.0, out=sums), out=out)
 
 
-def _order_bands(spec: FeatureSpec, pw: np.ndarray, shaft: np.ndarray) -> np.ndarray:
-    """RMS in g of each order band (Nyquist bin excluded); one ``add.reduceat``."""
+def _order_bands(spec: FeatureSpec, plan: _Plan, pw: np.ndarray, shaft: np.ndarray,
+                 out: np.ndarray) -> None:
+    """RMS in g of each order band (Nyquist bin excluded) into ``out``; one
+    ``add.reduceat`` over a copy of the bins up to the highest band edge."""
     n_win, n_bins = pw.shape
-    edges = np.asarray(spec.order_bands).reshape(-1)
-    edge_bins = np.ceil(shaft[:, None] * edges / spec.bin_hz).astype(np.int64)
+    edge_bins = np.ceil(shaft[:, None] * plan.order_edges / spec.bin_hz).astype(np.int64)
     edge_bins = np.minimum(np.maximum(edge_bins, 1), n_bins - 1)
-    offsets = (np.arange(n_win) * n_bins)[:, None]
-    sums = np.add.reduceat(pw.reshape(-1), (edge_bins + offsets).reshape(-1))[0::2]
+    cols = int(edge_bins.max()) + 1
+    head = scratch("order_bins", (n_win, cols), np.float32)
+    head[:] = pw[:, :cols]
+    edge_bins += (np.arange(n_win) * cols)[:, None]
+    sums = np.add.reduceat(head.reshape(-1), edge_bins.reshape(-1))[0::2]
     sums = sums.reshape(n_win, -1).astype(np.float64) * (2.0 / spec.window_samples**2)
     empty = edge_bins[:, 1::2] <= edge_bins[:, 0::2]
-    return np.where(empty, 0.0, np.sqrt(np.maximum(sums, 0.0)))
+    np.sqrt(np.maximum(sums, 0.0, out=sums), out=out)
+    out[empty] = 0.0

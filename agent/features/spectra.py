@@ -3,6 +3,8 @@ peak search around target frequencies, and the local noise floor."""
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from agent.features.scratch import scratch
@@ -104,7 +106,8 @@ def peak_power(spec: np.ndarray, centre_bin: np.ndarray, tol: float
 
     ``spec`` is a complex (n, K) rfft; ``centre_bin`` (n, T) float (NaN or <= 0 = unknown).
     Returns the peak (n, T), 0.0 where invalid, and a validity mask (centre known and the
-    search range inside 2..K-3).
+    search range inside 2..K-3). One run of bins per centre (the widest search range and a
+    neighbour either side) is copied and Hann-windowed as a whole.
     """
     n_bins = spec.shape[1]
     known = np.isfinite(centre_bin) & (centre_bin > 0)
@@ -112,11 +115,15 @@ def peak_power(spec: np.ndarray, centre_bin: np.ndarray, tol: float
     half = np.maximum(1, np.ceil(tol * centre)).astype(np.int64)
     centre_i = np.rint(centre).astype(np.int64)
     valid = known & (centre_i - half >= 2) & (centre_i + half <= n_bins - 3)
-    reach = int(half.max()) if half.size else 1
-    offsets = np.arange(-reach, reach + 1)
-    idx = np.minimum(np.maximum(centre_i[..., None] + offsets, 1), n_bins - 2)
-    vals = np.where(np.abs(offsets) <= half[..., None], hann_at(spec, idx), 0.0)
-    return np.where(valid, vals.max(axis=-1), 0.0), valid
+    # a valid range has half <= (K - 5) // 2: the cap only bounds the run for invalid ones
+    reach = min(int(half.max()), (n_bins - 5) // 2) if half.size else 1
+    first = np.minimum(np.maximum(centre_i - reach - 1, 0), n_bins - 2 * reach - 3)
+    runs = spans(spec, 2 * reach + 3)[np.arange(spec.shape[0])[:, None], first]
+    hann = power(0.5 * runs[..., 1:-1] - 0.25 * (runs[..., :-2] + runs[..., 2:]))
+    inside = _near_masks(2 * reach + 1)[np.minimum(centre_i - first - 1, 2 * reach + 1),
+                                        np.minimum(half, reach)]
+    vals = np.where(inside, hann, 0.0).max(axis=-1)
+    return np.where(valid, vals, 0.0), valid
 
 
 def snr(pw: np.ndarray, centre_bin: np.ndarray, tol: float, floor_bins: int) -> np.ndarray:
@@ -127,23 +134,38 @@ def snr(pw: np.ndarray, centre_bin: np.ndarray, tol: float, floor_bins: int) -> 
 
     The floor span is shifted, not clipped, near the ends of the spectrum, so every floor is
     a median of the same number of distinct bins; the median ignores the few bins of the
-    peak itself. Both are read through sliding-window views (no index cubes).
+    peak itself. One gather of the floor spans serves both: the peak is a masked maximum
+    over it (the search range lies inside the span wherever the ratio is defined), then the
+    span is partitioned in place for the median.
     """
     n_bins = pw.shape[1]
     span = min(2 * floor_bins + 1, n_bins - 1)
+    mid = span // 2
     known = np.isfinite(centre_bin) & (centre_bin > 0)
     centre = np.rint(np.where(known, centre_bin, 0.0)).astype(np.intp)
     half = np.maximum(1, np.ceil(tol * centre)).astype(np.intp)
-    reach = min(int(half.max()), span // 2)
-    ok = known & (centre - half >= 2) & (centre + half <= n_bins - 3) & (half <= reach)
-    rows = np.arange(pw.shape[0])[:, None]
-    start = np.minimum(np.maximum(centre - span // 2, 1), n_bins - span)
-    floor = np.partition(spans(pw, span)[rows, start], span // 2, axis=-1)[..., span // 2]
-    first = np.minimum(np.maximum(centre - reach, 0), n_bins - 2 * reach - 1)
-    near = spans(pw, 2 * reach + 1)[rows, first]
-    inside = np.abs((first - centre)[..., None] + np.arange(2 * reach + 1)) <= half[..., None]
-    peak = np.max(near * inside, axis=-1)         # power >= 0: zeroing outside is masking
-    ok &= floor > 0
-    ratio = np.divide(peak, floor, out=np.ones(floor.shape), where=ok)
+    ok = known & (centre - half >= 2) & (centre + half <= n_bins - 3) & (half <= mid)
+    start = np.minimum(np.maximum(centre - mid, 1), n_bins - span)
+    floor = spans(pw, span)[np.arange(pw.shape[0])[:, None], start]     # (n, T, span) copy
+    inside = _near_masks(span)[np.minimum(centre - start, span), np.minimum(half, mid)]
+    peak = np.max(floor, axis=-1, where=inside, initial=0.0)
+    # power >= +0.0: its bit patterns as uint32 sort like the values (NaN last, as for
+    # floats), and an integer partition is a quarter cheaper
+    floor.view(np.uint32).partition(mid, axis=-1)
+    median = floor[..., mid]
+    ok &= median > 0
+    ratio = np.divide(peak, median, out=np.ones(median.shape), where=ok)
     out: np.ndarray = np.sqrt(ratio)
     return out
+
+
+@lru_cache(maxsize=8)
+def _near_masks(span: int) -> np.ndarray:
+    """(span + 1, span // 2 + 1, span) bool: ``[d, h, j]`` is ``|j - d| <= h``, the bins of
+    a span within ``h`` of a centre ``d`` bins from its start. The last row (d = span, and
+    d = -1 through wrap-around) serves centres outside the span, where no ratio is taken."""
+    d = np.arange(span + 1)[:, None, None]
+    h = np.arange(span // 2 + 1)[None, :, None]
+    masks = np.abs(np.arange(span)[None, None, :] - d) <= h
+    masks.flags.writeable = False
+    return masks
