@@ -64,6 +64,7 @@ class Head:
     share: float
     runners: Runners
     floor: float
+    w_anomaly: npt.NDArray[np.float32]
 
 
 def anomaly_heads(sets: list[MachineSet], seed: int,
@@ -77,9 +78,9 @@ def anomaly_heads(sets: list[MachineSet], seed: int,
     zk = np.clip(z[keep], -Z_CLIP, Z_CLIP)
     heads = []
     for share in shares:
-        runners = Runners(replace(w, w_anomaly=anomaly_weights(zk, y[keep] > 0, share=share)),
-                          z, seed=seed)
-        heads.append(Head(share, runners, floor_from(runners.int8, sets)))
+        wa = anomaly_weights(zk, y[keep] > 0, share=share)
+        runners = Runners(replace(w, w_anomaly=wa), z, seed=seed)
+        heads.append(Head(share, runners, floor_from(runners.int8, sets), wa))
     return heads
 
 
@@ -209,17 +210,18 @@ def _choose(train: dict[Any, list[dict[str, Any]]], floors: dict[Any, float]
     return best
 
 
-def choose_design(train: list[dict[str, Any]], heads: list[Head]
+def choose_design(train: list[dict[str, Any]], floors: dict[float, float]
                   ) -> tuple[tuple[float, tuple[str, ...]], Policy, tuple[int, int, int]]:
     """(anomaly share, channels), alert policy and their training score: the best
     (alerts, quiet first halves, clean warnings) on the training bearings; among equals the
     one whose training outcomes best survive thresholds 15 % lower and higher
     (:data:`ROBUSTNESS_SCALES`), then the first in order (shipped head, horizontal only,
-    policy grid order)."""
-    views = {(h.share, ch): [view(s, h.share, ch) for s in train]
-             for h in heads for ch in CHANNEL_SETS}
-    floors = {(h.share, ch): h.floor for h in heads for ch in CHANNEL_SETS}
-    return _choose(views, floors)
+    policy grid order). ``floors``: each candidate head's share -> its bundle floor, in
+    candidate order."""
+    views = {(share, ch): [view(s, share, ch) for s in train]
+             for share in floors for ch in CHANNEL_SETS}
+    return _choose(views, {(share, ch): f for share, f in floors.items()
+                           for ch in CHANNEL_SETS})
 
 
 def femto_lobo(femto: Path, seed: int, n_machines: int) -> dict[str, Any]:
@@ -231,6 +233,7 @@ def femto_lobo(femto: Path, seed: int, n_machines: int) -> dict[str, Any]:
     sets = sim_sets(random_machines(n_machines, seed, faults=ALL_FAULTS), DEFAULT_SPEC,
                     seed=seed)
     heads = anomaly_heads(sets, seed)
+    floors = {h.share: h.floor for h in heads}
     try:
         series = [femto_series(p, heads) for p in sorted(femto.glob("*.npz"))]
     finally:
@@ -239,7 +242,7 @@ def femto_lobo(femto: Path, seed: int, n_machines: int) -> dict[str, Any]:
     rows = []
     for i, held in enumerate(series):
         (share, channels), policy, train_score = choose_design(series[:i] + series[i + 1:],
-                                                               heads)
+                                                               floors)
         seen = view(held, share, channels)
         rows.append({"bearing": held["name"], "life_s": held["life_s"],
                      "design": {"anomaly_share": share, "channels": list(channels)},
@@ -250,7 +253,7 @@ def femto_lobo(femto: Path, seed: int, n_machines: int) -> dict[str, Any]:
                      "score_peaks": score_peaks(seen, policy.k, policy.n),
                      "rms_rule": rms_rule(held)})
     return {"bearings": rows, "headline": _femto_headline(rows),
-            "floors": {str(h.share): h.floor for h in heads}}
+            "floors": {str(k): v for k, v in floors.items()}}
 
 
 def _femto_headline(rows: list[dict[str, Any]]) -> dict[str, Any]:
