@@ -9,8 +9,9 @@
 3. Train a candidate on the shipped training data plus the remaining feedback
    (:func:`models.train.fit_detector`, the same code as the shipped bundle).
 4. Set the candidate's anomaly floor: the training rule on its normal windows (shipped data
-   and false-alarm labels), but never above the level at which it would detect fewer of the
-   known fault windows than the current bundle does, and never more than
+   and false-alarm labels), but never above the level at which it would flag fewer known
+   fault windows or confirmed labels, or detect fewer fault machines, than the current
+   bundle does, and never more than
    ``max_floor_ratio`` times above or below the current floor in one retrain. A handful of
    false-alarm labels (which are, by selection, the loudest normal windows) therefore
    cannot lift the threshold over known faults.
@@ -217,23 +218,30 @@ def detecting_floor(scores: npt.NDArray[np.float32], k: int, n: int) -> float:
     return float(runs.max())
 
 
+def _kth_largest(values: list[float] | npt.NDArray[np.float32], k: int) -> float:
+    """The k-th largest value (k >= 1), or +inf when k < 1 (no constraint)."""
+    if k < 1:
+        return float("inf")
+    ordered = np.sort(np.asarray(values, np.float64))[::-1]
+    return float(ordered[min(k, len(ordered)) - 1]) if len(ordered) else float("-inf")
+
+
 def choose_floor(rule_floor: float, current_floor: float,
-                 fault_scores: list[npt.NDArray[np.float32]],
-                 current: dict[str, Any], current_fault_scores: list[npt.NDArray[np.float32]],
-                 limits: Limits) -> float:
-    """The candidate's floor: its training rule, capped where it would detect fewer known
-    fault windows or fault machines than the current bundle, and within
-    ``max_floor_ratio`` of the current floor."""
+                 scores: tuple[list[npt.NDArray[np.float32]], npt.NDArray[np.float32],
+                               npt.NDArray[np.float32]],
+                 current: dict[str, Any], limits: Limits) -> float:
+    """The candidate's floor: its training rule, capped at the highest floor at which it
+    still flags as many fault windows and confirmed labels, and detects as many fault
+    machines, as the current bundle does; within ``max_floor_ratio`` of the current floor."""
+    faults, _, confirmed = scores
     floor = rule_floor
-    scores = np.concatenate(fault_scores) if fault_scores else np.zeros(0, np.float32)
-    if len(scores):
-        keep = min(1.0, max(0.0, float(current["fault_window_recall"])))
-        if keep > 0:   # the largest floor that keeps `keep` of the fault windows above it
-            floor = min(floor, float(np.quantile(scores, 1.0 - keep, method="lower")))
-        for cand, cur in zip(fault_scores, current_fault_scores, strict=True):
-            if detecting_floor(cur, limits.k, limits.n) > current_floor:  # detected now
-                floor = min(floor, detecting_floor(cand, limits.k, limits.n))
-        floor -= 1e-4
+    windows = np.concatenate(faults) if faults else np.zeros(0, np.float32)
+    keep = int(np.ceil(float(current["fault_window_recall"]) * len(windows) - 1e-9))
+    floor = min(floor, _kth_largest(windows, keep),
+                _kth_largest([detecting_floor(f, limits.k, limits.n) for f in faults],
+                             int(current["fault_machines_detected"])),
+                _kth_largest(confirmed, int(current["confirmed_labels_flagged"])))
+    floor -= 1e-4     # flagged means strictly above
     floor = min(max(floor, current_floor / limits.max_floor_ratio),
                 current_floor * limits.max_floor_ratio)
     return round(float(floor), 4)
@@ -332,8 +340,7 @@ def retrain(db_url: str, current: Path, out: Path, key: Path, *, sets: list[Mach
     cand_runner = OnnxRunner(staging / cand_manifest["models"]["detector"]["file"])
     rule_floor = float(cand_manifest["thresholds"]["anomaly"]["value"])
     ev_scores = evidence.scores(cand_runner)
-    cand_floor = choose_floor(rule_floor, cur_floor, ev_scores[0], ev_current,
-                              cur_scores[0], limits)
+    cand_floor = choose_floor(rule_floor, cur_floor, ev_scores, ev_current, limits)
     candidate = judge(cand_runner, cand_floor, held)
     ev_candidate = {**judge_evidence(ev_scores, cand_floor, limits), "rule_floor": rule_floor}
     reason = refusal(candidate, baseline, ev_candidate, ev_current, limits)

@@ -110,3 +110,45 @@ def test_cli_build_from_gateway(loop: dict[str, Any], tmp_path: Path,
     code, _, err = run(["--from-gateway", f"sqlite:///{tmp_path / 'none.db'}", "--out",
                         str(out), "--current", str(loop["current"])])
     assert code == 2 and "no gateway store" in err
+
+
+def test_false_alarm_labels_on_real_faults_cannot_lift_the_floor(loop: dict[str, Any]) -> None:
+    """An operator marks windows of real faults (from the training machines) as false
+    alarms: the candidate learns them as normal and its training rule would lift the floor
+    over the known faults; the floor is capped where the known faults stay detected, and a
+    bundle written carries that floor."""
+    faults = [s for s in loop["sets"] if (s.labels > 0).any()]
+    rows = []
+    for i, s in enumerate(faults[:6]):
+        for j, z in enumerate(s.z[s.labels > 0][:4]):
+            rows.append({"incident": f"f{i}-{j}", "label": "false_alarm", "fault": "unknown",
+                         "features": dict(zip(INPUT_FEATURES, map(float, z), strict=True))})
+    out = loop["work"] / "lifted"
+    res = retrain("unused", loop["current"], out, loop["key"], sets=loop["sets"],
+                  spec=DEFAULT_SPEC, rows=rows)
+    cand, cur = res.evidence["candidate"], res.evidence["current"]
+    assert cand["rule_floor"] > cand["floor"]           # the rule alone would have lifted it
+    assert cand["floor"] <= 1.5 * cur["floor"]
+    assert cand["fault_machines_detected"] >= cur["fault_machines_detected"]
+    assert cand["fault_window_recall"] >= cur["fault_window_recall"] - 0.02
+    assert res.accepted == out.is_dir(), res.reason
+    if res.accepted:
+        manifest = fb.verify(out, [fb.load_private_key(loop["key"]).public_key()]).data
+        assert manifest["thresholds"]["anomaly"]["value"] == cand["floor"]
+        assert manifest["metrics"]["fault_evidence"]["candidate"] == cand
+
+
+def test_floor_cap_keeps_what_the_current_bundle_detects() -> None:
+    from models.retrain import Limits, choose_floor, detecting_floor
+
+    assert detecting_floor(np.array([9, 1, 8, 1, 7, 0, 0], np.float32), 3, 5) == 7.0
+    assert detecting_floor(np.array([9, 8], np.float32), 3, 5) == -np.inf
+    machine = np.array([6.0, 6.0, 6.0, 1.0, 1.0], np.float32)
+    scores = ([machine], np.zeros(4, np.float32), np.array([5.0, 7.0], np.float32))
+    current = {"fault_window_recall": 0.6, "fault_machines_detected": 1,
+               "confirmed_labels_flagged": 2}
+    # the rule says 20: capped under the confirmed label at 5 (and within 1.5 x 4)
+    assert choose_floor(20.0, 4.0, scores, current, Limits()) == pytest.approx(4.9999)
+    assert choose_floor(20.0, 3.0, scores, current, Limits()) == 4.5     # 1.5 x current
+    assert choose_floor(2.0, 3.0, scores, current, Limits()) == 2.0      # the rule, lower
+    assert choose_floor(1.0, 3.0, scores, current, Limits()) == 2.0      # current / 1.5
