@@ -24,8 +24,8 @@ Every frame is checked, and what the checks find is counted in ``counters``:
 
 Sequence numbers are u32 and wrap; a difference of less than 2**31 forward is a gap,
 anything else is backwards. Buffers are bounded: a stream holds at most one window plus one
-frame of samples, in one contiguous array per stream; complete windows
-are copied out of it into one block per frame.
+frame of samples, in one contiguous array per stream; the samples of the windows completed
+together are copied out of it once, and each window is a read-only view of that copy.
 
 Pure: no I/O, no clock; times come from the frames' ``timestamp_us``.
 """
@@ -36,6 +36,7 @@ import logging
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Protocol
 
 import numpy as np
@@ -231,8 +232,7 @@ class Windower:
         first = (stream.last_seq + 1) % SEQ_MOD
         if [f.seq for f in group] != list(range(first, first + n)):
             return False            # a gap, a repeat or a u32 wrap inside the run: slow path
-        rate = stream.rate_hz
-        if any(f.sample_rate_hz != rate for f in group):
+        if {f.sample_rate_hz for f in group} != {stream.rate_hz}:
             return False
         parts = [f.samples for f in group]
         sizes = [p.size for p in parts]
@@ -281,10 +281,12 @@ class Windower:
 
     def _cut(self, key: tuple[str, int], stream: _Stream, win: int, hop: int,
              rpms: list[float] | None = None) -> list[Window]:
-        """Every complete window in the buffer, copied out into one ``[count, win]`` block."""
+        """Every complete window in the buffer: read-only views of one copy of the samples
+        they span (consecutive windows share their overlap)."""
         count = (stream.fill - win) // hop + 1
         data = stream.data
-        blocks = sliding_window_view(data[:stream.fill], win)[::hop][:count].copy()
+        # one copy of the samples the windows span; the windows are read-only views of it
+        blocks = sliding_window_view(data[:(count - 1) * hop + win].copy(), win)[::hop]
         stream.consume(count * hop)
         target = float(self.spec.sample_rate_hz)
         if win != self.spec.window_samples:
@@ -292,9 +294,10 @@ class Windower:
                                     self.spec.window_samples) for b in blocks])
         step_us = hop * 1e6 / stream.rate_hz
         start, rate = stream.start_us, stream.rate_hz
-        rpm = rpms or [float(stream.rpm)] * count
-        out = [Window(key[0], key[1], start + round(i * step_us), blocks[i], float(rpm[i]),
-                      target, rate) for i in range(count)]
+        starts = (np.round(np.arange(count) * step_us).astype(np.int64) + start).tolist()
+        rpm = [float(r) for r in rpms] if rpms else [float(stream.rpm)] * count
+        out = list(map(Window, repeat(key[0], count), repeat(key[1], count), starts,
+                       list(blocks), rpm, repeat(target, count), repeat(rate, count)))
         stream.start_us = start + round(count * step_us)
         self.counters["windows"] += count
         return out

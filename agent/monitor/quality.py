@@ -251,20 +251,21 @@ class DataQualityMonitor:
             return False
         n = len(group)
         first = (stream.last_seq + 1) % SEQ_MOD
-        if [int(f.seq) for f in group] != list(range(first, first + n)):
+        if [f.seq for f in group] != list(range(first, first + n)):
             return False
         rate = stream.declared_hz
-        if any(float(f.sample_rate_hz) != rate for f in group):
+        if {f.sample_rate_hz for f in group} != {rate}:
             return False
-        raws = [np.asarray(f.raw) for f in group]
-        dtype = raws[0].dtype
-        if any(r.dtype != dtype for r in raws):
+        raws = [f.raw for f in group]
+        dtypes = {r.dtype for r in raws}
+        if len(dtypes) != 1:
             return False
+        dtype = dtypes.pop()
         scale = float(group[0].scale)
-        if dtype == np.int16 and any(float(f.scale) != scale for f in group):
+        if dtype == np.int16 and {f.scale for f in group} != {scale}:
             return False
-        counts = np.fromiter((int(f.count) for f in group), np.int64, n)
-        ts = np.fromiter((f.timestamp_us for f in group), np.float64, n) / 1e6
+        counts = np.fromiter([r.size for r in raws], np.int64, n)
+        ts = np.fromiter([f.timestamp_us for f in group], np.float64, n) / 1e6
         last_ts, last_total = stream.marks[-1]
         prev_ts = np.empty(n)
         prev_ts[0], prev_ts[1:] = last_ts, ts[:-1]
@@ -277,14 +278,18 @@ class DataQualityMonitor:
             stream.full_scale_g = 32767.0 * scale
             if joined.max() == 32767 or joined.min() == -32768:
                 stream.saturated += int(np.count_nonzero((joined == 32767) | (joined == -32768)))
-        elif not math.isfinite(float(np.add.reduce(joined, dtype=np.float64))):
+        elif not math.isfinite(float(np.add.reduce(joined))):   # NaN/inf (or overflow)
             stream.non_finite += int(joined.size - np.count_nonzero(np.isfinite(joined)))
         stream.last_seq = (first + n - 1) % SEQ_MOD
         totals = stream.total_samples + np.cumsum(counts) - counts
         keep = self.config.rate_frames
-        stream.marks.extend(zip(ts[-keep:].tolist(), totals[-keep:].tolist(), strict=True))
-        while len(stream.marks) > keep:
-            stream.marks.popleft()
+        marks = zip(ts[-keep:].tolist(), totals[-keep:].tolist(), strict=True)
+        if n >= keep:
+            stream.marks = deque(marks)
+        else:
+            stream.marks.extend(marks)
+            while len(stream.marks) > keep:
+                stream.marks.popleft()
         stream.total_samples += int(counts.sum())
         return True
 
