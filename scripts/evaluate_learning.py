@@ -701,6 +701,12 @@ def markdown(r: dict[str, Any]) -> str:
     for name, v in r["growing"].items():
         lines.append(f"| {name} | {v['detected']}/{v['machines']} | {v['mean_lead_h']} | "
                      f"{v['leads_h']} | {v['false_alerts_before_onset']} |")
+    on, off = (r["growing"][k]["mean_lead_h"] for k in ("adaptation on", "adaptation off"))
+    if on is not None and off:
+        cost = 100 * (off - on) / off
+        lines += ["", f"Adaptation {'costs' if cost > 0 else 'gains'} {abs(cost):.1f} % of the "
+                  f"mean lead time (limit: costs at most 10 %: "
+                  f"{'met' if cost <= 10 else 'NOT met'})."]
     lines += ["", "### FEMTO run-to-failure, leave one bearing out", "",
               "Per held-out bearing: the threshold (bundle floor x scale, commissioning "
               "factor) and, with adaptation on, its speed are chosen on the other five "
@@ -774,15 +780,24 @@ def _rollout_lines(r: dict[str, Any] | None) -> list[str]:
            "share of post-onset windows above each agent's threshold is counted on the same "
            "running agents before and after (bench-2: its bearing is replaced for the "
            "rollout and fails again on the retrained model).", ""]
-    if not r["accepted"]:
-        return [*out, f"Candidate refused: {r['reason']}."]
-    out.append(f"Retrained {r['old']} -> {r.get('new')}; rollout {r.get('rollout')} "
-               f"{r.get('rollout_summary')}, canary first: {r.get('canary_first')}.")
-    if "after" in r:
-        out += ["", "| device | machine | alert rate before | after |", "|---|---|---|---|"]
-        for d, kind in LOOP_KINDS.items():
-            out.append(f"| {d} | {kind} | {100 * r['before'][d]:.1f} % | "
-                       f"{100 * r['after'][d]:.1f} % |")
+    hb = r["held_back"]
+    out += [f"Held-back feedback: false alarms flagged {hb['current']['false_alarms_flagged']}"
+            f"/{hb['current']['false_alarms']} (current) vs "
+            f"{hb['candidate']['false_alarms_flagged']}/{hb['candidate']['false_alarms']} "
+            f"(candidate), confirmed {hb['current']['confirmed_flagged']}/"
+            f"{hb['current']['confirmed']} vs {hb['candidate']['confirmed_flagged']}/"
+            f"{hb['candidate']['confirmed']}."]
+    out += _evidence_lines(r.get("evidence"))
+    out.append("")
+    if r["accepted"]:
+        out.append(f"Retrained {r['old']} -> {r.get('new')}; rollout {r.get('rollout')} "
+                   f"{r.get('rollout_summary')}, canary first: {r.get('canary_first')}.")
+    else:
+        out.append(f"Candidate refused by the retrain, nothing rolled out: {r['reason']}.")
+    out += ["", "| device | machine | alert rate before | after |", "|---|---|---|---|"]
+    for d, kind in LOOP_KINDS.items():
+        after = f"{100 * r['after'][d]:.1f} %" if "after" in r else "(no rollout)"
+        out.append(f"| {d} | {kind} | {100 * r['before'][d]:.1f} % | {after} |")
     return out
 
 
