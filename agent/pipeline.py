@@ -239,14 +239,15 @@ class Pipeline:
         t = time.perf_counter()
         if samples is None:
             samples = np.stack([w.samples for w in windows])
-        x = np.asarray(fx.extract(self.spec, samples, self._rpm(windows)), dtype=np.float32)
+        rpm = self._rpm(windows)
+        x = np.asarray(fx.extract(self.spec, samples, rpm), dtype=np.float32)
         t = lap("features", t)
         out = StepOutput()
         keys = [(w.device_id, w.channel) for w in windows]
         live = self._commission(windows, keys, x, out)
         z = np.zeros((len(windows), x.shape[1]), np.float32)
         if self.learning is not None:
-            live = self._state_z(windows, keys, x, live, z, out)
+            live = self._state_z(windows, keys, x, rpm, live, z, out)
         groups: dict[Hashable, list[int]] = {}
         for i in live:
             groups.setdefault(keys[i], []).append(i)
@@ -261,7 +262,7 @@ class Pipeline:
         t = lap("inference", t)
         state = {k: self.decider.stream(k).incident is not None for k in set(keys)}
         alerts = self._decide(windows, groups, x, z, scored)
-        self._results(windows, keys, x, scored, alerts, state, out)
+        self._results(windows, keys, x, rpm, scored, alerts, state, out)
         if self.learning is not None:
             self._adapt(keys, x, out)
         out.anomaly = scored.anomaly[live]
@@ -309,24 +310,27 @@ class Pipeline:
             bank.save()
 
     def _state_z(self, windows: Sequence[Window], keys: list[tuple[str, int]], x: FloatArray,
-                 live: list[int], z: FloatArray, out: StepOutput) -> list[int]:
+                 rpm: FloatArray, live: list[int], z: FloatArray, out: StepOutput) -> list[int]:
         """z against each window's operating-state baseline; windows of states still
         learning are not scored. Returns the scored windows."""
         assert self.learning is not None
         by_key: dict[tuple[str, int], list[int]] = {}
         for i in live:
             by_key.setdefault(keys[i], []).append(i)
-        rpm = self._rpm(windows)
         kept: list[int] = []
         self._states = {}
         for key, idx in by_key.items():
             zk, ready, states, events = self.learning.zscore(
                 key, x[idx], rpm[idx], [windows[i].end_s for i in idx])
             z[idx] = zk
-            for j, i in enumerate(idx):
-                if ready[j]:
-                    kept.append(i)
-                    self._states[i] = states[j]
+            if ready.all():
+                kept += idx
+                self._states.update(zip(idx, states, strict=True))
+            else:
+                for j, i in enumerate(idx):
+                    if ready[j]:
+                        kept.append(i)
+                        self._states[i] = states[j]
             for event in events:
                 event["detail"]["channel"] = key[1]
                 out.events.append(event)
@@ -359,13 +363,13 @@ class Pipeline:
         return alerts
 
     def _results(self, windows: Sequence[Window], keys: list[tuple[str, int]], x: FloatArray,
-                 scored: _Scored, alerts: dict[int, dict[str, Any]], state: dict[Any, bool],
-                 out: StepOutput) -> None:
+                 rpms: FloatArray, scored: _Scored, alerts: dict[int, dict[str, Any]],
+                 state: dict[Any, bool], out: StepOutput) -> None:
         """One result per window; ``state``: incident open per stream at batch start."""
         zones, velocity = self._zones(x)
         rms = self._column(x, "rms_g")
         anomaly, top_p, top = scored.anomaly.tolist(), scored.top_p.tolist(), scored.top
-        rpm = self._rpm(windows).tolist()
+        rpm = rpms.tolist()
         threshold = {k: self.decider.threshold(k) for k in state}
         thresholds = [threshold[k] for k in keys]
         alerted = []
@@ -409,7 +413,9 @@ class Pipeline:
         return np.where(np.isfinite(v), v, 0.0).tolist()
 
     def _rpm(self, windows: Sequence[Window]) -> FloatArray:
-        return np.asarray([self._rpm_of(w) for w in windows], dtype=np.float32)
+        """Each window's shaft speed (float32): its own, else ``features.rpm``."""
+        rpm = np.fromiter([w.rpm for w in windows], np.float64, len(windows))
+        return np.where(rpm > 0, rpm, self.config.features.rpm).astype(np.float32)
 
     def _rpm_of(self, w: Window) -> float:
         return w.rpm if w.rpm > 0 else self.config.features.rpm
