@@ -20,15 +20,20 @@ MAX_CACHED_BYTES: Final = 64 << 20   # larger requests get a fresh array, not ke
 _LOCAL = threading.local()
 
 
-def scratch(key: str, shape: tuple[int, ...], dtype: type[np.generic]) -> np.ndarray:
+def scratch(key: str, shape: tuple[int, ...], dtype: type[np.generic], zeroed: bool = False
+            ) -> np.ndarray:
     """A C-contiguous array of ``shape`` and ``dtype`` owned by this thread under ``key``;
-    valid until the next request for ``key`` on the same thread."""
+    valid until the next request for ``key`` on the same thread.
+
+    ``zeroed``: a new buffer starts as zeros, and elements that no caller of ``key`` ever
+    writes stay zero across calls (the caller keys by row length, so that the rows of any
+    leading size fall on the same elements)."""
     bufs: dict[str, np.ndarray] = _LOCAL.__dict__.setdefault("bufs", {})
     size = math.prod(shape)
     wanted = np.dtype(dtype)
     buf = bufs.get(key)
     if buf is None or buf.dtype != wanted or buf.size < size:
-        buf = np.empty(size, wanted)
+        buf = np.zeros(size, wanted) if zeroed else np.empty(size, wanted)
         if buf.nbytes <= MAX_CACHED_BYTES:
             bufs[key] = buf
     return buf[:size].reshape(shape)

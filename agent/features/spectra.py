@@ -23,28 +23,44 @@ def hann_spectrum(spec: np.ndarray) -> np.ndarray:
     return out
 
 
-def hann_power(spec: np.ndarray) -> np.ndarray:
-    """``|hann_spectrum(spec)|**2`` for a C-contiguous complex64 (n, K) ``rfft`` output.
+def hann_power(spec: np.ndarray, bins: int | None = None) -> np.ndarray:
+    """``|hann_spectrum(spec)|**2`` of a complex (n, K) ``rfft`` output, of its first
+    ``bins`` bins only when given (1..K)."""
+    n_bins = spec.shape[-1]
+    bins = n_bins if bins is None else min(bins, n_bins)
+    if spec.dtype != np.complex64 or spec.ndim != 2:
+        return power(hann_spectrum(spec))[..., :bins]
+    return _hann_rows(spec, bins)[:, :bins]
 
-    Same result as :func:`hann_spectrum` then :func:`power`, computed on the
-    interleaved float32 view in place, with two temporaries instead of six: this is on the
-    hot path twice per batch.
+
+def _hann_rows(spec: np.ndarray, bins: int) -> np.ndarray:
+    """C-contiguous float32 (n, bins + 1): columns 0..bins-1 are ``|hann_spectrum(spec)|**2``
+    of a complex64 (n, K) ``rfft`` output, bins <= K; the last column is scratch.
+
+    Same values as :func:`hann_spectrum` then :func:`power`: the same float32 operations per
+    bin, on the interleaved re, im values of a copy of the bins needed (and one neighbour)
+    as one flat array, so that every step is a single contiguous pass.
     """
-    if spec.dtype != np.complex64 or not spec.flags.c_contiguous or spec.ndim != 2:
-        return power(hann_spectrum(spec))
-    flat = spec.view(np.float32)               # (n, 2K): re, im, re, im, ...
+    n_win, n_bins = spec.shape
+    if bins < n_bins:
+        rows = np.ascontiguousarray(spec[:, :bins + 1])
+    else:                                      # X[K] = conj X[K-2]: X[K-2] + X[K] = 2 Re
+        rows = np.empty((n_win, n_bins + 1), np.complex64)
+        rows[:, :n_bins] = spec
+        np.conjugate(spec[:, n_bins - 2], out=rows[:, n_bins])
+    flat = rows.view(np.float32).reshape(-1)   # re, im, re, im, ... row after row
     acc = np.empty_like(flat)
-    np.add(flat[:, :-4], flat[:, 4:], out=acc[:, 2:-2])
-    acc[:, 0] = 2.0 * flat[:, 2]               # X[-1] + X[1] = 2 Re X[1]
-    acc[:, -2] = 2.0 * flat[:, -4]             # X[K-2] + X[K] = 2 Re X[K-2]
-    acc[:, 1] = 0.0
-    acc[:, -1] = 0.0
+    np.add(flat[:-4], flat[4:], out=acc[2:-2])  # X[k-1] + X[k+1] (garbage across rows)
+    acc[-2:] = 0.0
+    edge = acc.reshape(n_win, -1)
+    np.multiply(flat.reshape(n_win, -1)[:, 2], 2.0, out=edge[:, 0])   # X[-1] + X[1] = 2 Re X[1]
+    edge[:, 1] = 0.0
     acc *= -0.5
     acc += flat                                # 2 * Hann spectrum, interleaved
     acc *= acc
-    out: np.ndarray = acc[:, 0::2] + acc[:, 1::2]
+    out: np.ndarray = acc[0::2] + acc[1::2]
     out *= 0.25
-    return out
+    return out.reshape(n_win, -1)
 
 
 def power(spec: np.ndarray) -> np.ndarray:
@@ -126,19 +142,20 @@ def peak_power(spec: np.ndarray, centre_bin: np.ndarray, tol: float
     return np.where(valid, vals, 0.0), valid
 
 
-def snr(pw: np.ndarray, centre_bin: np.ndarray, tol: float, floor_bins: int) -> np.ndarray:
-    """Amplitude ratio: peak of power spectrum ``pw`` (n, K) within ``max(1, ceil(tol *
-    centre))`` bins of each centre (n, T) over the median of ``2 * floor_bins + 1`` bins
-    around it; 1.0 (neutral) where the centre is unknown (<= 0, NaN) or the search range
-    leaves 2..K-3.
+def snr(spec: np.ndarray, centre_bin: np.ndarray, tol: float, floor_bins: int) -> np.ndarray:
+    """Amplitude ratio in the Hann power spectrum of a complex (n, K) ``rfft`` output
+    ``spec``: the peak within ``max(1, ceil(tol * centre))`` bins of each centre (n, T) over
+    the median of ``2 * floor_bins + 1`` bins around it; 1.0 (neutral) where the centre is
+    unknown (<= 0, NaN) or the search range leaves 2..K-3.
 
     The floor span is shifted, not clipped, near the ends of the spectrum, so every floor is
     a median of the same number of distinct bins; the median ignores the few bins of the
-    peak itself. One gather of the floor spans serves both: the peak is a masked maximum
-    over it (the search range lies inside the span wherever the ratio is defined), then the
-    span is partitioned in place for the median.
+    peak itself. The power is computed only up to the highest bin a span reads, and one
+    gather of the spans serves both: the search range lies inside the span wherever the
+    ratio is defined, so the peak is read from the gathered span, which is then partitioned
+    in place for the median.
     """
-    n_bins = pw.shape[1]
+    n_bins = spec.shape[1]
     span = min(2 * floor_bins + 1, n_bins - 1)
     mid = span // 2
     known = np.isfinite(centre_bin) & (centre_bin > 0)
@@ -146,9 +163,16 @@ def snr(pw: np.ndarray, centre_bin: np.ndarray, tol: float, floor_bins: int) -> 
     half = np.maximum(1, np.ceil(tol * centre)).astype(np.intp)
     ok = known & (centre - half >= 2) & (centre + half <= n_bins - 3) & (half <= mid)
     start = np.minimum(np.maximum(centre - mid, 1), n_bins - span)
+    pw = _hann_rows(spec, min(n_bins, int(start.max()) + span))
     floor = spans(pw, span)[np.arange(pw.shape[0])[:, None], start]     # (n, T, span) copy
-    inside = _near_masks(span)[np.minimum(centre - start, span), np.minimum(half, mid)]
-    peak = np.max(floor, axis=-1, where=inside, initial=0.0)
+    # the search range: offsets -reach..reach from the centre, on a leading axis so that
+    # the maximum is elementwise over (n, T) slices
+    reach = min(int(half.max()), mid)
+    offsets = np.arange(-reach, reach + 1)[:, None, None]
+    pos = np.minimum(np.maximum(offsets + (centre - start), 0), span - 1)
+    pos += np.arange(0, floor.size, span).reshape(centre.shape)
+    near = np.take(floor.reshape(-1), pos)                       # (2 reach + 1, n, T)
+    peak = np.where(np.abs(offsets) <= half, near, 0.0).max(axis=0)
     # power >= +0.0: its bit patterns as uint32 sort like the values (NaN last, as for
     # floats), and an integer partition is a quarter cheaper
     floor.view(np.uint32).partition(mid, axis=-1)
