@@ -268,11 +268,13 @@ class Agent(ModelUpdates, HealthReporting):
         t = time.perf_counter()
         samples = np.stack([w.samples for w in batch])
         verdicts = self.monitor.quality.check_windows(batch, samples)
-        events = [body for q in verdicts for body in q.events]
+        flagged = [q for q in verdicts if q.issues or q.events]   # few: clean is the rule
+        events = [body for q in flagged for body in q.events]
+        if all(q.scoreable for q in flagged):
+            self._lap("quality", t, len(batch))
+            return batch, samples, events
         keep = [q.scoreable for q in verdicts]
         self._lap("quality", t, len(batch))
-        if all(keep):
-            return batch, samples, events
         self.counters["windows_unscored"] += len(batch) - sum(keep)
         return [w for w, k in zip(batch, keep, strict=True) if k], samples[keep], events
 
