@@ -1,9 +1,10 @@
 """Run-to-failure evaluation: FEMTO leave-one-bearing-out and a simulated degrading fleet.
 
-FEMTO: each held-out bearing is commissioned on its own first 10 minutes (60 snapshots) and
-scored by a detector trained on the simulator only (FEMTO is never in training), as the
-device runs it: int8 ONNX, the threshold adapted from the bearing's own commissioning
-scores, k-of-n debouncing, one stream per channel (an incident on any channel is an alert).
+FEMTO: each held-out bearing is commissioned on its own first 10 minutes (snapshots 0 to
+600 s included, as the agent commissions) and scored by a detector trained on the simulator
+only (FEMTO is never in training), as the device runs it: int8 ONNX, the threshold adapted
+from the bearing's own commissioning scores, k-of-n debouncing, one stream per channel (an
+incident on any channel is an alert).
 Everything a site would choose is chosen on the five other bearings, never on the held-out
 one: the anomaly head (the learned share of its weights, :data:`ANOMALY_SHARES`), the
 channels streamed (:data:`CHANNEL_SETS`) and the alert policy (threshold quantile, factor,
@@ -98,14 +99,20 @@ def femto_series(path: Path, heads: list[Head]) -> dict[str, Any]:
         if t_ref is None:
             t_ref = t_s
             rms = feats[:, SNAPSHOT_SPEC.index(["rms_g"])[0]]
-        com = t_s < COMMISSION_S
+        com = commissioning(t_s)
         ms = machine_set(rec.name, SNAPSHOT_SPEC, feats, t_s, np.zeros(len(t_s), np.int64), com)
         for h in heads:
             streams[(h.share, channel)] = h.runners.int8(ms.z)[0]
     assert t_ref is not None
     first = (heads[0].share, "horizontal")
     return {"name": rec.name, "t_s": t_ref, "scores": streams[first], "streams": streams,
-            "rms": rms, "commission": t_ref < COMMISSION_S, "life_s": float(t_ref[-1])}
+            "rms": rms, "commission": commissioning(t_ref), "life_s": float(t_ref[-1])}
+
+
+def commissioning(t_s: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
+    """The windows the agent commissions on: up to and including the first one
+    ``COMMISSION_S`` after the first (agent.decision.Decider.commission)."""
+    return np.asarray(t_s - t_s[0] <= COMMISSION_S)
 
 
 def view(series: dict[str, Any], share: float, channels: tuple[str, ...]) -> dict[str, Any]:

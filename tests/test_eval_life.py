@@ -134,7 +134,7 @@ def test_femto_bearing_through_every_candidate_head(shared_data: Path) -> None:
     assert set(s["streams"]) == {(sh, ch) for sh in (LEARNED_SHARE, 0.0)
                                  for ch in ("horizontal", "vertical")}
     n = len(s["t_s"])
-    assert s["commission"].sum() == 60 and s["life_s"] == 5140.0
+    assert s["commission"].sum() == 61 and s["life_s"] == 5140.0  # 0 .. 600 s, as the agent
     for scores in s["streams"].values():
         assert scores.shape == (n,) and np.isfinite(scores).all() and (scores >= 0).all()
     assert not np.allclose(s["streams"][(0.0, "horizontal")],
@@ -142,3 +142,50 @@ def test_femto_bearing_through_every_candidate_head(shared_data: Path) -> None:
     assert np.array_equal(s["scores"], s["streams"][(LEARNED_SHARE, "horizontal")])
     assert np.array_equal(heads[0].w_anomaly, fit_detector(sets, TrainConfig(seed=0)).w_anomaly)
     assert np.array_equal(heads[1].w_anomaly, prior_anomaly_weights())
+
+
+def test_evaluation_decides_as_the_agents_decider(shared_data: Path) -> None:
+    """The FEMTO figures are the device's: the agent's Decider, fed the same bearing's
+    features window by window with the same detector file, floor, adapt rule and k-of-n,
+    commissions on the same windows, sets the same threshold and raises at the same time."""
+    from agent.config import DecisionConfig
+    from agent.decision import Decider, Observation
+    from agent.features import DEFAULT_SPEC, SNAPSHOT_SPEC
+    from models.datasets import load
+    from models.simdata import random_machines
+    from models.train import features_of
+    from models.trainsets import sim_sets
+
+    sets = sim_sets(random_machines(6, seed=321), DEFAULT_SPEC, seconds=3.0, seed=321)
+    heads = anomaly_heads(sets, seed=0, shares=(0.0,))
+    head = heads[0]
+    path = shared_data / "femto" / "Bearing3_1.npz"
+    policy = Policy(head.floor, quantile=0.5, factor=2.0, margin=0.5, k=3, n=5)
+    cols = np.asarray(SNAPSHOT_SPEC.index(list(INPUT_FEATURES)))
+
+    def score_fn(base: object, values: np.ndarray) -> np.ndarray:
+        z = base.z(values)[:, cols].astype(np.float32)  # type: ignore[attr-defined]
+        return head.runners.int8(z)[0]
+
+    try:
+        series = femto_series(path, heads)
+        ours = model_outcome(view(series, 0.0, ("horizontal",)), policy)
+        feats, t = features_of(load(path), SNAPSHOT_SPEC, "horizontal")
+        d = Decider(DecisionConfig(commission_s=600.0, k=3, n=5), SNAPSHOT_SPEC.feature_names,
+                    score_fn=score_fn, model={"name": "femto", "version": "0.0.1"},
+                    floor=head.floor, adapt={"quantile": 0.5, "factor": 2.0, "margin": 0.5})
+        raised, commissioned = None, None
+        for i in range(len(t)):
+            if d.baseline("s") is None:
+                commissioned = d.commission("s", feats[i], float(t[i])) or commissioned
+                continue
+            a = float(score_fn(d.baseline("s"), feats[i:i + 1])[0])
+            body = d.decide("s", Observation(0, float(t[i]), feats[i], None, a, "normal", 0.0))
+            if body is not None and body["status"] == "raised" and raised is None:
+                raised = float(t[i])
+    finally:
+        head.runners.close()
+    assert commissioned is not None
+    assert commissioned["detail"]["windows"] == int(series["commission"].sum())
+    assert raised is not None and ours["first_alert_s"] == raised
+    assert ours["threshold"] == pytest.approx(d.threshold("s"), abs=1e-3)
