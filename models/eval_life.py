@@ -256,6 +256,7 @@ def femto_lobo(femto: Path, seed: int, n_machines: int) -> dict[str, Any]:
                      "policy": {"quantile": policy.quantile, "factor": policy.factor,
                                 "margin": policy.margin, "k": policy.k, "n": policy.n},
                      "train_score": list(train_score),
+                     "bundle_thresholds": policy.bundle_thresholds(),
                      "model": model_outcome(seen, policy),
                      "score_peaks": score_peaks(seen, policy.k, policy.n),
                      "rms_rule": rms_rule(held)})

@@ -6,11 +6,18 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from models.build import ADAPT_FACTOR, ADAPT_MARGIN, ADAPT_QUANTILE, anomaly_threshold
+from models.build import (
+    ADAPT_FACTOR,
+    ADAPT_MARGIN,
+    ADAPT_QUANTILE,
+    anomaly_threshold,
+    thresholds,
+)
 from models.export import DetectorWeights, save_onnx, save_tflite
 from models.quantize import quantize_int8
 from models.runtime import OnnxRunner, TfliteRunner
@@ -33,6 +40,16 @@ class Policy:
             return self.floor
         q = float(np.quantile(commission_scores, self.quantile))
         return max(self.floor, q * self.factor + self.margin)
+
+    def bundle_thresholds(self) -> dict[str, Any]:
+        """The manifest ``thresholds`` table that makes the agent decide by this policy:
+        the Decider reads the floor and the adapt rule from it; ``debounce`` records k-of-n,
+        which the agent takes from ``[decision] k, n`` in agent.toml (docs/bundle.md)."""
+        out = thresholds(self.floor)
+        out["anomaly"]["adapt"].update(quantile=self.quantile, factor=self.factor,
+                                       margin=self.margin)
+        out["debounce"] = {"k": self.k, "n": self.n}
+        return out
 
 
 def first_kofn(mask: npt.NDArray[np.bool_], k: int, n: int) -> int | None:

@@ -4,6 +4,7 @@ and policies chosen on training bearings, decisions as the device makes them."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -163,8 +164,8 @@ def test_evaluation_decides_as_the_agents_decider(shared_data: Path) -> None:
     policy = Policy(head.floor, quantile=0.5, factor=2.0, margin=0.5, k=3, n=5)
     cols = np.asarray(SNAPSHOT_SPEC.index(list(INPUT_FEATURES)))
 
-    def score_fn(base: object, values: np.ndarray) -> np.ndarray:
-        z = base.z(values)[:, cols].astype(np.float32)  # type: ignore[attr-defined]
+    def score_fn(base: Any, values: np.ndarray) -> np.ndarray:
+        z = base.z(values)[:, cols].astype(np.float32)
         return head.runners.int8(z)[0]
 
     try:
@@ -189,3 +190,15 @@ def test_evaluation_decides_as_the_agents_decider(shared_data: Path) -> None:
     assert commissioned["detail"]["windows"] == int(series["commission"].sum())
     assert raised is not None and ours["first_alert_s"] == raised
     assert ours["threshold"] == pytest.approx(d.threshold("s"), abs=1e-3)
+
+
+def test_a_chosen_policy_is_a_bundle_thresholds_table_the_agent_reads() -> None:
+    from agent.inference import LoadedBundle
+
+    policy = Policy(3.52, quantile=0.5, factor=6.0, margin=0.5, k=3, n=5)
+    table = policy.bundle_thresholds()
+    loaded = LoadedBundle(manifest=None, detector=None, input_features=(),
+                          labels=(), thresholds=table, feature_spec={})
+    assert loaded.anomaly_floor == 3.52
+    assert loaded.adapt == {"quantile": 0.5, "factor": 6.0, "margin": 0.5}
+    assert table["debounce"] == {"k": 3, "n": 5}
