@@ -46,6 +46,7 @@ class EnvelopePlan:
     highest: int              # ... and last allowed first bin
     multiples: np.ndarray     # (T,) targets as multiples of shaft speed
     target_bins: np.ndarray   # (T,) the same in envelope-spectrum bins per Hz of shaft speed
+    mean: np.ndarray          # (2 x band_bins,) float32 1/(2 x band_bins): envelope means
 
 
 def plan(spec: FeatureSpec) -> EnvelopePlan:
@@ -54,12 +55,18 @@ def plan(spec: FeatureSpec) -> EnvelopePlan:
     if spec.envelope_band_hz is not None:
         lo = max(1, math.ceil(spec.envelope_band_hz[0] / spec.bin_hz))
         hi = min(n_bins - 1, math.floor(spec.envelope_band_hz[1] / spec.bin_hz))
-        return EnvelopePlan(np.zeros(0, np.int64), 0, hi - lo, lo, lo, mult, mult / spec.bin_hz)
+        return EnvelopePlan(np.zeros(0, np.int64), 0, hi - lo, lo, lo, mult, mult / spec.bin_hz,
+                            _mean_weights(2 * (hi - lo)))
     width = max(8, round(spec.envelope_bandwidth_hz / spec.bin_hz))
     cand = max(4, width // 2)
     first = max(1, math.ceil(spec.envelope_min_hz / spec.bin_hz))
     starts = np.arange(first, n_bins - cand, cand, dtype=np.int64)
-    return EnvelopePlan(starts, cand, width, first, n_bins - 1 - width, mult, mult / spec.bin_hz)
+    return EnvelopePlan(starts, cand, width, first, n_bins - 1 - width, mult, mult / spec.bin_hz,
+                        _mean_weights(2 * width))
+
+
+def _mean_weights(n: int) -> np.ndarray:
+    return np.full(n, 1.0 / n, np.float32)
 
 
 def _multiples(spec: FeatureSpec) -> np.ndarray:
@@ -84,9 +91,9 @@ def choose_band(eplan: EnvelopePlan, spectrum: np.ndarray) -> np.ndarray:
     # ifft)
     m1 = _row_norms(bands).reshape(n_win, -1)
     m2 = _row_norms(np.square(bands, out=bands)).reshape(n_win, -1)
-    kurt = np.divide(m2 * cb, m1 * m1, out=np.zeros_like(m1), where=m1 > 0) - 2.0
-    strong = m1 > KURTOSIS_ENERGY_FLOOR * m1.max(axis=1, keepdims=True)
-    kurt[~strong] = -np.inf
+    strong = m1 > KURTOSIS_ENERGY_FLOOR * m1.max(axis=1, keepdims=True)   # so m1 > 0
+    kurt = np.divide(m2 * cb, m1 * m1, out=np.full(m1.shape, -np.inf), where=strong)
+    kurt -= 2.0
     impulsive = kurt.max(axis=1) >= SK_SIGNIFICANCE / math.sqrt(cb)
     choice = np.where(impulsive, np.argmax(kurt, axis=1), np.argmax(m1, axis=1))
     centre = eplan.cand_starts[choice] + (cb // 2 - eplan.band_bins // 2)
@@ -121,7 +128,7 @@ def features(spec: FeatureSpec, eplan: EnvelopePlan, spectrum: np.ndarray, shaft
     padded[:, :width] = spectra.spans(spectrum, width)[np.arange(n_win), start]
     analytic = sfft.ifft(padded, axis=1)                     # a fresh array, ours to reuse
     env = spectra.power_inplace(analytic)                       # squared envelope
-    m1 = (env @ np.full(env.shape[1], 1.0 / env.shape[1], env.dtype)).astype(np.float64)
+    m1 = (env @ eplan.mean.astype(env.dtype, copy=False)).astype(np.float64)
     m2 = np.einsum("ij,ij->i", env, env).astype(np.float64) / env.shape[1]
     kurt = np.divide(m2, m1 * m1, out=np.zeros_like(m1), where=m1 > 0) - 2.0
     env -= m1.astype(np.float32)[:, None]
@@ -132,14 +139,14 @@ def features(spec: FeatureSpec, eplan: EnvelopePlan, spectrum: np.ndarray, shaft
     out[:, 0] = (start + width / 2.0) * spec.bin_hz
     np.maximum(kurt, -2.0, out=out[:, 1])
     harm = ratio[:, :n_fam * ENV_HARMONICS].reshape(n_win, n_fam, ENV_HARMONICS)
-    fam = np.empty((n_win, n_fam, ENV_HARMONICS + 1))
+    fam = out[:, 2:-1].view()
+    fam.shape = (n_win, n_fam, ENV_HARMONICS + 1)   # a view into out (raises if it cannot be)
     fam[:, :, :ENV_HARMONICS] = harm
     total = fam[:, :, ENV_HARMONICS]         # the mean, summed in order as np.mean does
     np.add(harm[:, :, 0], harm[:, :, 1], out=total)
     for h in range(2, ENV_HARMONICS):
         total += harm[:, :, h]
     total /= ENV_HARMONICS
-    out[:, 2:-1] = fam.reshape(n_win, -1)
     sides = ratio[:, n_fam * ENV_HARMONICS:]
     np.add(sides[:, 0], sides[:, 1], out=out[:, -1])
     out[:, -1] /= 2

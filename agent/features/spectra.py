@@ -159,9 +159,11 @@ def snr(spec: np.ndarray, centre_bin: np.ndarray, tol: float, floor_bins: int) -
     span = min(2 * floor_bins + 1, n_bins - 1)
     mid = span // 2
     known = np.isfinite(centre_bin) & (centre_bin > 0)
-    centre = np.rint(np.where(known, centre_bin, 0.0)).astype(np.intp)
-    half = np.maximum(1, np.ceil(tol * centre)).astype(np.intp)
-    ok = known & (centre - half >= 2) & (centre + half <= n_bins - 3) & (half <= mid)
+    # centres beyond the spectrum are invalid whatever their value: cap them at K
+    centre = np.rint(np.minimum(np.where(known, centre_bin, 0.0), n_bins)).astype(np.intp)
+    halves, valid = _search_ranges(n_bins, tol, span)
+    half = halves[centre]
+    ok = valid[centre]
     start = np.minimum(np.maximum(centre - mid, 1), n_bins - span)
     pw = _hann_rows(spec, min(n_bins, int(start.max()) + span))
     floor = spans(pw, span)[np.arange(pw.shape[0])[:, None], start]     # (n, T, span) copy
@@ -181,6 +183,18 @@ def snr(spec: np.ndarray, centre_bin: np.ndarray, tol: float, floor_bins: int) -
     ratio = np.divide(peak, median, out=np.ones(median.shape), where=ok)
     out: np.ndarray = np.sqrt(ratio)
     return out
+
+
+@lru_cache(maxsize=16)
+def _search_ranges(n_bins: int, tol: float, span: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per integer centre 0..K: the search half-width ``max(1, ceil(tol * centre))`` and
+    whether the ratio is defined (range inside 2..K-3 and within the floor span's half)."""
+    centre = np.arange(n_bins + 1)
+    half = np.maximum(1, np.ceil(tol * centre)).astype(np.intp)
+    valid = (centre - half >= 2) & (centre + half <= n_bins - 3) & (half <= span // 2)
+    half.flags.writeable = False
+    valid.flags.writeable = False
+    return half, valid
 
 
 @lru_cache(maxsize=8)
