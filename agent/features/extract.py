@@ -141,7 +141,7 @@ def _time_features(plan: _Plan, x: np.ndarray, out: np.ndarray) -> None:
 
     Overwrites ``x`` (the caller's scratch) with sqrt|x|. One scratch temporary, x^2; the
     third and fourth moments are dot products of rows (no product array)."""
-    x2 = np.multiply(x, x, out=scratch("time_work", x.shape, np.float32))
+    x2 = np.multiply(x, x, out=scratch("work", x.shape, np.float32))
     m2 = (x2 @ plan.mean).astype(np.float64)
     m3 = _row_dots(x2, x) / x.shape[1]
     m4 = _row_dots(x2, x2) / x.shape[1]

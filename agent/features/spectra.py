@@ -74,7 +74,7 @@ def power32(spec: np.ndarray) -> np.ndarray:
     if spec.dtype != np.complex64 or not spec.flags.c_contiguous:
         return power(spec).astype(np.float32)
     flat = spec.view(np.float32)
-    sq = np.multiply(flat, flat, out=scratch("power32", flat.shape, np.float32))
+    sq = np.multiply(flat, flat, out=scratch("work", flat.shape, np.float32))
     out: np.ndarray = np.add(sq[..., 0::2], sq[..., 1::2])
     return out
 
