@@ -20,6 +20,7 @@ import math
 import time
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -374,7 +375,14 @@ class Pipeline:
         thresholds = [threshold[k] for k in keys]
         alerted = []
         results = out.results
-        for i, w in enumerate(windows):
+        if not alerts:              # no incident changed: each stream's state holds all batch
+            opened = [state[k] for k in keys]
+            unscored = [a != a for a in anomaly]               # NaN: not scored
+            results += map(WindowResult, range(len(windows)), windows, list(x), anomaly, top,
+                           top_p, unscored, thresholds, zones, repeat(None, len(windows)),
+                           opened, rms, velocity, rpm)
+            alerted = [o for o, c in zip(opened, unscored, strict=True) if not c]
+        for i, w in enumerate(windows if alerts else ()):
             key = keys[i]
             body = alerts.get(i)
             if body is not None:

@@ -56,7 +56,6 @@ log = logging.getLogger(__name__)
 
 SEQ_MOD = 2**32
 REORDER_FRAMES = 8  # as agent.window: a frame further back is a restart, not a late frame
-_UNKNOWN = object()
 
 
 @dataclass(frozen=True)
@@ -338,21 +337,22 @@ class DataQualityMonitor:
         keys = [(w.device_id, int(w.channel)) for w in windows]
         full = {k: s.full_scale_g if (s := self._streams.get(k)) else 0.0 for k in set(keys)}
         per_row = sample_issues(x, [full[k] for k in keys], self.config)
-        clean: dict[tuple[str, int, float], Quality | None] = {}
+        clean: dict[tuple[str, int], tuple[float, Quality | None]] = {}
         out: list[Quality] = []
+        fast_count = 0
         for w, key, found in zip(windows, keys, per_row, strict=True):
             if not found:
                 rate = float(w.source_rate_hz or w.sample_rate_hz)
-                fast = clean.get((*key, rate), _UNKNOWN)
-                if fast is _UNKNOWN:
-                    fast = clean[(*key, rate)] = self._clean_verdict(key, rate)
-                if isinstance(fast, Quality):
-                    self.counters["windows_checked"] += 1
-                    out.append(fast)
+                cached = clean.get(key)
+                if cached is None or cached[0] != rate:
+                    cached = clean[key] = (rate, self._clean_verdict(key, rate))
+                if cached[1] is not None:
+                    fast_count += 1
+                    out.append(cached[1])
                     continue
             out.append(self._verdict(WindowMeta.of(w), found))
-            for cached in [c for c in clean if c[:2] == key]:
-                del clean[cached]          # the stream's state may have changed
+            clean.pop(key, None)           # the stream's state may have changed
+        self.counters["windows_checked"] += fast_count
         return out
 
     def _clean_verdict(self, key: tuple[str, int], rate_hz: float) -> Quality | None:
