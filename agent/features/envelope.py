@@ -47,6 +47,7 @@ class EnvelopePlan:
     multiples: np.ndarray     # (T,) targets as multiples of shaft speed
     target_bins: np.ndarray   # (T,) the same in envelope-spectrum bins per Hz of shaft speed
     mean: np.ndarray          # (2 x band_bins,) float32 1/(2 x band_bins): envelope means
+    band_firsts: np.ndarray   # (C,) first bin of the envelope band when candidate c wins
 
 
 def plan(spec: FeatureSpec) -> EnvelopePlan:
@@ -56,13 +57,16 @@ def plan(spec: FeatureSpec) -> EnvelopePlan:
         lo = max(1, math.ceil(spec.envelope_band_hz[0] / spec.bin_hz))
         hi = min(n_bins - 1, math.floor(spec.envelope_band_hz[1] / spec.bin_hz))
         return EnvelopePlan(np.zeros(0, np.int64), 0, hi - lo, lo, lo, mult, mult / spec.bin_hz,
-                            _mean_weights(2 * (hi - lo)))
+                            _mean_weights(2 * (hi - lo)), np.zeros(0, np.int64))
     width = max(8, round(spec.envelope_bandwidth_hz / spec.bin_hz))
     cand = max(4, width // 2)
     first = max(1, math.ceil(spec.envelope_min_hz / spec.bin_hz))
     starts = np.arange(first, n_bins - cand, cand, dtype=np.int64)
-    return EnvelopePlan(starts, cand, width, first, n_bins - 1 - width, mult, mult / spec.bin_hz,
-                        _mean_weights(2 * width))
+    highest = n_bins - 1 - width
+    # the band is centred on the winning candidate, kept inside lowest..highest
+    firsts = np.minimum(np.maximum(starts + (cand // 2 - width // 2), first), highest)
+    return EnvelopePlan(starts, cand, width, first, highest, mult, mult / spec.bin_hz,
+                        _mean_weights(2 * width), firsts)
 
 
 def _mean_weights(n: int) -> np.ndarray:
@@ -96,8 +100,7 @@ def choose_band(eplan: EnvelopePlan, spectrum: np.ndarray) -> np.ndarray:
     kurt -= 2.0
     impulsive = kurt.max(axis=1) >= SK_SIGNIFICANCE / math.sqrt(cb)
     choice = np.where(impulsive, np.argmax(kurt, axis=1), np.argmax(m1, axis=1))
-    centre = eplan.cand_starts[choice] + (cb // 2 - eplan.band_bins // 2)
-    return np.minimum(np.maximum(centre, eplan.lowest), eplan.highest)
+    return eplan.band_firsts[choice]
 
 
 def _row_norms(z: np.ndarray) -> np.ndarray:

@@ -181,9 +181,12 @@ def _spectrum_features(spec: FeatureSpec, plan: _Plan, spectrum: np.ndarray,
         np.matmul(pw, w, out=row)
     mom = mom32.astype(np.float64)
     total = mom[0]
-    mean, var = _ratio(mom[1:3], total)
+    some = total > 0                        # 0.0 for an all-constant window
+    mean, var = np.divide(mom[1:3], total, out=np.zeros((2, len(total))), where=some)
     var -= mean**2
-    m4 = _ratio(mom[4] - 4 * mean * mom[3] + 6 * mean**2 * mom[2], total) - 3 * mean**4
+    m4 = np.divide(mom[4] - 4 * mean * mom[3] + 6 * mean**2 * mom[2], total,
+                   out=np.zeros(len(total)), where=some)
+    m4 -= 3 * mean**4
     np.sqrt(mom[5], out=out[:, 0])
     out[:, 1] = mean * spec.sample_rate_hz / 2.0
     out[:, 2] = _ratio(m4, var * var)

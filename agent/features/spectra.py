@@ -4,6 +4,7 @@ peak search around target frequencies, and the local noise floor."""
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import NamedTuple
 
 import numpy as np
 
@@ -158,23 +159,22 @@ def snr(spec: np.ndarray, centre_bin: np.ndarray, tol: float, floor_bins: int) -
     n_bins = spec.shape[1]
     span = min(2 * floor_bins + 1, n_bins - 1)
     mid = span // 2
-    known = np.isfinite(centre_bin) & (centre_bin > 0)
-    # centres beyond the spectrum are invalid whatever their value: cap them at K
-    centre = np.rint(np.minimum(np.where(known, centre_bin, 0.0), n_bins)).astype(np.intp)
-    halves, valid = _search_ranges(n_bins, tol, span)
-    half = halves[centre]
-    ok = valid[centre]
-    start = np.minimum(np.maximum(centre - mid, 1), n_bins - span)
+    # unknown (NaN, <= 0) -> 0 and beyond the spectrum -> K: both have no ratio
+    centre = np.rint(np.minimum(np.fmax(centre_bin, 0.0), n_bins)).astype(np.intp)
+    ranges = _search_ranges(n_bins, tol, span)
+    half = ranges.half[centre]
+    ok = ranges.valid[centre]
+    start = ranges.start[centre]
     pw = _hann_rows(spec, min(n_bins, int(start.max()) + span))
     floor = spans(pw, span)[np.arange(pw.shape[0])[:, None], start]     # (n, T, span) copy
     # the search range: offsets -reach..reach from the centre, on a leading axis so that
     # the maximum is elementwise over (n, T) slices
     reach = min(int(half.max()), mid)
-    offsets = np.arange(-reach, reach + 1)[:, None, None]
-    pos = np.minimum(np.maximum(offsets + (centre - start), 0), span - 1)
+    pos = np.take(ranges.near[mid - reach:mid + reach + 1], centre, axis=1)
     pos += np.arange(0, floor.size, span).reshape(centre.shape)
     near = np.take(floor.reshape(-1), pos)                       # (2 reach + 1, n, T)
-    peak = np.where(np.abs(offsets) <= half, near, 0.0).max(axis=0)
+    inside = ranges.distance[mid - reach:mid + reach + 1, None, None] <= half
+    peak = np.where(inside, near, 0.0).max(axis=0)
     # power >= +0.0: its bit patterns as uint32 sort like the values (NaN last, as for
     # floats), and an integer partition is a quarter cheaper
     floor.view(np.uint32).partition(mid, axis=-1)
@@ -185,16 +185,30 @@ def snr(spec: np.ndarray, centre_bin: np.ndarray, tol: float, floor_bins: int) -
     return out
 
 
+class _Ranges(NamedTuple):
+    """Per integer centre 0..K of a spectrum of K bins (read-only)."""
+
+    half: np.ndarray      # (K + 1,) search half-width max(1, ceil(tol * centre))
+    valid: np.ndarray     # (K + 1,) the ratio is defined: range in 2..K-3, half <= span // 2
+    start: np.ndarray     # (K + 1,) first bin of the floor span (shifted inside 1..K-1)
+    near: np.ndarray      # (span, K + 1) position in the floor span of centre + offset,
+                          # offsets -span // 2..span // 2, clipped into the span
+    distance: np.ndarray  # (span,) |offset|
+
+
 @lru_cache(maxsize=16)
-def _search_ranges(n_bins: int, tol: float, span: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per integer centre 0..K: the search half-width ``max(1, ceil(tol * centre))`` and
-    whether the ratio is defined (range inside 2..K-3 and within the floor span's half)."""
+def _search_ranges(n_bins: int, tol: float, span: int) -> _Ranges:
     centre = np.arange(n_bins + 1)
+    mid = span // 2
     half = np.maximum(1, np.ceil(tol * centre)).astype(np.intp)
-    valid = (centre - half >= 2) & (centre + half <= n_bins - 3) & (half <= span // 2)
-    half.flags.writeable = False
-    valid.flags.writeable = False
-    return half, valid
+    valid = (centre - half >= 2) & (centre + half <= n_bins - 3) & (half <= mid)
+    start = np.minimum(np.maximum(centre - mid, 1), n_bins - span).astype(np.intp)
+    offsets = np.arange(-mid, mid + 1)
+    near = np.minimum(np.maximum(offsets[:, None] + (centre - start), 0), span - 1)
+    ranges = _Ranges(half, valid, start, near.astype(np.intp), np.abs(offsets))
+    for a in ranges:
+        a.flags.writeable = False
+    return ranges
 
 
 @lru_cache(maxsize=8)
