@@ -244,11 +244,12 @@ class Pipeline:
         x = np.asarray(fx.extract(self.spec, samples, rpm), dtype=np.float32)
         t = lap("features", t)
         out = StepOutput()
+        ends = [w.end_s for w in windows]
         keys = [(w.device_id, w.channel) for w in windows]
         live = self._commission(windows, keys, x, out)
         z = np.zeros((len(windows), x.shape[1]), np.float32)
         if self.learning is not None:
-            live = self._state_z(windows, keys, x, rpm, live, z, out)
+            live = self._state_z(keys, x, rpm, ends, live, z, out)
         groups: dict[Hashable, list[int]] = {}
         for i in live:
             groups.setdefault(keys[i], []).append(i)
@@ -263,9 +264,9 @@ class Pipeline:
         t = lap("inference", t)
         state = {k: self.decider.stream(k).incident is not None for k in set(keys)}
         alerts = self._decide(windows, groups, x, z, scored)
-        self._results(windows, keys, x, rpm, scored, alerts, state, out)
+        self._results(windows, keys, x, rpm, ends, scored, alerts, state, out)
         if self.learning is not None:
-            self._adapt(keys, x, out)
+            self._adapt(keys, x, ends, out)
         out.anomaly = scored.anomaly[live]
         lap("decision", t)
         return out
@@ -310,8 +311,9 @@ class Pipeline:
         if bank.state_dir is not None:
             bank.save()
 
-    def _state_z(self, windows: Sequence[Window], keys: list[tuple[str, int]], x: FloatArray,
-                 rpm: FloatArray, live: list[int], z: FloatArray, out: StepOutput) -> list[int]:
+    def _state_z(self, keys: list[tuple[str, int]], x: FloatArray, rpm: FloatArray,
+                 ends: list[float], live: list[int], z: FloatArray, out: StepOutput
+                 ) -> list[int]:
         """z against each window's operating-state baseline; windows of states still
         learning are not scored. Returns the scored windows."""
         assert self.learning is not None
@@ -322,7 +324,7 @@ class Pipeline:
         self._states = {}
         for key, idx in by_key.items():
             zk, ready, states, events = self.learning.zscore(
-                key, x[idx], rpm[idx], [windows[i].end_s for i in idx])
+                key, x[idx], rpm[idx], [ends[i] for i in idx])
             z[idx] = zk
             if ready.all():
                 kept += idx
@@ -339,14 +341,16 @@ class Pipeline:
                 self.learning.save()
         return sorted(kept)
 
-    def _adapt(self, keys: list[tuple[str, int]], x: FloatArray, out: StepOutput) -> None:
+    def _adapt(self, keys: list[tuple[str, int]], x: FloatArray, ends: list[float],
+               out: StepOutput) -> None:
         """Guarded adaptation from every scored window (agent.baselines.StateBank.adapt)."""
         assert self.learning is not None
+        adapt, states = self.learning.adapt, self._states
         for r in out.results:
-            state = self._states.get(r.index)
+            i = r.index
+            state = states.get(i)
             if state is not None and not r.commissioning:
-                self.learning.adapt(keys[r.index], state, x[r.index], r.window.end_s,
-                                    r.anomaly, r.threshold, r.incident_open)
+                adapt(keys[i], state, x[i], ends[i], r.anomaly, r.threshold, r.incident_open)
 
     def _decide(self, windows: Sequence[Window], groups: dict[Hashable, list[int]],
                 x: FloatArray, z: FloatArray, scored: _Scored) -> dict[int, dict[str, Any]]:
@@ -364,8 +368,9 @@ class Pipeline:
         return alerts
 
     def _results(self, windows: Sequence[Window], keys: list[tuple[str, int]], x: FloatArray,
-                 rpms: FloatArray, scored: _Scored, alerts: dict[int, dict[str, Any]],
-                 state: dict[Any, bool], out: StepOutput) -> None:
+                 rpms: FloatArray, ends: list[float], scored: _Scored,
+                 alerts: dict[int, dict[str, Any]], state: dict[Any, bool], out: StepOutput
+                 ) -> None:
         """One result per window; ``state``: incident open per stream at batch start."""
         zones, velocity = self._zones(x)
         rms = self._column(x, "rms_g")
@@ -395,7 +400,7 @@ class Pipeline:
                                         thresholds[i], zones[i], body, state[key], rms[i],
                                         velocity[i], rpm[i]))
         out.alerted = np.asarray(alerted, dtype=bool)
-        out.columns = ([w.channel for w in windows], [w.end_s for w in windows], anomaly, top,
+        out.columns = ([w.channel for w in windows], ends, anomaly, top,
                        top_p, rms, velocity, zones, thresholds, rpm,
                        [w.device_id for w in windows])
 
