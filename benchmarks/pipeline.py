@@ -57,9 +57,10 @@ def make_frames(seconds: float, channels: int) -> list:
     return frames
 
 
-def pipeline_cpu_s(frames: list, state: Path, channels: int,
-                   learning: bool = True) -> tuple[float, int, int]:
-    """CPU seconds of the agent loop over ``frames``; windows processed; batch size."""
+def pipeline_cpu_s(frames: list, state: Path, learning: bool = True) -> tuple[float, int, int]:
+    """CPU seconds of the agent loop over ``frames``; windows processed; batch size. Each
+    read brings ``batch_windows`` x hop frames: one full batch of windows, whatever the
+    number of channels."""
     from agent.config import AgentConfig
     from agent.service import Agent
     from agent.sources import ReplaySource
@@ -132,13 +133,13 @@ def quality_cpu_s(windows: list, batch: int) -> float:
     return time.process_time() - t0
 
 
-def one_round(frames: list, channels: int) -> dict[str, float]:
+def one_round(frames: list) -> dict[str, float]:
     from agent.features import DEFAULT_SPEC
 
     with tempfile.TemporaryDirectory() as state:
-        cpu, windows, batch = pipeline_cpu_s(frames, Path(state), channels)
+        cpu, windows, batch = pipeline_cpu_s(frames, Path(state))
     with tempfile.TemporaryDirectory() as state:
-        fixed, _, _ = pipeline_cpu_s(frames, Path(state), channels, learning=False)
+        fixed, _, _ = pipeline_cpu_s(frames, Path(state), learning=False)
     fft = fft_cpu_s(windows, batch, DEFAULT_SPEC.window_samples)
     win_s, wins = window_cpu_s(frames, batch * DEFAULT_HOP_FRAMES)
     return {"pipeline": cpu, "fixed": fixed, "windows": windows, "fft": fft, "window": win_s,
@@ -178,7 +179,7 @@ def main() -> None:
     args = ap.parse_args()
     frames = make_frames(args.seconds, args.channels)
     samples = len(frames) * FRAME
-    rounds = [one_round(frames, args.channels) for _ in range(args.rounds)]
+    rounds = [one_round(frames) for _ in range(args.rounds)]
 
     def med(key: str, per_fft: bool = False) -> float:
         return statistics.median(r[key] / r["fft"] if per_fft else r[key] for r in rounds)
