@@ -96,15 +96,18 @@ def _fleet(f: dict[str, Any]) -> list[str]:
 
 def _transfer(t: dict[str, Any]) -> list[str]:
     lines = ["## Transfer", "", "Train on simulated machines only (firmware_sim: SKF-6205, "
-              "6203, 6204 and FEMTO geometries, 600-3600 rpm, 12-48 kHz), test on every CWRU "
-              "file; train on CWRU only, test on simulated machines with other bearings, "
-              "speeds and sample rates.", ""]
+              "6203, 6204 and FEMTO geometries, 600-3600 rpm, 12-48 kHz, defect modulation, "
+              "amplitude spread and slip drawn per machine), test on every CWRU file; train "
+              "on CWRU only, test on simulated machines with other bearings, speeds and "
+              "sample rates (seed 107; the classifier's prior strength was chosen without "
+              "them, `python -m models.select`).", ""]
     lines += _classification("simulator -> CWRU", t["sim_to_cwru"])
     lines += _classification("CWRU -> simulated machines", t["cwru_to_sim"])
     c = t["cwru_to_sim"]["on_labels_cwru_has"]
     lines += [f"On the labels CWRU has (normal, inner, outer, ball): {c['files_right']} / "
-              f"{c['files']} files right. CWRU has no imbalance or misalignment records, so "
-              "those simulated machines cannot be named by a CWRU-only model.", "",
+              f"{c['files']} files right. CWRU has no imbalance or misalignment records: a "
+              "CWRU-only model names those from the classifier's physics prior (1x, 2x "
+              "orders; docs/models.md), never from CWRU data.", "",
               "### Decision parity (simulator-trained model on the CWRU windows)", "",
               f"{t['parity']['windows']} windows: int8 vs fp32 same decision "
               f"{t['parity']['int8_vs_fp32']:.2%}, TFLite vs fp32 "

@@ -27,8 +27,11 @@ def weights_from_onnx(path: Path) -> DetectorWeights:
     need = ("z_max", "w1", "b1", "w2", "b2", "w_anomaly", "b_anomaly")
     if any(n not in init for n in need):
         raise BundleError(f"{path}: not a foreshock detector graph (needs {', '.join(need)})")
-    return DetectorWeights(float(init["z_max"]), init["w1"], init["b1"], init["w2"],
-                           init["b2"], init["w_anomaly"].ravel(), float(init["b_anomaly"][0]))
+    z_max = float(init["z_max"])
+    z_min = float(init["z_min"]) if "z_min" in init else -z_max
+    return DetectorWeights(z_max, init["w1"], init["b1"], init["w2"],
+                           init["b2"], init["w_anomaly"].ravel(), float(init["b_anomaly"][0]),
+                           z_floor=None if z_min == -z_max else z_min)
 
 
 def _bundle(bundle: Path) -> dict[str, object]:

@@ -208,3 +208,13 @@ def test_varied_fleet_draws_defect_physics_only() -> None:
             assert lo <= getattr(b, key) <= hi
     assert len({m.amplitude_spread for m in varied}) == len(varied)
     assert all(m.amplitude_spread == 0.02 and m.modulation == 0.8 for m in plain)
+
+
+def test_weights_round_trip_keeps_the_floor_clip(tmp_path: Path) -> None:
+    w = random_weights(seed=5)
+    low = DetectorWeights(w.z_clip, w.w1, w.b1, w.w2, w.b2, w.w_anomaly, w.b_anomaly,
+                          z_floor=0.0)
+    save_onnx(low, tmp_path / "d.onnx")
+    assert weights_from_onnx(tmp_path / "d.onnx").z_low == 0.0
+    save_onnx(w, tmp_path / "s.onnx")
+    assert weights_from_onnx(tmp_path / "s.onnx").z_floor is None
