@@ -46,6 +46,9 @@ VARIED: dict[str, dict[str, tuple[float, float]]] = {
     "ball": {"jitter": (0.02, 0.2), "modulation": (0.2, 1.0),
              "amplitude_spread": (0.2, 1.0)},
 }
+#: Resonance damping ratios drawn by ``varied=True``: how long each impact rings, and so
+#: how much the rings of fast impact trains overlap, depends on the transmission path.
+DAMPING_RANGE = (0.01, 0.08)
 FAULT_AMPLITUDE_G = {"inner_race": 2.0, "outer_race": 2.0, "ball": 1.5, "imbalance": 0.25,
                      "misalignment": 0.15}
 
@@ -111,6 +114,7 @@ class SimMachine:
     jitter: float = 0.015  # relative spread of impact spacing (slip)
     modulation: float = 0.8  # load-zone (inner race) / cage (ball) modulation depth
     amplitude_spread: float = 0.02  # relative spread of impact amplitudes
+    damping: float = 0.025  # damping ratio of the structural resonance (transmission path)
 
 
 def scenario_of(m: SimMachine, seed: int) -> Any:
@@ -119,7 +123,8 @@ def scenario_of(m: SimMachine, seed: int) -> Any:
     table: dict[str, Any] = {
         "name": m.name, "sample_rate_hz": m.sample_rate_hz, "frame_samples": 1024,
         "seed": seed,
-        "machine": {"rpm": m.rpm, "resonance_hz": m.resonance_hz, "noise_g": m.noise_g,
+        "machine": {"rpm": m.rpm, "resonance_hz": m.resonance_hz,
+                    "resonance_damping": m.damping, "noise_g": m.noise_g,
                     "imbalance_g": m.imbalance_g, "misalignment_g": m.imbalance_g * 0.4},
         "bearing": {"name": m.bearing, **SIM_BEARINGS[m.bearing]},
     }
@@ -161,5 +166,6 @@ def random_machines(n: int, seed: int, *, bearings: tuple[str, ...] = tuple(SIM_
             out[-1] = dataclasses.replace(
                 out[-1], jitter=float(extra.uniform(*v["jitter"])),
                 modulation=float(extra.uniform(*v["modulation"])),
-                amplitude_spread=float(extra.uniform(*v["amplitude_spread"])))
+                amplitude_spread=float(extra.uniform(*v["amplitude_spread"])),
+                damping=float(extra.uniform(*DAMPING_RANGE)))
     return out

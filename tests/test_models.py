@@ -191,23 +191,25 @@ def test_classifier_names_shaft_faults_it_never_saw() -> None:
 
 def test_varied_fleet_draws_defect_physics_only() -> None:
     """random_machines(varied=True): same machines (bearing, speed, rate, severity...) as
-    without it, with modulation, amplitude spread and slip drawn within VARIED."""
+    without it, with modulation, amplitude spread, slip and resonance damping drawn within
+    VARIED and DAMPING_RANGE."""
     import dataclasses
 
-    from models.simdata import VARIED
+    from models.simdata import DAMPING_RANGE, VARIED
 
     plain = random_machines(12, seed=5)
     varied = random_machines(12, seed=5, varied=True)
-    drawn = {"modulation", "amplitude_spread", "jitter"}
+    drawn = {"modulation", "amplitude_spread", "jitter", "damping"}
     for a, b in zip(plain, varied, strict=True):
         assert {k: v for k, v in dataclasses.asdict(a).items() if k not in drawn} == \
             {k: v for k, v in dataclasses.asdict(b).items() if k not in drawn}
-        ranges = VARIED.get(b.fault, VARIED["outer_race"])
+        ranges = {**VARIED.get(b.fault, VARIED["outer_race"]), "damping": DAMPING_RANGE}
         for key in drawn:
             lo, hi = ranges[key]
             assert lo <= getattr(b, key) <= hi
     assert len({m.amplitude_spread for m in varied}) == len(varied)
-    assert all(m.amplitude_spread == 0.02 and m.modulation == 0.8 for m in plain)
+    assert all(m.amplitude_spread == 0.02 and m.modulation == 0.8 and m.damping == 0.025
+               for m in plain)
 
 
 def test_weights_round_trip_keeps_the_floor_clip(tmp_path: Path) -> None:
