@@ -349,6 +349,7 @@ def retrain(db_url: str, current: Path, out: Path, key: Path, *, sets: list[Mach
         metrics["feedback"]["candidate"] = candidate
         metrics["fault_evidence"] = both
         cand_manifest["metrics"] = metrics
+        _keep_policy(cand_manifest, manifest)
         _set_floor(cand_manifest, cand_floor)
         fb.write_manifest(staging, cand_manifest)
         fb.sign(staging, fb.load_private_key(key))
@@ -360,6 +361,16 @@ def retrain(db_url: str, current: Path, out: Path, key: Path, *, sets: list[Mach
         _remove(staging)
     return RetrainResult(not reason, baseline, candidate, int(train.z.shape[0]),
                          int(held.z.shape[0]), None if reason else out, both, reason)
+
+
+def _keep_policy(candidate: dict[str, Any], current: dict[str, Any]) -> None:
+    """The candidate decides by the current bundle's policy (commissioning rule, debounce,
+    fault probability; ``models.policy.Policy.bundle_thresholds``): only its floor moves."""
+    import copy
+
+    table = current.get("thresholds")
+    if isinstance(table, dict) and isinstance(table.get("anomaly"), dict):
+        candidate["thresholds"] = copy.deepcopy(table)
 
 
 def _set_floor(manifest: dict[str, Any], floor: float) -> None:

@@ -4,6 +4,7 @@ accept/refuse rule, and `foreshock model build --from-gateway`."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 from pathlib import Path
 from types import ModuleType
@@ -38,6 +39,11 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     key = ensure_key(work / "k.pem")
     none = work / "no-data"
     current, _ = build_default(work / "current" / "0.1.0", key, CFG, none)
+    # a site's chosen decision policy (commissioning factor), which a retrain must keep
+    manifest = json.loads((current / "manifest.json").read_text())
+    manifest["thresholds"]["anomaly"]["adapt"]["factor"] = 2.0
+    fb.write_manifest(current, manifest)
+    fb.sign(current, fb.load_private_key(key))
     ev = evaluation()
     runner, floor = ev.bundle(current)
     fleet = ev.disturbed_sets(8, 11, 3.0)
@@ -64,6 +70,13 @@ def test_closed_loop_lowers_false_alarms_without_losing_detections(loop: dict[st
     manifest = fb.verify(out, [fb.load_private_key(loop["key"]).public_key()])
     assert manifest.data["version"] == "0.1.1"
     assert manifest.data["metrics"]["feedback"]["candidate"] == res.candidate
+    # the current bundle's decision policy is kept; only the floor moves
+    cur = json.loads((loop["current"] / "manifest.json").read_text())["thresholds"]
+    got = manifest.data["thresholds"]
+    assert got["anomaly"]["value"] == res.candidate["floor"] == got["anomaly"]["adapt"]["floor"]
+    assert {k: v for k, v in got["anomaly"]["adapt"].items() if k != "floor"} == \
+        {k: v for k, v in cur["anomaly"]["adapt"].items() if k != "floor"}
+    assert got["debounce"] == cur["debounce"]
     # a fresh fleet the loop never saw
     test = ev.disturbed_sets(8, 1011, 3.0)
     before = ev.fleet_rates(loop["runner"], loop["floor"], test)
