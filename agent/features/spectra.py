@@ -166,17 +166,19 @@ def snr(spec: np.ndarray, centre_bin: np.ndarray, tol: float, floor_bins: int) -
     ok = ranges.valid[centre]
     start = ranges.start[centre]
     pw = _hann_rows(spec, min(n_bins, int(start.max()) + span))
-    floor = spans(pw, span)[np.arange(pw.shape[0])[:, None], start]     # (n, T, span) copy
+    # (n, T, span + 1) copy: each floor span and a last column set to zero, which the
+    # search below reads for the offsets outside a centre's range
+    floor = spans(pw, span + 1)[np.arange(pw.shape[0])[:, None], start]
+    floor[..., span] = 0.0
     # the search range: offsets -reach..reach from the centre, on a leading axis so that
     # the maximum is elementwise over (n, T) slices
     reach = min(int(half.max()), mid)
     pos = np.take(ranges.near[mid - reach:mid + reach + 1], centre, axis=1)
-    pos += np.arange(0, floor.size, span).reshape(centre.shape)
-    near = np.take(floor.reshape(-1), pos)                       # (2 reach + 1, n, T)
-    inside = ranges.distance[mid - reach:mid + reach + 1, None, None] <= half
-    peak = np.where(inside, near, 0.0).max(axis=0)
+    pos += np.arange(0, floor.size, span + 1).reshape(centre.shape)
+    peak = np.take(floor.reshape(-1), pos).max(axis=0)          # (2 reach + 1, n, T) -> max
     # power >= +0.0: its bit patterns as uint32 sort like the values (NaN last, as for
     # floats), and an integer partition is a quarter cheaper
+    floor = floor[..., :span]
     floor.view(np.uint32).partition(mid, axis=-1)
     median = floor[..., mid]
     ok &= median > 0
@@ -191,9 +193,9 @@ class _Ranges(NamedTuple):
     half: np.ndarray      # (K + 1,) search half-width max(1, ceil(tol * centre))
     valid: np.ndarray     # (K + 1,) the ratio is defined: range in 2..K-3, half <= span // 2
     start: np.ndarray     # (K + 1,) first bin of the floor span (shifted inside 1..K-1)
-    near: np.ndarray      # (span, K + 1) position in the floor span of centre + offset,
-                          # offsets -span // 2..span // 2, clipped into the span
-    distance: np.ndarray  # (span,) |offset|
+    near: np.ndarray      # (2 (span // 2) + 1, K + 1) position in the floor span of centre
+                          # + offset, offsets -span // 2..span // 2; ``span`` (a zero column)
+                          # for offsets beyond the centre's half-width
 
 
 @lru_cache(maxsize=16)
@@ -203,9 +205,10 @@ def _search_ranges(n_bins: int, tol: float, span: int) -> _Ranges:
     half = np.maximum(1, np.ceil(tol * centre)).astype(np.intp)
     valid = (centre - half >= 2) & (centre + half <= n_bins - 3) & (half <= mid)
     start = np.minimum(np.maximum(centre - mid, 1), n_bins - span).astype(np.intp)
-    offsets = np.arange(-mid, mid + 1)
-    near = np.minimum(np.maximum(offsets[:, None] + (centre - start), 0), span - 1)
-    ranges = _Ranges(half, valid, start, near.astype(np.intp), np.abs(offsets))
+    offsets = np.arange(-mid, mid + 1)[:, None]
+    near = np.minimum(np.maximum(offsets + (centre - start), 0), span - 1)
+    near[np.abs(offsets) > half] = span
+    ranges = _Ranges(half, valid, start, near.astype(np.intp))
     for a in ranges:
         a.flags.writeable = False
     return ranges
