@@ -9,9 +9,10 @@
 3. Train a candidate on the shipped training data plus the remaining feedback
    (:func:`models.train.fit_detector`, the same code as the shipped bundle).
 4. Set the candidate's anomaly floor: the training rule on its normal windows (shipped data
-   and false-alarm labels), but never above the level at which it would flag fewer known
-   fault windows or confirmed labels, or detect fewer fault machines, than the current
-   bundle does, and never more than
+   and false-alarm labels), but never above the level at which it would fail the fault
+   evidence checks of step 5 (flag fewer confirmed labels or detect fewer fault machines
+   than the current bundle, or lose more than ``max_recall_drop`` of fault-window recall),
+   and never more than
    ``max_floor_ratio`` times above or below the current floor in one retrain. A handful of
    false-alarm labels (which are, by selection, the loudest normal windows) therefore
    cannot lift the threshold over known faults.
@@ -231,12 +232,14 @@ def choose_floor(rule_floor: float, current_floor: float,
                                npt.NDArray[np.float32]],
                  current: dict[str, Any], limits: Limits) -> float:
     """The candidate's floor: its training rule, capped at the highest floor at which it
-    still flags as many fault windows and confirmed labels, and detects as many fault
-    machines, as the current bundle does; within ``max_floor_ratio`` of the current floor."""
+    still passes the fault-evidence checks of :func:`refusal` (as many confirmed labels
+    flagged and fault machines detected as the current bundle, fault-window recall at most
+    ``max_recall_drop`` lower); within ``max_floor_ratio`` of the current floor."""
     faults, _, confirmed = scores
     floor = rule_floor
     windows = np.concatenate(faults) if faults else np.zeros(0, np.float32)
-    keep = int(np.ceil(float(current["fault_window_recall"]) * len(windows) - 1e-9))
+    recall = max(0.0, float(current["fault_window_recall"]) - limits.max_recall_drop)
+    keep = int(np.ceil(recall * len(windows) - 1e-9))
     floor = min(floor, _kth_largest(windows, keep),
                 _kth_largest([detecting_floor(f, limits.k, limits.n) for f in faults],
                              int(current["fault_machines_detected"])),
