@@ -20,6 +20,7 @@ from agent.features import (
     extract,
     iso_zone,
     resample,
+    spectra,
 )
 from foreshock.errors import ConfigError, DataError
 
@@ -251,3 +252,13 @@ def test_concurrent_threads_give_the_serial_results() -> None:
             threaded = list(pool.map(lambda b, r: extract(DEFAULT_SPEC, b, r), batches, rpms))
             for got, want in zip(threaded, serial, strict=True):
                 np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("bins", [1, 2, 177, 512, 513])
+def test_hann_power_fast_path_equals_the_three_tap_definition(bins: int) -> None:
+    """The flat, prefix-only float32 path computes exactly hann_spectrum then power."""
+    rng = np.random.default_rng(13)
+    env = rng.standard_normal((5, 1024)).astype(np.float32)
+    spec = np.fft.rfft(env, axis=1).astype(np.complex64)
+    want = spectra.power(spectra.hann_spectrum(spec))[:, :bins]
+    np.testing.assert_array_equal(spectra.hann_power(spec, bins), want)

@@ -90,14 +90,6 @@ def power_inplace(spec: np.ndarray) -> np.ndarray:
     return out
 
 
-def _gather(pw: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """``pw[row, idx[row, ...]]`` for (n, K) ``pw`` and (n, ...) ``idx`` via one flat take."""
-    offsets = (np.arange(pw.shape[0]) * pw.shape[1]).reshape((-1,) + (1,) * (idx.ndim - 1))
-    idx = idx + offsets
-    out: np.ndarray = pw.reshape(-1)[idx]
-    return out
-
-
 def spans(pw: np.ndarray, width: int) -> np.ndarray:
     """Read-only (n, K - width + 1, width) view of every run of ``width`` bins of each row:
     ``spans(pw, w)[rows, starts]`` copies whole runs instead of gathering bin by bin."""
@@ -107,14 +99,6 @@ def spans(pw: np.ndarray, width: int) -> np.ndarray:
                       buffer=base, strides=(step_row, step_bin, step_bin))
     view.flags.writeable = False
     return view
-
-
-def hann_at(spec: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """|Hann spectrum|^2 of a complex (n, K) rfft output at bins ``idx`` (n, ...) in 1..K-2,
-    gathering three bins per value instead of windowing the whole spectrum."""
-    centre = _gather(spec, idx)
-    side = _gather(spec, idx - 1) + _gather(spec, idx + 1)
-    return power(0.5 * centre - 0.25 * side)
 
 
 def peak_power(spec: np.ndarray, centre_bin: np.ndarray, tol: float
