@@ -365,3 +365,22 @@ def test_step_telemetry_matches_each_result(tmp_path: Path) -> None:
         assert out.telemetry() == [(r.telemetry, r.window.end_s) for r in out.results]
         assert out.telemetry(3, 1) == [(r.telemetry, r.window.end_s) for r in out.results
                                        if (1 + r.index) % 3 == 0]
+
+
+def test_blas_runs_one_thread_while_the_loop_runs(tmp_path: Path) -> None:
+    """Idle BLAS worker threads spin on the CPU the next window needs: the loop limits BLAS
+    to one thread, and the limit is lifted when the (last) loop ends."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def blas_threads() -> list[int]:
+        return [int(i["num_threads"]) for i in threadpool_info() if i["user_api"] == "blas"]
+
+    seen: list[list[int]] = []
+    cfg = AgentConfig.for_device("pump-8", "plant1", "", tmp_path, decision={"commission_s": 2.0})
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = blas_threads()
+        agent = Agent(cfg, ReplaySource(frames(40, 1000)), store=False,
+                      on_result=lambda r: seen.append(blas_threads()))
+        agent.run(threading.Event())
+        assert seen and all(n == [1] * len(before) for n in seen)
+        assert blas_threads() == before and before and max(before) == 2
