@@ -280,38 +280,56 @@ class Outbox:
             rows.append((kind, self.boot_id, tsf, len(text) + RECORD_OVERHEAD_BYTES, text))
         return self._write(kind, rows) if rows else []
 
+    def put_records(self, items: Iterable[tuple[str, dict[str, Any], float]]) -> list[int]:
+        """Store ``(kind, body, ts)`` records of any classes in one fsynced transaction
+        (one fsync for a step's alerts, events and telemetry); returns their seqs, in the
+        given order. Every record is encoded and checked first: a bad one raises
+        :class:`MessageError` and nothing is stored."""
+        rows = []
+        for kind, body, ts in items:
+            text, tsf = self._encode(kind, body, ts)
+            rows.append((kind, self.boot_id, tsf, len(text) + RECORD_OVERHEAD_BYTES, text))
+        return self._write(rows[0][0], rows) if rows else []
+
     def _write(self, kind: str, rows: list[tuple[str, str, float, int, str]]) -> list[int]:
-        """Insert in one transaction; on a full file make room once, on a replaced corrupt
-        file retry once (into the fresh file)."""
+        """Insert in one transaction (rows may be of several classes; ``kind`` names the
+        write in errors); on a full file make room once, on a replaced corrupt file retry
+        once (into the fresh file)."""
         nbytes = sum(r[3] for r in rows)
+        kinds = list(dict.fromkeys(r[0] for r in rows))
         with self._lock:
             for attempt in (1, 2):
                 recovered = len(self.recovered)
                 try:
-                    seqs = self._insert(kind, rows, nbytes)
+                    seqs = self._insert(kind, rows)
                     break
                 except OutboxError as exc:
                     retry = len(self.recovered) > recovered or (
                         "full" in str(exc) and self._make_room(kind, nbytes))
                     if attempt == 2 or not retry:
                         raise
-            if self._depth[kind][1] > self.config.budget_bytes(kind):
-                self._enforce_budget(kind)
+            for k in kinds:
+                if self._depth[k][1] > self.config.budget_bytes(k):
+                    self._enforce_budget(k)
             if time.monotonic() - self._last_housekeeping > self.config.housekeeping_interval_s:
                 self.expire()
         return seqs
 
-    def _insert(self, kind: str, rows: list[tuple[str, str, float, int, str]],
-                nbytes: int) -> list[int]:
+    def _insert(self, kind: str, rows: list[tuple[str, str, float, int, str]]) -> list[int]:
+        per_kind: dict[str, list[int]] = {}
+        for r in rows:
+            per_kind.setdefault(r[0], []).append(r[3])
         with self._guard(f"put {kind}"):
             with self._tx() as conn:
                 conn.executemany("INSERT INTO records (kind, boot_id, ts, nbytes, body) "
                                  "VALUES (?, ?, ?, ?, ?)", rows)
                 last = int(conn.execute(
                     "SELECT seq FROM sqlite_sequence WHERE name = 'records'").fetchone()[0])
-                conn.execute(BUMP, (kind, "written", len(rows)))
-            self._depth[kind][0] += len(rows)
-            self._depth[kind][1] += nbytes
+                for k, sizes in per_kind.items():
+                    conn.execute(BUMP, (k, "written", len(sizes)))
+            for k, sizes in per_kind.items():
+                self._depth[k][0] += len(sizes)
+                self._depth[k][1] += sum(sizes)
         return list(range(last - len(rows) + 1, last + 1))
 
     def _make_room(self, kind: str, nbytes: int) -> bool:

@@ -66,7 +66,7 @@ from agent.sources import Source
 from agent.window import Window, Windower
 from foreshock import bundle as fsbundle
 from foreshock import messages, topics
-from foreshock.errors import ForeshockError
+from foreshock.errors import ForeshockError, MessageError
 
 log = logging.getLogger(__name__)
 
@@ -347,21 +347,34 @@ class Agent(ModelUpdates, HealthReporting):
 
     def _store(self, alerts: list[dict[str, Any]], events: list[dict[str, Any]],
                telemetry: list[tuple[dict[str, Any], float]], at_s: float) -> None:
+        """The step's records in one fsynced transaction (one fsync per step), then, if it
+        held alerts, a drain that publishes them at once (not at the drain tick) without
+        waiting for PUBACKs (the next drain settles them). A record that cannot be encoded
+        must not cost the others: then each class is stored on its own, alerts first."""
+        records = [("alert", body, float(body.get("window_ts", at_s))) for body in alerts]
+        records += [("event", body, at_s) for body in events]
+        records += [("telemetry", body, ts) for body, ts in telemetry]
         try:
-            for body in alerts:
-                self.outbox.put("alert", body, float(body.get("window_ts", at_s)))
-            if alerts:
-                # stored (fsynced): it leaves at once, ahead of this batch's other records'
-                # writes and of the drain tick; its PUBACK is settled by the next drain
-                self.drain(timeout_s=0.0)
-                self._next_drain = 0.0
-            if events:
-                self.outbox.put_many("event", [(e, at_s) for e in events])
-            if telemetry:
-                self.outbox.put_many("telemetry", telemetry)
+            try:
+                self.outbox.put_records(records)
+            except MessageError as exc:
+                log.error("outbox: %s; storing each class on its own", exc)
+                self._store_each(alerts, events, telemetry, at_s)
         except ForeshockError as exc:
             self.counters["outbox_errors"] += 1
             log.error("outbox: %s", exc)
+        if alerts:
+            self.drain(timeout_s=0.0)
+            self._next_drain = 0.0
+
+    def _store_each(self, alerts: list[dict[str, Any]], events: list[dict[str, Any]],
+                    telemetry: list[tuple[dict[str, Any], float]], at_s: float) -> None:
+        for body in alerts:
+            self.outbox.put("alert", body, float(body.get("window_ts", at_s)))
+        if events:
+            self.outbox.put_many("event", [(e, at_s) for e in events])
+        if telemetry:
+            self.outbox.put_many("telemetry", telemetry)
 
     def _periodic(self) -> None:
         now = time.monotonic()

@@ -384,3 +384,19 @@ def test_blas_runs_one_thread_while_the_loop_runs(tmp_path: Path) -> None:
         agent.run(threading.Event())
         assert seen and all(n == [1] * len(before) for n in seen)
         assert blas_threads() == before and before and max(before) == 2
+
+
+def test_a_record_that_cannot_be_stored_does_not_cost_the_alert(tmp_path: Path) -> None:
+    """A step's records go in one transaction; if one cannot be encoded, the classes are
+    stored one by one, alerts first, as each on its own would be."""
+    cfg = AgentConfig.for_device("pump-7", "plant1", "", tmp_path)
+    agent = Agent(cfg, ReplaySource([]))
+    body = {"incident": "inc-1", "status": "raised", "severity": "alarm", "channel": 0,
+            "anomaly_score": 3.2, "threshold": 2.0, "fault": "outer_race", "zone": "C",
+            "window_ts": 1_764_250_000.0, "explanation": {"top": [["bpfo_env", 6.1]]},
+            "model": {"name": "m", "version": "1"}}
+    agent._store([body], [], [({"bad": "telemetry"}, 1_764_250_000.0)], 1_764_250_000.0)
+    assert [r.body for _, r in agent.outbox.pending("alert", 10)] == [body]
+    assert agent.outbox.depth()["telemetry"].rows == 0
+    assert agent.counters["outbox_errors"] == 1
+    agent.close()

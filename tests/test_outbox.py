@@ -93,6 +93,28 @@ class TestOutboxContract:
         assert all_seqs(ob, "telemetry") == seqs[3:8]
         assert ob.pending("telemetry", 2, after=seqs[4]) == ob.pending("telemetry", 5)[2:4]
 
+    def test_put_records_stores_several_classes_in_one_write(
+            self, make_outbox: MakeOutbox) -> None:
+        """One transaction for a step's alert, events and telemetry: seqs in the given order,
+        each class's rows, depth and written counter as if stored class by class; a record
+        that cannot be encoded stores nothing."""
+        ob, one = make_outbox(), make_outbox("one.db")
+        items = [("alert", alert(1), NOW), ("event", event(2), NOW + 1),
+                 ("telemetry", telemetry(3), NOW + 2), ("telemetry", telemetry(4), NOW + 3)]
+        seqs = ob.put_records(items)
+        assert seqs == sorted(seqs) and len(seqs) == 4
+        for kind, body, ts in items:
+            one.put(kind, body, ts)
+        for kind in ("alert", "event", "telemetry"):
+            assert [r.body for _, r in ob.pending(kind, 10)] == \
+                [r.body for _, r in one.pending(kind, 10)]
+        assert all_seqs(ob, "telemetry") == seqs[2:]
+        assert ob.depth() == one.depth() and ob.counters() == one.counters()
+        with pytest.raises(MessageError):
+            ob.put_records([("alert", alert(5), NOW), ("telemetry", {"bad": float("nan")}, NOW)])
+        assert ob.depth() == one.depth()
+        assert ob.put_records([]) == []
+
     def test_ack_deletes_exactly_the_given_row_ids(self, make_outbox: MakeOutbox) -> None:
         ob = make_outbox()
         seqs = ob.put_many("telemetry", [(telemetry(i), NOW) for i in range(10)])
