@@ -169,8 +169,14 @@ class StateBank:
         self.streams: dict[str, dict[str, StateBaseline]] = {}
         #: per stream: the decision threshold learned at commissioning (restored on start)
         self.thresholds: dict[str, float] = {}
+        #: per stream: the commissioning reference (thinned windows, their baseline), from
+        #: which a model switch re-derives the threshold on the new model's scale
+        self.references: dict[str, tuple[FloatArray, Baseline]] = {}
+        #: the model whose scale the thresholds are on (None: unknown, e.g. an older file)
+        self.model: dict[str, str] | None = None
         self.counters = {"fitted": 0, "adapted": 0, "refused_incident": 0,
-                         "refused_margin": 0, "refused_rate": 0, "resets": 0}
+                         "refused_margin": 0, "refused_rate": 0, "resets": 0,
+                         "references_dropped": 0}
 
     # -- states --------------------------------------------------------------------------
     def state_of(self, rpm: float, features: FloatArray | None = None,
@@ -204,6 +210,23 @@ class StateBank:
         sb.fitted_scale = list(sb.scale)
         self.counters["fitted"] += 1
         self._record(at_s, who, why, key, state, "fitted", windows=baseline.n_fit)
+
+    def set_reference(self, key: Hashable, reference: tuple[FloatArray, Baseline] | None
+                      ) -> None:
+        """Keep a stream's commissioning reference (saved with its threshold)."""
+        if reference is not None:
+            self.references[_text(key)] = reference
+
+    def reference(self, key: Hashable) -> tuple[FloatArray, Baseline] | None:
+        return self.references.get(_text(key))
+
+    def set_threshold(self, key: Hashable, threshold: float, *, who: str, why: str,
+                      at_s: float, **detail: Any) -> None:
+        """Replace a stream's threshold (e.g. on a model switch), audited as ``threshold``."""
+        old = self.thresholds.get(_text(key))
+        self.thresholds[_text(key)] = float(threshold)
+        self._record(at_s, who, why, key, "*", "threshold", old_threshold=old,
+                     threshold=float(threshold), **detail)
 
     def learn(self, key: Hashable, state: str, features: FloatArray,
               at_s: float) -> dict[str, Any] | None:
@@ -327,6 +350,7 @@ class StateBank:
                     self._record(at_s, who, why, stream, name, "reset")
             if state is None:
                 self.thresholds.pop(stream, None)
+                self.references.pop(stream, None)
         self.counters["resets"] += n
         return n
 
@@ -348,7 +372,11 @@ class StateBank:
             for name, sb in states.items():
                 self._close_day(stream, name, sb)
         data = {"schema": "foreshock.baselines/1", "names": list(self.names),
-                "thresholds": self.thresholds,
+                "thresholds": self.thresholds, "model": self.model,
+                "references": {k: {"rows": rows.tolist(), "median": base.median.tolist(),
+                                   "scale": base.scale.tolist(), "n_fit": base.n_fit,
+                                   "z_clip": base.z_clip}
+                               for k, (rows, base) in self.references.items()},
                 "streams": {k: {n: asdict(sb) for n, sb in v.items()}
                             for k, v in self.streams.items()}}
         _atomic_write(target, json.dumps(data, allow_nan=True).encode())
@@ -367,9 +395,30 @@ class StateBank:
             self.streams = {k: {n: StateBaseline(**sb) for n, sb in v.items()}
                             for k, v in data["streams"].items()}
             self.thresholds = {k: float(v) for k, v in data.get("thresholds", {}).items()}
+            model = data.get("model")
+            self.model = ({str(k): str(v) for k, v in model.items()}
+                          if isinstance(model, dict) else None)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise ConfigError(f"{source}: unreadable baselines ({exc})") from None
+        self.references = {}
+        for stream, ref in (data.get("references") or {}).items():
+            try:
+                self.references[stream] = self._reference_from(ref)
+            except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                self.counters["references_dropped"] += 1
+                log.warning("%s: reference of %s dropped (%s); a model switch keeps its "
+                            "threshold at the bundle floor", source, stream, exc)
         return True
+
+    def _reference_from(self, ref: dict[str, Any]) -> tuple[FloatArray, Baseline]:
+        rows = np.asarray(ref["rows"], np.float32)
+        median, scale = np.asarray(ref["median"], np.float64), np.asarray(ref["scale"], np.float64)
+        width = len(self.names)
+        if rows.ndim != 2 or rows.shape[1] != width or median.shape != (width,) \
+                or scale.shape != (width,):
+            raise ValueError(f"shape {rows.shape} for {width} features")
+        return rows, Baseline(self.names, median, scale, int(ref["n_fit"]),
+                              float(ref.get("z_clip", 50.0)))
 
     def _record(self, at_s: float, who: str, why: str, key: Hashable, state: str,
                 change: str, **detail: Any) -> None:
@@ -393,6 +442,11 @@ def rebaseline_saved(state_dir: Path, *, stream: str | None, state: str | None, 
     n = bank.rebaseline(stream, state, who=who, why=why, at_s=at_s)
     bank.save()
     return n
+
+
+def stream_name(key: Hashable) -> str:
+    """A stream key as the bank names it: ``device/channel``."""
+    return _text(key)
 
 
 def _text(key: Hashable) -> str:

@@ -56,6 +56,11 @@ DEFECT_FAMILIES = {"bpfo": ("bpfo", 1.0), "bpfi": ("bpfi", 1.0), "2bsf": ("bsf",
                    "ftf": ("ftf", 1.0)}
 TOP_FEATURES = 5
 MAX_COMMISSION_WINDOWS = 20_000
+#: commissioning windows kept per stream after commissioning (evenly thinned): the
+#: reference a model switch re-derives the threshold from (docs/learning.md)
+REFERENCE_ROWS = 120
+#: ``threshold_source`` of a threshold re-derived at a model switch
+SWITCH_SOURCES = {"commissioning": "reference", "bundle": "bundle_floor", "config": "config"}
 
 
 @dataclass(frozen=True, eq=False)
@@ -91,6 +96,17 @@ class _Stream:
     calm: int = 0
     incident: _Incident | None = None
     last_alert: dict[str, Any] | None = None
+    #: (commissioning windows, evenly thinned to REFERENCE_ROWS; their baseline)
+    reference: tuple[FloatArray, Any] | None = None
+    #: why the stream is commissioning when it is not its first time (e.g. a spec change)
+    reason: str = ""
+
+
+def thin(rows: FloatArray, limit: int = REFERENCE_ROWS) -> FloatArray:
+    """At most ``limit`` rows, evenly spaced over ``rows`` (first and last kept)."""
+    if rows.shape[0] <= limit:
+        return rows.copy()
+    return rows[np.unique(np.linspace(0, rows.shape[0] - 1, limit).round().astype(np.intp))]
 
 
 class Decider:
@@ -143,11 +159,19 @@ class Decider:
         values = np.stack(s.rows)
         s.baseline = Baseline.fit(values, self.names)
         s.threshold, source = self._threshold(s.baseline, values)
+        s.reference = (thin(values), s.baseline)
         s.rows = []
-        return {"type": "baseline", "detail": {
-            "status": "commissioned", "windows": int(values.shape[0]),
-            "duration_s": float(at_s - s.first_s), "threshold": s.threshold,
-            "threshold_source": source, "model": self.model}}
+        detail = {"status": "commissioned", "windows": int(values.shape[0]),
+                  "duration_s": float(at_s - s.first_s), "threshold": s.threshold,
+                  "threshold_source": source, "model": self.model}
+        if s.reason:
+            detail["reason"], s.reason = s.reason, ""
+        return {"type": "baseline", "detail": detail}
+
+    def reference(self, key: Hashable) -> tuple[FloatArray, Any] | None:
+        """The stream's commissioning reference (thinned windows, their baseline), if kept."""
+        s = self._streams.get(key)
+        return s.reference if s is not None else None
 
     def _threshold(self, baseline: Any, values: FloatArray) -> tuple[float, str]:
         if self.config.threshold > 0:
@@ -161,10 +185,47 @@ class Decider:
             return self.floor, "bundle"
         return own, "commissioning"
 
-    def restore(self, key: Hashable, baseline: Any, threshold: float) -> None:
+    def restore(self, key: Hashable, baseline: Any, threshold: float,
+                reference: tuple[FloatArray, Any] | None = None) -> None:
         """Resume monitoring with a saved baseline and threshold (no commissioning)."""
         s = self.stream(key)
         s.baseline, s.threshold, s.rows, s.first_s = baseline, float(threshold), [], None
+        s.reason = ""
+        if reference is not None:
+            s.reference = reference
+
+    # -- model switch (docs/learning.md, "Model switch") ----------------------------------
+    def rethreshold(self, reference: tuple[FloatArray, Any] | None) -> tuple[float, str]:
+        """This decider's threshold for a stream commissioned on ``reference``: the
+        commissioning rule (:meth:`_threshold`) on the reference windows scored by this
+        decider's model against their baseline; without a reference the bundle floor
+        (``decision.threshold`` when configured). Returns (threshold, threshold_source):
+        ``reference``, ``bundle_floor`` (the floor is above the rule), ``config`` or
+        ``no_reference``."""
+        if reference is None or reference[0].shape[0] == 0:
+            if self.config.threshold > 0:
+                return float(self.config.threshold), "config"
+            return max(self.floor, 1e-6), "no_reference"
+        threshold, source = self._threshold(reference[1], reference[0])
+        return threshold, SWITCH_SOURCES[source]
+
+    def carry(self, key: Hashable, old: _Stream, threshold: float,
+              reference: tuple[FloatArray, Any] | None = None) -> None:
+        """Continue a stream of another decider (same feature spec) under this one: its
+        baseline, commissioning progress, reference, debounce state and open incident (same
+        id: the incident goes on being updated / cleared, never raised again), with
+        ``threshold`` on this decider's scale."""
+        self._streams[key] = _Stream(
+            first_s=old.first_s, rows=list(old.rows), baseline=old.baseline,
+            threshold=float(threshold) if old.baseline is not None else 0.0,
+            recent=deque(old.recent, maxlen=self.config.n), calm=old.calm,
+            incident=None if old.incident is None else _Incident(**vars(old.incident)),
+            last_alert=old.last_alert, reference=reference or old.reference,
+            reason=old.reason)
+
+    def commission_again(self, key: Hashable, reason: str) -> None:
+        """Forget the stream and commission it again, saying why (health, baseline event)."""
+        self._streams[key] = _Stream(recent=deque(maxlen=self.config.n), reason=reason)
 
     def rebaseline(self, key: Hashable | None = None) -> None:
         """Forget the baseline (of one stream, or all) and commission again."""

@@ -10,17 +10,25 @@ from the pipeline's: to the promoted bundle, or back to last-known-good (an earl
 promoted bundle, or the configured / shipped one). At start-up ``resume()`` runs first, so
 a reboot mid-update resumes the download, restarts the shadow run or keeps the promoted
 model.
+
+A switch never learns the machine again from the windows arriving now (they may carry a
+developing fault): with the same feature spec every stream keeps its baseline, its
+operating-state baselines, its debounce state and its open incident, and gets a threshold
+on the new model's scale from its commissioning reference windows (docs/learning.md,
+"Model switch"). Only a different feature spec commissions again, and says so.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from agent import pipeline as pl
+from agent.baselines import StateBank, stream_name
 from agent.ota import OtaConfig, OtaReceiver
 from agent.window import Windower
 from foreshock import topics
@@ -35,6 +43,8 @@ OTA_KINDS: Final = ("model/offer", "model/chunk", "cmd/rollback")
 MAX_QUEUED_OTA_BYTES: Final = 16 * 1024 * 1024
 MAX_UNSENT_STATUS: Final = 256
 MAX_CONFIRMED: Final = 256
+SWITCH_WHO: Final = "model switch"
+SPEC_CHANGED: Final = "feature spec changed"
 
 
 class ModelUpdates:
@@ -47,6 +57,7 @@ class ModelUpdates:
     counters: dict[str, int]
     link: Any
     ota: OtaReceiver | None = None
+    learning: StateBank | None = None
 
     def _event(self, body: dict[str, Any]) -> None:
         raise NotImplementedError
@@ -69,8 +80,9 @@ class ModelUpdates:
     def replace_model(self, path: Path | str, trusted_keys: list[Path] | None = None) -> bool:
         """Verify and switch to another bundle; on any failure keep the running model.
 
-        A new model scores on its own scale, so every stream commissions again (baseline
-        and threshold). Emits a ``model`` event either way; returns whether it switched.
+        With the same feature spec every stream keeps its baseline and open incident and
+        gets a threshold on the new model's scale (:meth:`_install`). Emits a ``model``
+        event either way; returns whether it switched.
         """
         keys = list(trusted_keys if trusted_keys is not None else self.config.model.trusted_keys)
         try:
@@ -86,17 +98,131 @@ class ModelUpdates:
         return True
 
     def _install(self, new: pl.Pipeline, source: str) -> None:
-        old = self.model_info
-        if new.spec != self.pipeline.spec:
+        """Run ``new`` from the next batch on. Same feature spec: every stream carries over
+        (:meth:`_carry_streams`); another spec: every stream commissions again
+        (:meth:`_commission_again`). The ``model`` event lists what happened per stream."""
+        old_pipeline, old = self.pipeline, self.model_info
+        if new.spec != old_pipeline.spec:
             self.queue.clear()
             self.windower = Windower(new.spec)
+            streams = self._commission_again(old_pipeline, new, source)
+            baselines = "commissioning: " + SPEC_CHANGED
+        else:
+            streams = self._carry_streams(old_pipeline, new, source)
+            baselines = "kept"
         self.pipeline = new
         self._watch_drift()
         if self.link is not None:
             self.link.set_model(self.model_info)
         self._event({"type": "model", "detail": {
-            "status": "loaded", "bundle": source, "previous": old, "running": self.model_info}})
-        log.info("model switched from %s to %s", old, self.model_info)
+            "status": "loaded", "bundle": source, "previous": old, "running": self.model_info,
+            "baselines": baselines, "streams": streams}})
+        log.info("model switched from %s to %s (baselines %s)", old, self.model_info, baselines)
+
+    def _carry_streams(self, old_pipeline: pl.Pipeline, new: pl.Pipeline,
+                       source: str) -> dict[str, dict[str, Any]]:
+        """Same feature spec: each stream keeps its baseline(s), reference, debounce state
+        and open incident; the operating-state bank stays attached (set here, before the new
+        pipeline runs); each threshold is re-derived by the new decider's own rule from the
+        stream's commissioning reference (the bundle floor without one), unless the model
+        is the one the threshold is already for. Every changed threshold is audited."""
+        bank = self.learning
+        new.learning = bank
+        old_model, model = old_pipeline.model_info, new.model_info
+        at_s = time.time()
+        why = (f"model switch {old_model.get('name')} {old_model.get('version')} -> "
+               f"{model.get('name')} {model.get('version')} ({source})")
+        detail = {"previous_model": old_model, "model": model}
+        out: dict[str, dict[str, Any]] = {}
+        for key, s in old_pipeline.decider._streams.items():
+            reference = s.reference or (bank.reference(key) if bank is not None else None)
+            name = stream_name(key)
+            if s.baseline is None:
+                new.decider.carry(key, s, 0.0, reference)
+                out[name] = {"baseline": "commissioning", "windows": len(s.rows)}
+                continue
+            if model == old_model:
+                threshold, how = s.threshold, "kept"
+            else:
+                threshold, how = new.decider.rethreshold(reference)
+            new.decider.carry(key, s, threshold, reference)
+            out[name] = {"baseline": "kept", "old_threshold": s.threshold,
+                         "threshold": threshold, "threshold_source": how,
+                         "incident": s.incident.id if s.incident is not None else None}
+            if bank is not None and how != "kept":
+                bank.set_threshold(key, threshold, who=SWITCH_WHO, why=why, at_s=at_s,
+                                   threshold_source=how, **detail)
+        if bank is not None:
+            out.update(self._rescale_bank(bank, new, set(out), why, detail))
+        return out
+
+    def _rescale_bank(self, bank: StateBank, new: pl.Pipeline, done: set[str], why: str,
+                      detail: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """Thresholds saved in the bank for streams not seen since the start (a switch at
+        start-up): kept when the bank says they are on ``new``'s scale already, else
+        re-derived from the saved reference (the bundle floor without one). Tags the bank
+        with ``new``'s model and saves it."""
+        out: dict[str, dict[str, Any]] = {}
+        model = new.model_info
+        if bank.model is None or bank.model != model:
+            at_s = time.time()
+            for name in [n for n in bank.thresholds if n not in done]:
+                old_threshold = bank.thresholds[name]
+                threshold, how = new.decider.rethreshold(bank.references.get(name))
+                bank.set_threshold(name, threshold, who=SWITCH_WHO, why=why, at_s=at_s,
+                                   threshold_source=how, **detail)
+                out[name] = {"baseline": "kept", "old_threshold": old_threshold,
+                             "threshold": threshold, "threshold_source": how,
+                             "incident": None}
+        bank.model = dict(model)
+        self._save_bank(bank)
+        return out
+
+    def _commission_again(self, old_pipeline: pl.Pipeline, new: pl.Pipeline,
+                          source: str) -> dict[str, dict[str, Any]]:
+        """Another feature spec: no baseline carries over (other features), so every stream
+        commissions again, with the reason in health and in its ``commissioned`` event.
+        The operating-state bank (baselines of the old spec) is parked untouched, neither
+        seeded nor adapted: a switch back to that spec (or a restart on the configured model)
+        resumes it; meanwhile the stream keeps one commissioning baseline. Open incidents
+        end with the old model (listed, never cleared)."""
+        at_s = time.time()
+        parked: dict[str, StateBank] = self.__dict__.setdefault("_parked_banks", {})
+        bank = self.learning
+        keys = list(old_pipeline.decider._streams)
+        if bank is not None:
+            for key in dict.fromkeys([*keys, *bank.thresholds]):
+                bank.audit.append({"ts": at_s, "who": SWITCH_WHO, "why": SPEC_CHANGED,
+                                   "stream": stream_name(key), "state": "*",
+                                   "change": "commissioning", "previous_model":
+                                   old_pipeline.model_info, "model": new.model_info,
+                                   "bundle": source})
+            self._save_bank(bank)
+            parked[old_pipeline.spec.hash] = bank
+        self.learning = parked.pop(new.spec.hash, None)
+        new.learning = self.learning
+        if self.learning is not None:       # back to a spec with saved baselines
+            self._rescale_bank(self.learning, new, set(), SPEC_CHANGED + " (back)", {
+                "previous_model": old_pipeline.model_info, "model": new.model_info})
+        out: dict[str, dict[str, Any]] = {}
+        for key, s in old_pipeline.decider._streams.items():
+            new.decider.commission_again(key, SPEC_CHANGED)
+            out[stream_name(key)] = {
+                "baseline": "commissioning", "reason": SPEC_CHANGED,
+                "incident_ended": s.incident.id if s.incident is not None else None}
+            if s.incident is not None:
+                log.warning("incident %s on %s ends with the feature spec change",
+                            s.incident.id, stream_name(key))
+        return out
+
+    @staticmethod
+    def _save_bank(bank: StateBank) -> None:
+        if bank.state_dir is None:
+            return
+        try:
+            bank.save()
+        except OSError as exc:
+            log.error("baselines not saved: %s", exc)
 
     def _follow_ota(self) -> None:
         """Run the model the receiver says should run (promoted, or last-known-good)."""
@@ -126,6 +252,9 @@ class ModelUpdates:
     # -- over the air -------------------------------------------------------------------------
     def _open_ota(self) -> None:
         """Create the receiver, resume an interrupted update, run the promoted model."""
+        bank = self.learning
+        if bank is not None and bank.model is None and not bank.thresholds:
+            bank.model = dict(self.model_info)  # its thresholds are this model's until a switch
         device = self.config.device
         cfg = OtaConfig(device.site, device.device_id, self.config.service.state_dir / "ota",
                         tuple(self.config.model.trusted_keys), self.pipeline.spec.hash)

@@ -222,6 +222,7 @@ class Pipeline:
         for key, s in self.decider._streams.items():
             out[_key_text(key)] = {
                 "commissioning": s.baseline is None, "threshold": s.threshold,
+                "commission_reason": s.reason or None,
                 "commission_windows": len(s.rows),
                 "incident": None if s.incident is None else {
                     "id": s.incident.id, "severity": s.incident.severity,
@@ -308,6 +309,7 @@ class Pipeline:
         bank = self.learning
         bank.seed(key, bank.state_of(self._rpm_of(w), row), self.decider.baseline(key), w.end_s)
         bank.thresholds[_key_text(key)] = self.decider.threshold(key)
+        bank.set_reference(key, self.decider.reference(key))   # for a model switch
         if bank.state_dir is not None:
             bank.save()
 

@@ -1,0 +1,247 @@
+"""A model switch keeps each machine's healthy baseline (docs/learning.md, "Model switch").
+
+Real parts: the shipped default bundle (onnxruntime) as the running model, a second real
+signed bundle (``test_inference.build_bundle``: another ONNX detector on another scale),
+the real Agent with its SQLite outbox and state dir, and the operating-state bank's files.
+The machine's vibration jumps (a fault) after commissioning; the switch happens while the
+incident is open.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from test_agent_service import frames
+from test_inference import build_bundle
+
+from agent.baselines import AUDIT_FILE, BANK_FILE
+from agent.config import AgentConfig
+from agent.decision import REFERENCE_ROWS
+from agent.features import SNAPSHOT_SPEC
+from agent.pipeline import Pipeline, WindowResult
+from agent.service import Agent
+from agent.sources import ReplaySource
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = ROOT / "models" / "bundles" / "foreshock-default" / "0.1.0"
+SHIPPED_KEY = ROOT / "models" / "bundles" / "foreshock-dev.pub"
+KEY = ("node1", 0)
+
+
+def config(state: Path, **decision: float) -> AgentConfig:
+    return AgentConfig.for_device("pump-s", "plant1", "", state,
+                                  model={"bundle": str(SHIPPED),
+                                         "trusted_keys": [str(SHIPPED_KEY)]},
+                                  decision={"commission_s": 4.0, **decision})
+
+
+def run(agent: Agent, until: Any = None, limit: int = 3000) -> None:
+    for _ in range(limit):
+        if (until is not None and until()) or (agent.source.exhausted and not agent.queue):
+            return
+        agent.step(0.0)
+
+
+def records(agent: Agent, kind: str) -> list[dict[str, Any]]:
+    return [r.body for _, r in agent.outbox.pending(kind, 100_000)]
+
+
+def model_events(agent: Agent) -> list[dict[str, Any]]:
+    return [e["detail"] for e in records(agent, "event")
+            if e["type"] == "model" and e["detail"]["status"] == "loaded"]
+
+
+def commissioned_by(agent: Agent, model: str) -> list[dict[str, Any]]:
+    return [e for e in records(agent, "event") if e["detail"].get("status") == "commissioned"
+            and e["detail"]["model"]["name"] == model]
+
+
+def audit(state: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (state / AUDIT_FILE).read_text().splitlines()]
+
+
+def rule(pipeline: Pipeline, rows: np.ndarray, base: Any) -> float:
+    """The commissioning rule of ``pipeline``'s bundle, computed here from its parts."""
+    b = pipeline.bundle
+    assert b is not None and b.adapt is not None
+    z = base.z(rows)[:, pipeline.input_index].astype(np.float32)
+    scores = np.asarray(pipeline.detector.score(z).anomaly, np.float64)
+    own = np.quantile(scores[np.isfinite(scores)], b.adapt["quantile"]) * b.adapt["factor"] \
+        + b.adapt["margin"]
+    return float(max(b.anomaly_floor, own))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return build_bundle(tmp_path_factory.mktemp("tiny"))
+
+
+def test_switch_with_an_open_incident_keeps_the_healthy_baseline_and_the_incident(
+        tmp_path: Path, tiny: tuple[Path, Path]) -> None:
+    seen: list[WindowResult] = []
+    agent = Agent(config(tmp_path, update_interval_s=5.0), ReplaySource(frames(700, 150)),
+                  on_result=seen.append)
+    try:
+        decider = agent.pipeline.decider
+        run(agent, lambda: decider.stream(KEY).incident is not None)
+        s = decider.stream(KEY)
+        assert s.incident is not None and agent.model_info["version"] == "0.1.0"
+        incident, healthy = s.incident.id, s.baseline.median.copy()
+        rows, base = s.reference
+        assert rows.shape[0] <= REFERENCE_ROWS
+        bank = agent.learning
+        assert bank is not None
+        state = next(iter(bank.streams["node1/0"]))
+        bank_healthy = list(bank.streams["node1/0"][state].median)
+        old_threshold = s.threshold
+
+        assert agent.replace_model(tiny[0], [tiny[1]])
+        new = agent.pipeline
+        assert agent.model_info == {"name": "tiny", "version": "1.2.3"}
+        assert new.learning is bank                     # attached before the new model runs
+        # (b) the threshold is the new model's commissioning rule on the reference windows
+        expected = rule(new, rows, base)
+        assert new.decider.threshold(KEY) == pytest.approx(expected, rel=1e-6)
+        assert expected != pytest.approx(old_threshold, rel=1e-3)
+        assert bank.thresholds["node1/0"] == pytest.approx(expected, rel=1e-6)
+        event = model_events(agent)[-1]
+        assert event["baselines"] == "kept"
+        assert event["streams"]["node1/0"]["threshold_source"] == "reference"
+        assert event["streams"]["node1/0"]["incident"] == incident
+        seen.clear()
+        run(agent)                                      # the fault goes on
+        alerts = records(agent, "alert")
+    finally:
+        agent.close()
+
+    after = agent.pipeline.decider.stream(KEY)
+    # the baseline is the healthy one, not the faulty windows' (no commissioning again)
+    np.testing.assert_array_equal(after.baseline.median, healthy)
+    assert list(bank.streams["node1/0"][state].median) == bank_healthy
+    assert seen and not any(r.commissioning for r in seen)
+    assert all(r.anomaly > r.threshold == pytest.approx(expected) for r in seen)
+    assert after.incident is not None and after.incident.id == incident
+    assert {a["incident"] for a in alerts} == {incident}
+    assert [a["status"] for a in alerts].count("raised") == 1
+    later = [a for a in alerts if a["model"]["name"] == "tiny"]
+    assert later and all(a["status"] == "updated" for a in later)
+    # (4) the threshold change is audited
+    change = [r for r in audit(tmp_path) if r["change"] == "threshold"]
+    assert len(change) == 1 and change[0]["who"] == "model switch"
+    assert change[0]["old_threshold"] == pytest.approx(old_threshold)
+    assert change[0]["threshold"] == pytest.approx(expected)
+    assert change[0]["previous_model"]["version"] == "0.1.0"
+    assert change[0]["model"] == {"name": "tiny", "version": "1.2.3"}
+
+
+def commissioned(state: Path) -> tuple[np.ndarray, Any, float]:
+    """Run a healthy machine through commissioning; returns its reference and threshold."""
+    agent = Agent(config(state), ReplaySource(frames(80, 10_000)))
+    try:
+        run(agent)
+        s = agent.pipeline.decider.stream(KEY)
+        assert s.baseline is not None and s.reference is not None
+        return s.reference[0], s.reference[1], s.threshold
+    finally:
+        agent.close()
+
+
+def test_restart_then_switch_uses_the_saved_reference(tmp_path: Path,
+                                                      tiny: tuple[Path, Path]) -> None:
+    rows, base, threshold = commissioned(tmp_path)
+    saved = json.loads((tmp_path / BANK_FILE).read_text())
+    np.testing.assert_array_equal(np.asarray(saved["references"]["node1/0"]["rows"],
+                                             np.float32), rows)
+    assert saved["model"] == {"name": "foreshock-default", "version": "0.1.0"}
+
+    agent = Agent(config(tmp_path), ReplaySource(frames(40, 10_000, seed=1)))
+    try:
+        assert agent.learning is not None and agent.learning.thresholds["node1/0"] == threshold
+        assert agent.replace_model(tiny[0], [tiny[1]])
+        expected = rule(agent.pipeline, rows, base)
+        assert agent.learning.thresholds["node1/0"] == pytest.approx(expected, rel=1e-6)
+        assert model_events(agent)[-1]["streams"]["node1/0"]["threshold_source"] == "reference"
+        run(agent)
+        s = agent.pipeline.decider.stream(KEY)
+        assert s.baseline is not None and s.threshold == pytest.approx(expected, rel=1e-6)
+        assert not commissioned_by(agent, "tiny")
+    finally:
+        agent.close()
+    again = json.loads((tmp_path / BANK_FILE).read_text())
+    assert again["model"] == {"name": "tiny", "version": "1.2.3"}
+    assert again["thresholds"]["node1/0"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_old_bank_without_reference_keeps_the_baseline_at_the_bundle_floor(
+        tmp_path: Path, tiny: tuple[Path, Path]) -> None:
+    commissioned(tmp_path)
+    path = tmp_path / BANK_FILE
+    data = json.loads(path.read_text())
+    old = {k: data[k] for k in ("schema", "names", "thresholds", "streams")}  # older writer
+    path.write_text(json.dumps(old))
+
+    agent = Agent(config(tmp_path), ReplaySource(frames(40, 10_000, seed=2)))
+    try:
+        assert agent.learning is not None and agent.learning.references == {}
+        assert agent.learning.model is None
+        assert agent.replace_model(tiny[0], [tiny[1]])
+        floor = agent.pipeline.decider.floor
+        assert floor == 0.5
+        event = model_events(agent)[-1]["streams"]["node1/0"]
+        assert event["threshold_source"] == "no_reference" and event["threshold"] == floor
+        run(agent)
+        s = agent.pipeline.decider.stream(KEY)
+        assert s.baseline is not None and s.threshold == floor     # kept, not commissioned
+        assert not commissioned_by(agent, "tiny")
+    finally:
+        agent.close()
+    change = [r for r in audit(tmp_path) if r["change"] == "threshold"]
+    assert change[-1]["threshold_source"] == "no_reference" and change[-1]["threshold"] == floor
+
+
+def test_another_feature_spec_commissions_again_and_says_so(tmp_path: Path) -> None:
+    other, pub = build_bundle(tmp_path / "snap", spec=SNAPSHOT_SPEC)
+    commissioned(tmp_path / "state")
+    bank_file = (tmp_path / "state" / BANK_FILE).read_bytes()
+    agent = Agent(config(tmp_path / "state"), ReplaySource(frames(40, 10_000, seed=3)))
+    try:
+        run(agent, lambda: agent.counters["windows_processed"] > 0)
+        healthy = agent.learning
+        assert agent.replace_model(other, [pub])
+        assert agent.pipeline.spec.hash == SNAPSHOT_SPEC.hash
+        event = model_events(agent)[-1]
+        assert event["baselines"] == "commissioning: feature spec changed"
+        assert event["streams"]["node1/0"]["reason"] == "feature spec changed"
+        health = agent.pipeline.streams()["node1/0"]
+        assert health["commissioning"] and health["commission_reason"] == "feature spec changed"
+        # the healthy operating-state baselines are parked, not attached to the new features
+        assert agent.learning is None and agent.pipeline.learning is None
+        assert healthy is not None and healthy.streams["node1/0"]
+    finally:
+        agent.close()
+    saved = json.loads((tmp_path / "state" / BANK_FILE).read_text())
+    assert saved["streams"] == json.loads(bank_file)["streams"]
+    assert [r for r in audit(tmp_path / "state") if r["change"] == "commissioning"
+            and r["why"] == "feature spec changed"]
+
+
+def test_the_twin_of_the_running_model_keeps_every_threshold(tmp_path: Path) -> None:
+    """A re-versioned copy of the shipped bundle (same detector, same rule) re-derives the
+    same threshold from the reference as from the same rows at commissioning."""
+    twin = tmp_path / "twin"
+    shutil.copytree(SHIPPED, twin)
+    rows, base, _ = commissioned(tmp_path / "state")
+    agent = Agent(config(tmp_path / "state"), ReplaySource([]))
+    try:
+        assert agent.replace_model(twin, [SHIPPED_KEY])     # same name and version: kept
+        assert model_events(agent)[-1]["streams"] == {}
+        assert agent.learning is not None
+        assert agent.learning.thresholds["node1/0"] == pytest.approx(
+            rule(agent.pipeline, rows, base))
+    finally:
+        agent.close()
