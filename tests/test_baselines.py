@@ -264,3 +264,48 @@ def test_femto_adaptation_neither_noisier_nor_later(shared_data: Path) -> None:
     summary = ev.femto_summary(rows)
     assert summary["on"]["false_alerts"] <= summary["off"]["false_alerts"]
     assert summary["on"]["detected"] >= summary["off"]["detected"]
+
+
+def test_reference_and_model_saved_with_thresholds_and_older_files_load(tmp_path: Path) -> None:
+    """The commissioning reference (windows and baseline) and the model the thresholds are
+    for are saved atomically with the bank; a file written without them (older agents)
+    loads with no reference; a malformed reference is dropped and counted, the rest kept."""
+    from agent.features import Baseline
+
+    bank, _ = ready_bank(tmp_path)
+    rng = np.random.default_rng(3)
+    ref = rows(rng, 30)
+    base = Baseline.fit(ref, NAMES)
+    bank.thresholds["dev/0"] = 4.0
+    bank.set_reference("dev/0", (ref, base))
+    bank.model = {"name": "m", "version": "1.0.0"}
+    bank.set_threshold("dev/0", 5.0, who="model switch", why="test", at_s=1.0,
+                       threshold_source="reference")
+    bank.save()
+    again = StateBank(LearningConfig(), NAMES, state_dir=tmp_path)
+    assert again.load() and again.model == {"name": "m", "version": "1.0.0"}
+    got = again.reference("dev/0")
+    assert got is not None and again.thresholds == {"dev/0": 5.0}
+    np.testing.assert_array_equal(got[0], ref)
+    np.testing.assert_array_equal(got[1].median, base.median)
+    np.testing.assert_array_equal(got[1].scale, base.scale)
+    change = [r for r in again.audit.read() if r["change"] == "threshold"]
+    assert change == [{"ts": 1.0, "who": "model switch", "why": "test", "stream": "dev/0",
+                       "state": "*", "change": "threshold", "old_threshold": 4.0,
+                       "threshold": 5.0, "threshold_source": "reference"}]
+
+    path = tmp_path / "baselines.json"
+    data = json.loads(path.read_text())
+    old = {k: data[k] for k in ("schema", "names", "thresholds", "streams")}
+    path.write_text(json.dumps(old))
+    older = StateBank(LearningConfig(), NAMES, state_dir=tmp_path)
+    assert older.load() and older.references == {} and older.model is None
+    assert older.thresholds == {"dev/0": 5.0} and older.streams["dev/0"]
+
+    data["references"]["dev/0"]["rows"] = [[1.0, 2.0]]
+    path.write_text(json.dumps(data))
+    bad = StateBank(LearningConfig(), NAMES, state_dir=tmp_path)
+    assert bad.load() and bad.references == {} and bad.counters["references_dropped"] == 1
+    assert bad.thresholds == {"dev/0": 5.0} and bad.streams["dev/0"]
+    again.rebaseline("dev/0", who="op", why="test", at_s=2.0)   # forgets the reference too
+    assert "dev/0" not in again.thresholds and again.reference("dev/0") is None

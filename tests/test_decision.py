@@ -150,3 +150,56 @@ def test_decide_batch_matches_window_by_window() -> None:
         [(i, b["status"], b["severity"]) for i, b in expected]
     assert {b["status"] for _, b in expected} >= {"raised", "cleared"}
     assert len([b for _, b in expected if b["status"] == "raised"]) >= 2
+
+
+def test_reference_is_thinned_and_a_switch_carries_the_incident_on_the_new_scale() -> None:
+    """Commissioning keeps at most REFERENCE_ROWS evenly spaced windows; another decider
+    (a switched model scoring on twice the scale) takes the stream over: same baseline,
+    same incident (updated, never raised again), threshold from its own rule on the
+    reference; without a reference it falls back to its floor."""
+    from agent.decision import REFERENCE_ROWS
+
+    rng = np.random.default_rng(7)
+    d = make()
+    values = []
+    t = 0.0
+    while d.baseline("k") is None:
+        values.append(feats(rng))
+        d.commission("k", values[-1], t)
+        t += 0.02                                  # 501 windows in 10 s
+    rows, base = d.reference("k")
+    assert len(values) > REFERENCE_ROWS and rows.shape == (REFERENCE_ROWS, F)
+    np.testing.assert_array_equal(rows[0], values[0])
+    np.testing.assert_array_equal(rows[-1], values[-1])
+    assert base is d.baseline("k")
+    for i in range(5):
+        d.decide("k", obs(d, feats(rng, level=1.0), t + i))
+    incident = d.stream("k").incident
+    assert incident is not None
+
+    def double(baseline: Baseline, x: np.ndarray) -> np.ndarray:
+        return 2 * score_fn(baseline, x)
+
+    cfg = DecisionConfig(commission_s=10.0, k=3, n=5, update_interval_s=100.0)
+    new = Decider(cfg, NAMES, score_fn=double, model={"name": "t2", "version": "2.0.0"},
+                  floor=0.01, adapt={"quantile": 0.9, "factor": 1.2, "margin": 0.1})
+    threshold, source = new.rethreshold(d.reference("k"))
+    scores = 2 * score_fn(base, rows).astype(np.float64)
+    assert source == "reference"
+    assert threshold == float(np.quantile(scores, 0.9) * 1.2 + 0.1)
+    new.carry("k", d.stream("k"), threshold)
+    s = new.stream("k")
+    assert s.baseline is d.baseline("k") and s.reference is d.reference("k")
+    assert s.incident is not None and s.incident.id == incident.id
+    assert list(s.recent) == list(d.stream("k").recent)
+    statuses = []
+    for i in range(5, 40):
+        x = feats(rng, level=1.0 if i < 20 else 0.0)
+        o = obs(d, x, t + i)
+        body = new.decide("k", Observation(0, o.at_s, x, o.z, 2 * o.anomaly, o.fault,
+                                           o.fault_probability, o.rpm))
+        if body is not None:
+            assert body["incident"] == incident.id and body["model"]["name"] == "t2"
+            statuses.append(body["status"])
+    assert "raised" not in statuses and statuses[-1] == "cleared"
+    assert new.rethreshold(None) == (0.01, "no_reference")
