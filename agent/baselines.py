@@ -19,6 +19,7 @@ Reference: docs/learning.md. Pure apart from :class:`AuditLog` and :meth:`StateB
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import math
@@ -373,7 +374,8 @@ class StateBank:
                 self._close_day(stream, name, sb)
         data = {"schema": "foreshock.baselines/1", "names": list(self.names),
                 "thresholds": self.thresholds, "model": self.model,
-                "references": {k: {"rows": rows.tolist(), "median": base.median.tolist(),
+                "references": {k: {"rows_f32": _pack(rows), "count": int(rows.shape[0]),
+                                   "median": base.median.tolist(),
                                    "scale": base.scale.tolist(), "n_fit": base.n_fit,
                                    "z_clip": base.z_clip}
                                for k, (rows, base) in self.references.items()},
@@ -411,12 +413,15 @@ class StateBank:
         return True
 
     def _reference_from(self, ref: dict[str, Any]) -> tuple[FloatArray, Baseline]:
-        rows = np.asarray(ref["rows"], np.float32)
-        median, scale = np.asarray(ref["median"], np.float64), np.asarray(ref["scale"], np.float64)
         width = len(self.names)
-        if rows.ndim != 2 or rows.shape[1] != width or median.shape != (width,) \
-                or scale.shape != (width,):
-            raise ValueError(f"shape {rows.shape} for {width} features")
+        flat = np.frombuffer(base64.b64decode(ref["rows_f32"], validate=True), "<f4")
+        count = int(ref["count"])
+        if count < 0 or flat.size != count * width:
+            raise ValueError(f"{flat.size} values for {count} rows of {width} features")
+        rows = flat.reshape(count, width).astype(np.float32)
+        median, scale = np.asarray(ref["median"], np.float64), np.asarray(ref["scale"], np.float64)
+        if median.shape != (width,) or scale.shape != (width,):
+            raise ValueError(f"baseline of shape {median.shape} for {width} features")
         return rows, Baseline(self.names, median, scale, int(ref["n_fit"]),
                               float(ref.get("z_clip", 50.0)))
 
@@ -453,6 +458,11 @@ def _text(key: Hashable) -> str:
     if isinstance(key, tuple):
         return "/".join(str(k) for k in key)
     return str(key)
+
+
+def _pack(rows: FloatArray) -> str:
+    """Rows as base64 of little-endian float32 (exact, a quarter of the JSON decimal size)."""
+    return base64.b64encode(np.ascontiguousarray(rows, "<f4").tobytes()).decode("ascii")
 
 
 def _need_dir(path: Path | None) -> Path:

@@ -276,6 +276,15 @@ class ModelUpdates:
             resumed = []
         self._send_status(resumed)
         self._follow_ota()
+        bank = self.learning
+        if bank is not None and bank.model is not None and bank.model != self.model_info:
+            # saved under another model (the configured one changed between runs)
+            streams = self._rescale_bank(bank, self.pipeline, set(), "configured model changed",
+                                         {"previous_model": bank.model,
+                                          "model": self.model_info})
+            self._event({"type": "baseline", "detail": {
+                "status": "thresholds_rederived", "reason": "configured model changed",
+                "model": self.model_info, "streams": streams}})
 
     def _queue_ota(self, topic: str, payload: bytes) -> None:
         """Link thread: keep the message for the loop (bounded in bytes; a dropped chunk is

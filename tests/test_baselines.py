@@ -302,7 +302,7 @@ def test_reference_and_model_saved_with_thresholds_and_older_files_load(tmp_path
     assert older.load() and older.references == {} and older.model is None
     assert older.thresholds == {"dev/0": 5.0} and older.streams["dev/0"]
 
-    data["references"]["dev/0"]["rows"] = [[1.0, 2.0]]
+    data["references"]["dev/0"]["count"] = 31           # not the rows stored
     path.write_text(json.dumps(data))
     bad = StateBank(LearningConfig(), NAMES, state_dir=tmp_path)
     assert bad.load() and bad.references == {} and bad.counters["references_dropped"] == 1

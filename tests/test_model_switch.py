@@ -9,6 +9,7 @@ incident is open.
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 from pathlib import Path
@@ -155,8 +156,9 @@ def test_restart_then_switch_uses_the_saved_reference(tmp_path: Path,
                                                       tiny: tuple[Path, Path]) -> None:
     rows, base, threshold = commissioned(tmp_path)
     saved = json.loads((tmp_path / BANK_FILE).read_text())
-    np.testing.assert_array_equal(np.asarray(saved["references"]["node1/0"]["rows"],
-                                             np.float32), rows)
+    ref = saved["references"]["node1/0"]
+    np.testing.assert_array_equal(np.frombuffer(base64.b64decode(ref["rows_f32"]), "<f4")
+                                  .reshape(ref["count"], -1), rows)
     assert saved["model"] == {"name": "foreshock-default", "version": "0.1.0"}
 
     agent = Agent(config(tmp_path), ReplaySource(frames(40, 10_000, seed=1)))
@@ -228,6 +230,25 @@ def test_another_feature_spec_commissions_again_and_says_so(tmp_path: Path) -> N
     assert saved["streams"] == json.loads(bank_file)["streams"]
     assert [r for r in audit(tmp_path / "state") if r["change"] == "commissioning"
             and r["why"] == "feature spec changed"]
+
+
+def test_a_configured_model_changed_between_runs_gets_thresholds_on_its_scale(
+        tmp_path: Path, tiny: tuple[Path, Path]) -> None:
+    rows, base, threshold = commissioned(tmp_path)
+    cfg = AgentConfig.for_device("pump-s", "plant1", "", tmp_path,
+                                 model={"bundle": str(tiny[0]), "trusted_keys": [str(tiny[1])]},
+                                 decision={"commission_s": 4.0})
+    agent = Agent(cfg, ReplaySource(frames(40, 10_000, seed=4)))
+    try:
+        assert agent.learning is not None and agent.learning.model == agent.model_info
+        expected = rule(agent.pipeline, rows, base)
+        assert agent.learning.thresholds["node1/0"] == pytest.approx(expected, rel=1e-6)
+        assert expected != pytest.approx(threshold, rel=1e-3)
+        run(agent)
+        assert agent.pipeline.decider.threshold(KEY) == pytest.approx(expected, rel=1e-6)
+        assert not commissioned_by(agent, "tiny")
+    finally:
+        agent.close()
 
 
 def test_the_twin_of_the_running_model_keeps_every_threshold(tmp_path: Path) -> None:
