@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import numpy as np
 import pytest
 from test_agent_service import frames
 from test_inference import build_bundle
+from test_ota import offer_to, run_until
 
 from agent.baselines import AUDIT_FILE, BANK_FILE
 from agent.config import AgentConfig
@@ -27,6 +29,8 @@ from agent.features import SNAPSHOT_SPEC
 from agent.pipeline import Pipeline, WindowResult
 from agent.service import Agent
 from agent.sources import ReplaySource
+from foreshock import bundle as fsbundle
+from foreshock import messages, topics
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "models" / "bundles" / "foreshock-default" / "0.1.0"
@@ -249,6 +253,56 @@ def test_a_configured_model_changed_between_runs_gets_thresholds_on_its_scale(
         assert not commissioned_by(agent, "tiny")
     finally:
         agent.close()
+
+
+def test_ota_promote_and_rollback_continue_the_open_incident(tmp_path: Path) -> None:
+    """Through the real OTA receiver: a re-versioned, re-signed copy of the shipped bundle
+    is promoted while the machine's incident is open, then rolled back by a signed command;
+    the incident is the same one throughout, raised once, and the baseline the healthy one."""
+    key = fsbundle.generate_signing_key()
+    path = tmp_path / "0.2.0"
+    shutil.copytree(SHIPPED, path)
+    manifest = json.loads((SHIPPED / "manifest.json").read_text())
+    fsbundle.write_manifest(path, {**manifest, "version": "0.2.0"})
+    fsbundle.sign(path, key)
+    keys = {"pem": fsbundle.public_key_pem(key.public_key()), "bundles": {"0.2.0": path}}
+    pem = tmp_path / "site.pub"
+    pem.write_bytes(keys["pem"])
+    cfg = AgentConfig.for_device("pump-o", "plant1", "", tmp_path / "state",
+                                 model={"trusted_keys": [str(pem)]},
+                                 decision={"commission_s": 4.0, "update_interval_s": 5.0})
+    agent = Agent(cfg, ReplaySource(frames(900, 150)))
+    try:
+        decider = agent.pipeline.decider
+        assert run_until(agent, lambda: decider.stream(KEY).incident is not None)
+        s = decider.stream(KEY)
+        incident, healthy, threshold = s.incident.id, s.baseline.median.copy(), s.threshold
+        offer_to(agent, keys, "0.2.0", "r-1")
+        assert run_until(agent, lambda: agent.model_info["version"] == "0.2.0")
+        promoted = agent.pipeline.decider.stream(KEY)
+        assert promoted.incident is not None and promoted.incident.id == incident
+        # same detector and rule on the same (all kept) commissioning windows: same threshold
+        assert promoted.threshold == pytest.approx(threshold, rel=1e-6)
+        run_until(agent, lambda: agent.counters["windows_processed"] > 300)
+        rollback = messages.command_message("rollback", {"rollout_id": "r-1"},
+                                            issued_by="ops", ts=time.time(),
+                                            command_id="rb-1", key=key)
+        agent._on_command(topics.command("plant1", "pump-o", "rollback"), rollback)
+        assert run_until(agent, lambda: agent.model_info["version"] == "0.1.0")
+        run_until(agent, lambda: False)
+        after = agent.pipeline.decider.stream(KEY)
+        alerts = records(agent, "alert")
+        switches = model_events(agent)
+    finally:
+        agent.close()
+    assert agent.counters["bad_commands"] == 0
+    assert [e["running"]["version"] for e in switches] == ["0.2.0", "0.1.0"]
+    assert all(e["streams"]["node1/0"]["incident"] == incident for e in switches)
+    np.testing.assert_array_equal(after.baseline.median, healthy)
+    assert after.incident is not None and after.incident.id == incident
+    assert {a["incident"] for a in alerts} == {incident}
+    assert [a["status"] for a in alerts].count("raised") == 1
+    assert {a["model"]["version"] for a in alerts} == {"0.1.0", "0.2.0"}
 
 
 def test_the_twin_of_the_running_model_keeps_every_threshold(tmp_path: Path) -> None:
