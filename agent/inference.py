@@ -89,9 +89,11 @@ class OnnxDetector:
                 str(path), options, providers=[*wanted, "CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise BundleError(f"onnxruntime cannot load {path}: {exc}") from None
-        inputs = self.session.get_inputs()
-        self.input_name = input_name or inputs[0].name
-        shape = next(i.shape for i in inputs if i.name == self.input_name)
+        inputs = {i.name: i.shape for i in self.session.get_inputs()}
+        if input_name is not None and input_name not in inputs:
+            raise BundleError(f"model {path} has no input {input_name!r}; has {sorted(inputs)}")
+        self.input_name = input_name or next(iter(inputs))
+        shape = inputs[self.input_name]
         self.width = int(shape[-1]) if isinstance(shape[-1], int) else -1
         outputs = {o.name for o in self.session.get_outputs()}
         missing = {anomaly_output, probability_output} - outputs
@@ -288,7 +290,11 @@ def _make_detector(manifest: fsbundle.Manifest, det: dict[str, Any],
     model_path = manifest.file(name)
     if backend == "tflite":
         return TfliteDetector(model_path, labels=labels, **names)
-    return OnnxDetector(model_path, labels=labels, input_name=det.get("input"), **names)
+    input_name = det.get("input")
+    if input_name is not None and not isinstance(input_name, str):
+        raise BundleError(f"bundle {manifest.name}: models.detector.input must be a name, "
+                          f"got {input_name!r}")
+    return OnnxDetector(model_path, labels=labels, input_name=input_name, **names)
 
 
 class ZScoreDetector:

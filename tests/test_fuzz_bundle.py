@@ -102,3 +102,16 @@ def test_overlong_file_name_in_signed_manifest_raises_bundle_error(
     fb.sign(bundle, KEY)
     with pytest.raises(BundleError):
         fb.verify(bundle, [KEY.public_key()])
+
+
+@pytest.mark.parametrize("input_name", [True, 7, "no_such_input"])
+def test_bad_detector_input_name_in_signed_manifest_raises_bundle_error(
+        shipped: tuple[Path, dict[str, Any]], input_name: object) -> None:
+    bundle, original = shipped
+    data = json.loads(json.dumps(original))
+    data["models"]["detector"]["input"] = input_name
+    (bundle / fb.MANIFEST).write_text(json.dumps(data))
+    fb.sign(bundle, KEY)
+    with pytest.raises(BundleError, match="input"):
+        load_bundle(bundle, [fb.public_key_pem(KEY.public_key())],
+                    str(original["feature_spec_hash"]))
