@@ -44,6 +44,9 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
+DRAIN_SETTLE_S = 0.3   # the slave must read empty this long before the line closes
+
+
 class SerialSink:
     """The node end of a pseudo-terminal pair; a reader opens ``port_path`` with pyserial.
 
@@ -84,8 +87,18 @@ class SerialSink:
         if self._closed:
             return
         self._closed = True
+        # The kernel hands bytes from the master to the slave asynchronously, so one empty
+        # reading can come before the last write arrives: wait for the slave to stay empty.
         deadline = time.monotonic() + drain_timeout_s
-        while self._pending_bytes() and time.monotonic() < deadline:
+        empty_since: float | None = None
+        while time.monotonic() < deadline:
+            now = time.monotonic()
+            if self._pending_bytes():
+                empty_since = None
+            elif empty_since is None:
+                empty_since = now
+            elif now - empty_since >= DRAIN_SETTLE_S:
+                break
             time.sleep(0.02)
         os.close(self.master_fd)
         os.close(self.slave_fd)

@@ -140,17 +140,15 @@ def collect_more(source: Source) -> list[Frame]:
 
 
 def test_serial_transport_over_a_pty(tiny: Path) -> None:
-    proc = sim(tiny, "--transport", "serial", "--speed", "1")
+    proc = sim(tiny, "--transport", "serial", "--speed", "2")
     assert proc.stdout is not None
     first = proc.stdout.readline().split()
     assert first[0] == "serial" and os.path.exists(first[1]), first
     source = SerialSource(first[1], baudrate=115_200)
     try:
         got = collect(source, proc, 2 * PER_NODE)
-        # Opening a serial port flushes what arrived before it was opened: allow that loss
-        # (on a loaded machine the port opens up to ~1 s after the node starts sending);
-        # every frame after the first one received must arrive, in order.
-        check(got, tiny, min_per_node=PER_NODE // 2)
+        # Opening a serial port flushes what arrived before it was opened: allow that loss.
+        check(got, tiny, min_per_node=PER_NODE - 3)
         assert source.stats["bad_frames"] == 0
     finally:
         source.close()
