@@ -16,11 +16,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
 CONF_TEMPLATE = Path(__file__).with_name("mosquitto.conf.in")
 IN_CI = os.environ.get("CI", "").lower() == "true"
+
+# CI runs the same examples on every run (a failure there reproduces, and a rare random
+# counterexample cannot block a submission; development runs keep exploring new examples)
+# and prints the reproduction blob of any failure. No deadline: the machine is shared.
+settings.register_profile("ci", derandomize=True, print_blob=True, deadline=None)
+if IN_CI:
+    settings.load_profile("ci")
 
 
 def free_port() -> int:
