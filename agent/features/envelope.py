@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Final
 
 import numpy as np
 import scipy.fft as sfft
@@ -105,6 +106,23 @@ def choose_band(eplan: EnvelopePlan, spectrum: np.ndarray) -> np.ndarray:
     return eplan.band_firsts[choice]
 
 
+def _spread() -> np.ndarray:
+    """(targets, n_features - 2) float64: SNRs per target -> per family its harmonics and
+    their mean, then the mean of the two BPFI sidebands, as one matrix product."""
+    n_fam, n_harm = len(ENV_FAMILIES), ENV_HARMONICS
+    m = np.zeros((n_fam * n_harm + 2, n_fam * (n_harm + 1) + 1))
+    for f in range(n_fam):
+        for h in range(n_harm):
+            m[f * n_harm + h, f * (n_harm + 1) + h] = 1.0
+            m[f * n_harm + h, f * (n_harm + 1) + n_harm] = 1.0 / n_harm
+    m[-2:, -1] = 0.5
+    m.flags.writeable = False
+    return m
+
+
+_SPREAD: Final = _spread()
+
+
 def n_features() -> int:
     """Columns of :func:`features`: band centre, band kurtosis, per family its harmonics and
     their mean, and the BPFI sidebands."""
@@ -130,23 +148,14 @@ def features(spec: FeatureSpec, eplan: EnvelopePlan, spectrum: np.ndarray, shaft
     m2 = np.matmul(env[:, None, :], env[:, :, None])[:, 0, 0].astype(np.float64)
     m2 /= env.shape[1]
     kurt = np.divide(m2, m1 * m1, out=np.zeros_like(m1), where=m1 > 0) - 2.0
-    env -= m1.astype(np.float32)[:, None]
+    # the spectrum of the zero-mean squared envelope: its DC bin set to zero (no pass
+    # subtracting the mean)
+    env_spectrum = sfft.rfft(env, axis=1)
+    env_spectrum[:, 0] = 0.0
     centres = shaft[:, None] * eplan.target_bins                 # 0 = unknown speed
-    ratio = spectra.snr(sfft.rfft(env, axis=1), centres, spec.envelope_search_tol,
+    ratio = spectra.snr(env_spectrum, centres, spec.envelope_search_tol,
                         spec.envelope_floor_bins)
-    n_fam = len(ENV_FAMILIES)
     out[:, 0] = (start + width / 2.0) * spec.bin_hz
     np.maximum(kurt, -2.0, out=out[:, 1])
-    harm = ratio[:, :n_fam * ENV_HARMONICS].reshape(n_win, n_fam, ENV_HARMONICS)
-    fam = out[:, 2:-1].view()
-    fam.shape = (n_win, n_fam, ENV_HARMONICS + 1)   # a view into out (raises if it cannot be)
-    fam[:, :, :ENV_HARMONICS] = harm
-    total = fam[:, :, ENV_HARMONICS]         # the mean, summed in order as np.mean does
-    np.add(harm[:, :, 0], harm[:, :, 1], out=total)
-    for h in range(2, ENV_HARMONICS):
-        total += harm[:, :, h]
-    total /= ENV_HARMONICS
-    sides = ratio[:, n_fam * ENV_HARMONICS:]
-    np.add(sides[:, 0], sides[:, 1], out=out[:, -1])
-    out[:, -1] /= 2
+    np.matmul(ratio, _SPREAD, out=out[:, 2:])   # harmonics, family means, sideband mean
     return out
