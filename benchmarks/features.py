@@ -86,8 +86,10 @@ def stages(x: np.ndarray) -> dict[str, Callable[[], object]]:
     out = np.empty((x.shape[0], len(spec.feature_names)))
     n_time, n_env = len(TIME_FEATURES), env_stage.n_features()
     # the time stage overwrites its input with sqrt|x|: the same work on every call
+    variance = (centred.astype(np.float64) ** 2).mean(axis=1)
     return {
-        "  stage: time domain": lambda: EXTRACT._time_features(plan, centred, out[:, :n_time]),
+        "  stage: time domain": lambda: EXTRACT._time_features(plan, centred, variance,
+                                                               out[:, :n_time]),
         "  stage: spectrum, bands, orders": lambda: EXTRACT._spectrum_features(
             spec, plan, spectrum, shaft, out[:, n_time:-n_env]),
         "  stage: kurtogram band choice": lambda: env_stage.choose_band(plan.env, spectrum),

@@ -124,9 +124,10 @@ def extract(spec: FeatureSpec, windows: np.ndarray, rpm: float | np.ndarray = 0.
     spectrum = sfft.rfft(x, axis=1)
     out = np.empty((x.shape[0], plan.n_features))     # float64, each stage fills its columns
     env_first = plan.n_features - envelope.n_features()
-    _spectrum_features(spec, plan, spectrum, shaft, out[:, len(TIME_FEATURES):env_first])
+    variance = _spectrum_features(spec, plan, spectrum, shaft,
+                                  out[:, len(TIME_FEATURES):env_first])
     envelope.features(spec, plan.env, spectrum, shaft, out[:, env_first:])
-    _time_features(plan, x, out[:, :len(TIME_FEATURES)])       # last: overwrites x
+    _time_features(plan, x, variance, out[:, :len(TIME_FEATURES)])   # last: overwrites x
     return out.astype(np.float32)
 
 
@@ -135,15 +136,15 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return np.divide(num, den, out=np.zeros(np.broadcast(num, den).shape), where=den > 0)
 
 
-def _time_features(plan: _Plan, x: np.ndarray, out: np.ndarray) -> None:
+def _time_features(plan: _Plan, x: np.ndarray, m2: np.ndarray, out: np.ndarray) -> None:
     """RMS, peak, peak-to-peak, crest, kurtosis (3 for Gaussian), skewness, shape, impulse,
     clearance of zero-mean windows into ``out`` (n, 9). Ratios are 0.0 for an all-constant
-    window.
+    window. ``m2`` (n,) float64 is the windows' mean square, the total of their one-sided
+    periodogram (Parseval: no pass over x^2 for it).
 
     Overwrites ``x`` (the caller's scratch) with sqrt|x|. One scratch temporary, x^2; the
     third and fourth moments are dot products of rows (no product array)."""
     x2 = np.multiply(x, x, out=scratch("work", x.shape, np.float32))
-    m2 = (x2 @ plan.mean).astype(np.float64)
     m3 = _row_dots(x2, x) / x.shape[1]
     m4 = _row_dots(x2, x2) / x.shape[1]
     top = x.max(axis=1).astype(np.float64)
@@ -171,9 +172,10 @@ def _row_dots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _spectrum_features(spec: FeatureSpec, plan: _Plan, spectrum: np.ndarray,
-                       shaft: np.ndarray, out: np.ndarray) -> None:
+                       shaft: np.ndarray, out: np.ndarray) -> np.ndarray:
     """Velocity RMS, spectral centroid and kurtosis, log and order band RMS, 1x/2x/3x into
-    ``out`` (n, 3 + log bands + order bands + 3)."""
+    ``out`` (n, 3 + log bands + order bands + 3). Returns the total power (n,) float64: the
+    windows' variance."""
     pw = spectra.power32(spectrum)
     # one matrix-vector product per weight: a (windows x bins x 6) matrix product would go
     # to multithreaded BLAS, which stalls for a scheduler tick whenever a core is busy
@@ -198,6 +200,7 @@ def _spectrum_features(spec: FeatureSpec, plan: _Plan, spectrum: np.ndarray,
     peak, valid = spectra.peak_power(spectrum, centres, spec.order_search_tol)
     out[:, 3 + n_log + n_orders:] = np.where(valid, 4.0 * np.sqrt(peak) / spec.window_samples,
                                              0.0)   # g peak
+    return total
 
 
 def _log_bands(spec: FeatureSpec, plan: _Plan, pw: np.ndarray, out: np.ndarray) -> None:
