@@ -49,6 +49,7 @@ class EnvelopePlan:
     target_bins: np.ndarray   # (T,) the same in envelope-spectrum bins per Hz of shaft speed
     mean: np.ndarray          # (2 x band_bins,) float32 1/(2 x band_bins): envelope means
     band_firsts: np.ndarray   # (C,) first bin of the envelope band when candidate c wins
+    cand_ones: np.ndarray     # (cand_bins,) float32 ones: candidate sums as matrix products
 
 
 def plan(spec: FeatureSpec) -> EnvelopePlan:
@@ -58,7 +59,8 @@ def plan(spec: FeatureSpec) -> EnvelopePlan:
         lo = max(1, math.ceil(spec.envelope_band_hz[0] / spec.bin_hz))
         hi = min(n_bins - 1, math.floor(spec.envelope_band_hz[1] / spec.bin_hz))
         return EnvelopePlan(np.zeros(0, np.int64), 0, hi - lo, lo, lo, mult, mult / spec.bin_hz,
-                            _mean_weights(2 * (hi - lo)), np.zeros(0, np.int64))
+                            _mean_weights(2 * (hi - lo)), np.zeros(0, np.int64),
+                            np.ones(0, np.float32))
     width = max(8, round(spec.envelope_bandwidth_hz / spec.bin_hz))
     cand = max(4, width // 2)
     first = max(1, math.ceil(spec.envelope_min_hz / spec.bin_hz))
@@ -67,7 +69,7 @@ def plan(spec: FeatureSpec) -> EnvelopePlan:
     # the band is centred on the winning candidate, kept inside lowest..highest
     firsts = np.minimum(np.maximum(starts + (cand // 2 - width // 2), first), highest)
     return EnvelopePlan(starts, cand, width, first, highest, mult, mult / spec.bin_hz,
-                        _mean_weights(2 * width), firsts)
+                        _mean_weights(2 * width), firsts, np.ones(cand, np.float32))
 
 
 def _mean_weights(n: int) -> np.ndarray:
@@ -83,18 +85,24 @@ def _multiples(spec: FeatureSpec) -> np.ndarray:
     return np.array(mult)
 
 
-def choose_band(eplan: EnvelopePlan, spectrum: np.ndarray) -> np.ndarray:
-    """First bin of the envelope band per window (see module doc, step 1)."""
+def choose_band(eplan: EnvelopePlan, spectrum: np.ndarray, power: np.ndarray | None = None
+                ) -> np.ndarray:
+    """First bin of the envelope band per window (see module doc, step 1). ``power`` is
+    ``|spectrum|^2`` (float32) when the caller has it."""
     n_win = spectrum.shape[0]
     if eplan.cand_starts.size == 0:
         return np.full(n_win, eplan.lowest, np.int64)
     first, count, cb = int(eplan.cand_starts[0]), eplan.cand_starts.size, eplan.cand_bins
     tiles = spectrum[:, first:first + count * cb].reshape(n_win, count, cb)   # a view
     bands = sfft.ifft(tiles, axis=-1)                   # a fresh array, ours to overwrite
-    # sum |z|^2 and sum |z|^4 = sum |z^2|^2 as dot products of the interleaved re, im rows
-    # with themselves: no deinterleaved |z|^2 array (a strided pass costing a third of the
-    # ifft)
-    m1 = _row_norms(bands).reshape(n_win, -1)
+    # sum |z|^2 = sum |X|^2 / cb (Parseval) from the power spectrum, and sum |z|^4 =
+    # sum |z^2|^2 as dot products of the interleaved re, im rows with themselves: no
+    # deinterleaved |z|^2 array (a strided pass costing a third of the ifft)
+    if power is None:
+        m1 = _row_norms(bands).reshape(n_win, -1)
+    else:
+        m1 = power[:, first:first + count * cb].reshape(n_win, count, cb) @ eplan.cand_ones
+        m1 = m1.astype(np.float64) / cb
     m2 = _row_norms(np.square(bands, out=bands)).reshape(n_win, -1)
     strong = m1 > KURTOSIS_ENERGY_FLOOR * m1.max(axis=1, keepdims=True)   # so m1 > 0
     kurt = np.divide(m2 * cb, m1 * m1, out=np.full(m1.shape, -np.inf), where=strong)
@@ -135,11 +143,12 @@ def n_features() -> int:
 
 
 def features(spec: FeatureSpec, eplan: EnvelopePlan, spectrum: np.ndarray, shaft: np.ndarray,
-             out: np.ndarray | None = None) -> np.ndarray:
+             out: np.ndarray | None = None, power: np.ndarray | None = None) -> np.ndarray:
     """Envelope band centre and kurtosis, defect-family SNRs and BPFI sidebands (n,
-    :func:`n_features`), written into ``out`` when given."""
+    :func:`n_features`), written into ``out`` when given. ``power`` is ``|spectrum|^2``
+    (float32) when the caller has it (it saves a pass)."""
     width = eplan.band_bins
-    start = choose_band(eplan, spectrum)
+    start = choose_band(eplan, spectrum, power)
     n_win = spectrum.shape[0]
     if out is None:
         out = np.empty((n_win, n_features()))

@@ -22,6 +22,7 @@ floor"). The output has no NaN for finite input.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -83,6 +84,9 @@ def _constant(a: np.ndarray) -> np.ndarray:
 
 def shaft_hz(spec: FeatureSpec, rpm: float | np.ndarray, n: int) -> np.ndarray:
     """Shaft speed in Hz per window; 0.0 where unknown (after the nominal_rpm fallback)."""
+    if isinstance(rpm, (int, float)):                  # one speed for all: no array passes
+        known = math.isfinite(rpm) and rpm > 0
+        return np.full(n, (rpm if known else spec.nominal_rpm) / 60.0)
     try:
         values = np.array(rpm, dtype=np.float64)           # a copy: filled in below
         if values.ndim == 0:
@@ -124,9 +128,9 @@ def extract(spec: FeatureSpec, windows: np.ndarray, rpm: float | np.ndarray = 0.
     spectrum = sfft.rfft(x, axis=1)
     out = np.empty((x.shape[0], plan.n_features))     # float64, each stage fills its columns
     env_first = plan.n_features - envelope.n_features()
-    variance = _spectrum_features(spec, plan, spectrum, shaft,
-                                  out[:, len(TIME_FEATURES):env_first])
-    envelope.features(spec, plan.env, spectrum, shaft, out[:, env_first:])
+    variance, power = _spectrum_features(spec, plan, spectrum, shaft,
+                                         out[:, len(TIME_FEATURES):env_first])
+    envelope.features(spec, plan.env, spectrum, shaft, out[:, env_first:], power)
     _time_features(plan, x, variance, out[:, :len(TIME_FEATURES)])   # last: overwrites x
     return out.astype(np.float32)
 
@@ -172,10 +176,11 @@ def _row_dots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _spectrum_features(spec: FeatureSpec, plan: _Plan, spectrum: np.ndarray,
-                       shaft: np.ndarray, out: np.ndarray) -> np.ndarray:
+                       shaft: np.ndarray, out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Velocity RMS, spectral centroid and kurtosis, log and order band RMS, 1x/2x/3x into
-    ``out`` (n, 3 + log bands + order bands + 3). Returns the total power (n,) float64: the
-    windows' variance."""
+    ``out`` (n, 3 + log bands + order bands + 3). Returns the total power (n,) float64 (the
+    windows' variance) and the power spectrum |spectrum|^2 (float32, this thread's scratch:
+    valid until the next call)."""
     pw = spectra.power32(spectrum)
     # one matrix-vector product per weight: a (windows x bins x 6) matrix product would go
     # to multithreaded BLAS, which stalls for a scheduler tick whenever a core is busy
@@ -200,7 +205,7 @@ def _spectrum_features(spec: FeatureSpec, plan: _Plan, spectrum: np.ndarray,
     peak, valid = spectra.peak_power(spectrum, centres, spec.order_search_tol)
     out[:, 3 + n_log + n_orders:] = np.where(valid, 4.0 * np.sqrt(peak) / spec.window_samples,
                                              0.0)   # g peak
-    return total
+    return total, pw
 
 
 def _log_bands(spec: FeatureSpec, plan: _Plan, pw: np.ndarray, out: np.ndarray) -> None:
