@@ -44,8 +44,8 @@ class _Plan:
     n_bins: int
     n_features: int
     mean: np.ndarray         # (window_samples,) float32 1/n: row means as a matrix-vector product
-    weights: np.ndarray   # (6, n_bins) float32, scaled |X|^2 -> g^2: 1, u, u^2, u^3, u^4
-                          # (u = f / Nyquist) and the velocity weight, one row each
+    weights: np.ndarray   # (6, n_bins, 1) float32, scaled |X|^2 -> g^2: 1, u, u^2, u^3,
+                          # u^4 (u = f / Nyquist) and the velocity weight, one column each
     band_starts: np.ndarray  # (bands,) first bin of each log band (the last ends at Nyquist)
     band_empty: np.ndarray   # (bands,) bool: a band narrower than one bin
     order_edges: np.ndarray  # (2 x order bands,) low, high edge of each order band (orders)
@@ -68,7 +68,7 @@ def _plan(spec: FeatureSpec) -> _Plan:
     vel[in_band] = (STANDARD_GRAVITY * 1000.0 / (2 * np.pi * freqs[in_band])) ** 2
     edges = np.ceil(spec.log_band_edges_hz() / spec.bin_hz).astype(np.int64)
     edges[-1] = n_bins
-    weights = np.stack([np.ones(n_bins), u, u**2, u**3, u**4, vel]) * scale
+    weights = (np.stack([np.ones(n_bins), u, u**2, u**3, u**4, vel]) * scale)[:, :, None]
     return _Plan(n_bins, len(spec.feature_names), _constant(np.full(n, 1.0 / n, np.float32)),
                  _constant(np.ascontiguousarray(weights, np.float32)), _constant(edges[:-1]),
                  _constant(edges[1:] <= edges[:-1]),
@@ -182,12 +182,10 @@ def _spectrum_features(spec: FeatureSpec, plan: _Plan, spectrum: np.ndarray,
     windows' variance) and the power spectrum |spectrum|^2 (float32, this thread's scratch:
     valid until the next call)."""
     pw = spectra.power32(spectrum)
-    # one matrix-vector product per weight: a (windows x bins x 6) matrix product would go
-    # to multithreaded BLAS, which stalls for a scheduler tick whenever a core is busy
-    mom32 = np.empty((len(plan.weights), pw.shape[0]), np.float32)
-    for w, row in zip(plan.weights, mom32, strict=True):
-        np.matmul(pw, w, out=row)
-    mom = mom32.astype(np.float64)
+    # one matrix-vector product per weight, as one stacked call: a (windows x bins x 6)
+    # matrix product would go to multithreaded BLAS, which stalls for a scheduler tick
+    # whenever a core is busy, and a single-threaded one is slower than six products
+    mom = np.matmul(pw, plan.weights)[:, :, 0].astype(np.float64)
     total = mom[0]
     some = total > 0                        # 0.0 for an all-constant window
     mean, var = np.divide(mom[1:3], total, out=np.zeros((2, len(total))), where=some)
