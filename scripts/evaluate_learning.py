@@ -13,6 +13,9 @@ Sections (docs/learning.md explains the method):
 4. Closed loop: benign disturbances raise false alarms, an operator marks them in the
    gateway store, ``models.retrain`` trains a candidate; false alarms and detections of the
    current and the accepted bundle on a fresh simulated fleet.
+5. The closed loop through the staged rollout on running agents (real mosquitto, gateway,
+   agents): alert rates before and after on the same machines, with the faulty machine's
+   fault on throughout (its incident continues across the switch on its healthy baseline).
 
 Streams go through the device's own decision code (:class:`agent.decision.Decider`) and
 operating-state baselines (:class:`agent.baselines.StateBank`), scored by a real bundle in
@@ -427,39 +430,54 @@ def _loop_node_classes() -> tuple[Any, Any]:
 
     class DisturbedNode(SimNode):
         """A healthy node whose signal comes from ``later`` (a louder or a faulty twin)
-        from ``LOOP_ONSET_S`` of stream time on, while ``disturbed`` is set."""
+        from ``LOOP_ONSET_S`` of stream time on, to the end (through the rollout)."""
 
         def __init__(self, base: Any, later: Any, device: str, seed: int) -> None:
             super().__init__(base, device, seed=seed)
             self.later = SimNode(later, device, seed=seed + 100)
-            self.disturbed = threading.Event()    # cleared: repaired (the fault is gone)
-            self.disturbed.set()
 
         def _physics(self, n: int, rate_hz: float) -> Any:
-            if self.stream_time_s < LOOP_ONSET_S or not self.disturbed.is_set():
+            if self.stream_time_s < LOOP_ONSET_S:
                 return super()._physics(n, rate_hz)
             return self.later._physics(n, rate_hz)
 
     class Counter:
         """Post-onset windows and those above the agent's threshold, per device and model
-        version (every window the agents score, counted by their ``on_result``)."""
+        version (every window the agents score, counted by their ``on_result``); every
+        incident record (version, status, incident id) and commissioning window per device
+        and model version; each device's stream key."""
 
         def __init__(self) -> None:
             self.seen: dict[tuple[str, str], list[bool]] = {}
             self.start_s: dict[str, float] = {}
+            self.alerts: dict[str, list[tuple[str, str, str]]] = {}
+            self.commissioning: dict[tuple[str, str], int] = {}
+            self.keys: dict[str, tuple[str, int]] = {}
             self.lock = threading.Lock()
 
         def hook(self, agent_box: list[Any], device: str) -> Any:
             def on_result(r: Any) -> None:
+                version = agent_box[0].model_info["version"] if agent_box else "?"
+                with self.lock:
+                    self.keys.setdefault(device, (r.window.device_id, r.window.channel))
+                    if r.alert is not None:
+                        self.alerts.setdefault(device, []).append(
+                            (version, r.alert["status"], r.alert["incident"]))
+                    if r.commissioning:
+                        self.commissioning[device, version] = \
+                            self.commissioning.get((device, version), 0) + 1
                 start_s = self.start_s.setdefault(device, r.window.end_s)
                 if r.commissioning or np.isnan(r.anomaly) or \
                         r.window.end_s - start_s < LOOP_ONSET_S:
                     return
-                version = agent_box[0].model_info["version"] if agent_box else "?"
                 with self.lock:
                     self.seen.setdefault((device, version), []).append(
                         r.anomaly > r.threshold)
             return on_result
+
+        def incidents(self, device: str) -> list[tuple[str, str, str]]:
+            with self.lock:
+                return list(self.alerts.get(device, []))
 
         def count(self, device: str, version: str) -> int:
             with self.lock:
@@ -494,16 +512,75 @@ def wait_for(check: Any, timeout_s: float = LOOP_TIMEOUT_S) -> bool:
     return bool(check())
 
 
+LOOP_FAULTY = "bench-2"
+
+
+def _stream_state(agent: Any, key: tuple[str, int]) -> dict[str, Any]:
+    """The faulty stream's incident, threshold and baselines (decider and operating-state
+    bank) on a running agent, copied."""
+    s = agent.pipeline.decider.stream(key)
+    bank = agent.learning
+    states = bank.streams.get(f"{key[0]}/{key[1]}", {}) if bank is not None else {}
+    return {"incident": s.incident.id if s.incident is not None else None,
+            "threshold": float(s.threshold),
+            "median": None if s.baseline is None else np.array(s.baseline.median, copy=True),
+            "states": {name: np.array(b.median, copy=True) for name, b in states.items()}}
+
+
+def fault_through_switch(counter: Any, store: Any, site: str, old: str, new: str,
+                         before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """What the faulty machine's agent did across the model switch, from its own incident
+    records (``on_result``), the gateway's stored alerts and events, and its baselines."""
+    device = LOOP_FAULTY
+    seen = counter.incidents(device)
+    stored = [a for a in store.alerts(device=device) if a["site"] == site]
+    events = [r.body for r in store.records(device=device, kind="event") if r.site == site]
+    loaded = [e["detail"] for e in events if e.get("type") == "model"
+              and e["detail"].get("status") == "loaded"]
+    switch = next((e for e in loaded if e.get("running", {}).get("version") == new), {})
+    stream = next(iter(switch.get("streams", {}).values()), {})
+    commissioned = [e["detail"] for e in events
+                    if e["detail"].get("status") == "commissioned"]
+    on_new = [st for version, st, _ in seen if version == new]
+    return {
+        "incident": before["incident"],
+        "incident_after": after["incident"],
+        "incidents_seen": sorted({inc for _, _, inc in seen}),
+        "raised": sum(st == "raised" for _, st, _ in seen),
+        "cleared": sum(st == "cleared" for _, st, _ in seen),
+        "records_on_new": len(on_new),
+        "updated_on_new": on_new.count("updated"),
+        "stored_incidents": sorted({a["incident"] for a in stored}),
+        "stored_raised": sum(a["status"] == "raised" for a in stored),
+        "stored_cleared": sum(a["status"] == "cleared" for a in stored),
+        "stored_on_new": sum((a["model"] or {}).get("version") == new for a in stored),
+        "commissioning_windows_after": sum(
+            n for (d, version), n in counter.commissioning.items()
+            if d == device and version != old),
+        "commissioned_events": len(commissioned),
+        "switch_baseline": stream.get("baseline"),
+        "switch_incident": stream.get("incident"),
+        "threshold_source": stream.get("threshold_source"),
+        "threshold_old": before["threshold"],
+        "threshold_new": after["threshold"],
+        "baseline_kept": before["median"] is not None and after["median"] is not None
+        and bool(np.array_equal(before["median"], after["median"])),
+        "state_baselines_kept": bool(before["states"]) and
+        before["states"].keys() == after["states"].keys() and
+        all(np.array_equal(v, after["states"][k]) for k, v in before["states"].items()),
+    }
+
+
 def rollout_loop(broker_url: str, work: Path, sets: list[Any], *, shadow_windows: int = 12,
                  chunk_bytes: int = 2048) -> dict[str, Any]:
     """Three real agents (features, onnxruntime, outbox, MQTT, OTA) fed by simulated nodes in
     accelerated real time behind ``broker_url``, and the real gateway: two machines get a
     louder neighbour after commissioning, one a bearing fault. The gateway stores their
-    alerts; the operator labels them (plus the fleet's earlier labelled alerts); the
-    retrained bundle is rolled out canary first; the alert rates are measured on the same
-    running agents before and after. The faulty bearing is replaced for the rollout (after a
-    model switch a stream commissions again and learns what it sees) and fails again on
-    the retrained model."""
+    alerts; the operator labels them (stored and sent to the devices as signed
+    ``cmd/feedback``, plus the fleet's earlier labelled alerts); the retrained bundle is
+    rolled out canary first; the alert rates are measured on the same running agents before
+    and after. The fault stays on throughout: the faulty machine's incident must continue
+    across the switch on its healthy baseline (``fault``: :func:`fault_through_switch`)."""
     import threading
     import uuid
 
@@ -522,16 +599,17 @@ def rollout_loop(broker_url: str, work: Path, sets: list[Any], *, shadow_windows
     DisturbedNode, Counter = _loop_node_classes()
     current = SHIPPED           # what the agents run
     key = ensure_key(work / "site.pem")
+    signing = fsb.load_private_key(key)
     pub = work / "site.pub"
-    pub.write_bytes(fsb.public_key_pem(fsb.load_private_key(key).public_key()))
+    pub.write_bytes(fsb.public_key_pem(signing.public_key()))
     db = f"sqlite:///{work / 'loop-gateway.db'}"
     mark_feedback(db, *bundle(current), disturbed_sets(8, 11, 3.0))  # earlier labels
     site = f"l{uuid.uuid4().hex[:6]}"
-    gw = Gateway(GatewayConfig.for_site(broker_url, site, db))
+    gw_config = GatewayConfig.for_site(broker_url, site, db)
+    gw = Gateway(gw_config)
     gw.start()
     stop, counter = threading.Event(), Counter()
     agents: dict[str, Any] = {}
-    nodes: dict[str, Any] = {}
     threads = []
     result: dict[str, Any] = {"site": site}
     try:
@@ -539,9 +617,10 @@ def rollout_loop(broker_url: str, work: Path, sets: list[Any], *, shadow_windows
             box: list[Any] = []
             config = AgentConfig.for_device(device, site, broker_url, work / device,
                                             model={"trusted_keys": [str(pub)]},
-                                            decision={"commission_s": 4.0},
+                                            decision={"commission_s": 4.0,
+                                                      "update_interval_s": 5.0},
                                             service={"health_interval_s": 5.0})
-            node = nodes[device] = DisturbedNode(*loop_scenarios(kind), device, seed=i + 1)
+            node = DisturbedNode(*loop_scenarios(kind), device, seed=i + 1)
             agent = Agent(config, NodeSource(node, realtime=True, speed=LOOP_SPEED),
                           on_result=counter.hook(box, device))
             box.append(agent)
@@ -563,18 +642,27 @@ def rollout_loop(broker_url: str, work: Path, sets: list[Any], *, shadow_windows
         for alert in gw.store.alerts():   # the operator's verdict on every stored incident
             if alert["site"] != site or alert["incident"] in labelled:
                 continue
-            label = "false_alarm" if LOOP_KINDS[alert["device"]] == "benign" else "confirmed"
-            gfb.record(gw.store, label=label, operator="eval", ts=time.time(),
+            device = alert["device"]
+            label = "false_alarm" if LOOP_KINDS[device] == "benign" else "confirmed"
+            ts = time.time()              # as `foreshock gateway feedback`: store, then send
+            gfb.record(gw.store, label=label, operator="eval", ts=ts,
                        incident=alert["incident"])
-            labelled[alert["incident"]] = alert["device"]
+            gfb.publish_command(gw_config, *gfb.feedback_command(
+                site, device, incident=alert["incident"], label=label, operator="eval",
+                ts=ts, key=signing))
+            labelled[alert["incident"]] = device
         result["labelled"] = labelled
-        nodes["bench-2"].disturbed.clear()     # the faulty bearing is replaced
+        faulty, fkey = agents[LOOP_FAULTY], counter.keys[LOOP_FAULTY]
+        fault_before = _stream_state(faulty, fkey)   # the fault stays on from here to the end
+        result["confirmed_on_device"] = wait_for(
+            lambda: fault_before["incident"] in getattr(faulty, "confirmed_incidents", ()),
+            10.0)
         out = work / "loop-candidate"
         res = retrain(db, current, out, key, sets=sets, spec=DEFAULT_SPEC)
         result["retrain"] = res
         if not res.accepted:
             return result
-        new = fsb.verify(out, [fsb.load_private_key(key).public_key()]).data["version"]
+        new = fsb.verify(out, [signing.public_key()]).data["version"]
         result["new"] = new
         progress: list[tuple[str, dict[str, int]]] = []
         plan = RolloutPlan(out, site, tuple(sorted(LOOP_KINDS)), canary=1, abort_on_pct=50,
@@ -584,17 +672,26 @@ def rollout_loop(broker_url: str, work: Path, sets: list[Any], *, shadow_windows
                              (m.state, m.summary())))
         result.update(rollout=manager.state, rollout_summary=manager.summary(),
                       progress=progress,
+                      device_status={d.device: (d.status, d.detail.get("detail"))
+                                     for d in gw.store.rollout_devices()
+                                     if d.site == site},
                       running={d: a.model_info["version"] for d, a in agents.items()})
         if manager.state != "complete":
             return result
-        # bench-2 commissions on the new model, healthy; then the bearing fails again
-        wait_for(lambda: counter.count("bench-2", new) >= 4, 30.0)
-        nodes["bench-2"].disturbed.set()
-        skip = counter.count("bench-2", new) + 4    # windows already queued when it failed
-        wait_for(lambda: all(counter.count(d, new) >= LOOP_WINDOWS + skip
-                             for d in LOOP_KINDS), 60.0)
-        result["after"] = {d: counter.rate(d, new, skip if d == "bench-2" else 0)
-                           for d in LOOP_KINDS}
+        # the same machines, still disturbed, the bearing still faulty, on the new model
+        wait_for(lambda: all(counter.count(d, new) >= LOOP_WINDOWS for d in LOOP_KINDS), 60.0)
+        result["after"] = {d: counter.rate(d, new) for d in LOOP_KINDS}
+        # an open incident sends an update every update_interval_s (5 s) of stream time
+        wait_for(lambda: any(v == new for v, _, _ in counter.incidents(LOOP_FAULTY)), 20.0)
+        fault_after = _stream_state(faulty, fkey)
+        wait_for(lambda: any((a["model"] or {}).get("version") == new
+                             for a in gw.store.alerts(device=LOOP_FAULTY)
+                             if a["site"] == site), 10.0)
+        result["fault"] = fault_through_switch(counter, gw.store, site, old, new,
+                                               fault_before, fault_after)
+        result["benign_cleared_on_new"] = {
+            d: any(v == new and st == "cleared" for v, st, _ in counter.incidents(d))
+            for d, kind in LOOP_KINDS.items() if kind == "benign"}
         return result
     finally:
         stop.set()
@@ -778,8 +875,9 @@ def _rollout_lines(r: dict[str, Any] | None) -> list[str]:
            "stored alerts are labelled (false_alarm / confirmed), the bundle is retrained "
            "from the gateway store and rolled out canary first with the shadow check; the "
            "share of post-onset windows above each agent's threshold is counted on the same "
-           "running agents before and after (bench-2: its bearing is replaced for the "
-           "rollout and fails again on the retrained model).", ""]
+           "running agents before and after. bench-2's fault stays on from before the "
+           "rollout to the end: its incident must go on across the switch on its healthy "
+           "baseline.", ""]
     hb = r["held_back"]
     out += [f"Held-back feedback: false alarms flagged {hb['current']['false_alarms_flagged']}"
             f"/{hb['current']['false_alarms']} (current) vs "
@@ -792,13 +890,53 @@ def _rollout_lines(r: dict[str, Any] | None) -> list[str]:
     if r["accepted"]:
         out.append(f"Retrained {r['old']} -> {r.get('new')}; rollout {r.get('rollout')} "
                    f"{r.get('rollout_summary')}, canary first: {r.get('canary_first')}.")
+        shadow = r.get("device_status") or {}
+        if shadow:
+            out += ["", "| device | rollout status | shadow check (device's report) |",
+                    "|---|---|---|"]
+            out += [f"| {d} | {shadow[d][0]} | {shadow[d][1]} |" for d in LOOP_KINDS
+                    if d in shadow]
     else:
         out.append(f"Candidate refused by the retrain, nothing rolled out: {r['reason']}.")
     out += ["", "| device | machine | alert rate before | after |", "|---|---|---|---|"]
     for d, kind in LOOP_KINDS.items():
         after = f"{100 * r['after'][d]:.1f} %" if "after" in r else "(no rollout)"
         out.append(f"| {d} | {kind} | {100 * r['before'][d]:.1f} % | {after} |")
-    return out
+    return out + _fault_lines(r)
+
+
+def _fault_lines(r: dict[str, Any]) -> list[str]:
+    """The faulty machine across the switch (``fault_through_switch``)."""
+    f = r.get("fault")
+    if not f:
+        return []
+    ok = (f["incident_after"] == f["incident"] and f["incidents_seen"] == [f["incident"]]
+          and f["raised"] == 1 and f["cleared"] == 0 and f["records_on_new"] > 0
+          and f["commissioning_windows_after"] == 0 and f["commissioned_events"] == 1
+          and f["baseline_kept"] and f["state_baselines_kept"])
+    return [
+        "", f"{LOOP_FAULTY} with its fault on through canary, shadow and promote "
+        f"(incident confirmed on the device: {r.get('confirmed_on_device')}): "
+        f"{'the incident went on, as required' if ok else 'NOT as required'}.", "",
+        "| check | value |", "|---|---|",
+        f"| incident before the rollout / after promotion | {f['incident']} / "
+        f"{f['incident_after']} |",
+        f"| incidents seen on the agent / stored by the gateway | {len(f['incidents_seen'])} "
+        f"/ {len(f['stored_incidents'])} |",
+        f"| `raised` records (agent / gateway) | {f['raised']} / {f['stored_raised']} |",
+        f"| `cleared` records (agent / gateway) | {f['cleared']} / {f['stored_cleared']} |",
+        f"| incident records on {r.get('new')} (agent / gateway) | {f['records_on_new']} / "
+        f"{f['stored_on_new']} |",
+        f"| switch: baseline, incident | {f['switch_baseline']}, {f['switch_incident']} |",
+        f"| threshold {r['old']} -> {r.get('new')} (source) | {f['threshold_old']:.3g} -> "
+        f"{f['threshold_new']:.3g} ({f['threshold_source']}) |",
+        f"| commissioning windows after the switch / `commissioned` events in all | "
+        f"{f['commissioning_windows_after']} / {f['commissioned_events']} |",
+        f"| baseline median unchanged (decider / operating-state bank) | "
+        f"{f['baseline_kept']} / {f['state_baselines_kept']} |",
+        f"| benign incidents cleared on {r.get('new')} | "
+        f"{', '.join(d for d, c in r.get('benign_cleared_on_new', {}).items() if c) or 'none'} |",
+    ]
 
 
 def write_block(report: Path, text: str) -> None:
