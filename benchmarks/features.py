@@ -11,6 +11,11 @@ the pair measured back to back), its median and min, the ratio of the two minima
 on an idle core), the same from CPU time (not inflated by waiting for a core), the load
 average before and after, and the page faults per call (fresh temporaries), since a shared
 machine inflates wall-clock medians.
+
+BLAS runs one thread, as on the device: the agent limits BLAS to one thread while its loop
+runs (threadpoolctl, agent/service.py). ``--free-blas`` measures with the library's default
+thread pool instead. At 64 windows no BLAS call of ``extract`` is large enough to use a
+second thread either way, so both give the same figures.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from collections.abc import Callable
 
 import numpy as np
 import scipy.fft as sfft
+from threadpoolctl import threadpool_limits
 
 from agent.features import DEFAULT_SPEC, extract, shaft_hz
 from agent.features import envelope as env_stage
@@ -102,7 +108,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=300)
+    parser.add_argument("--free-blas", action="store_true",
+                        help="BLAS with its default thread pool (default: one thread, as the "
+                             "agent runs it)")
     args = parser.parse_args()
+    if args.free_blas:
+        run(args)
+    else:
+        with threadpool_limits(limits=1, user_api="blas"):
+            run(args)
+
+
+def run(args: argparse.Namespace) -> None:
     spec = DEFAULT_SPEC
     fixed = dataclasses.replace(spec, envelope_band_hz=(2000.0, 3600.0))
     x = windows(args.batch, spec.window_samples, spec.sample_rate_hz)
@@ -128,7 +145,8 @@ def report(args: argparse.Namespace, times: dict[str, list[float]],
     low = {k: min(v) for k, v in times.items()}
     load = os.getloadavg()
     print(f"spec {spec.hash}: {len(spec.feature_names)} features, windows of "
-          f"{spec.window_samples} float32 samples, batch {args.batch}, {args.repeats} repeats")
+          f"{spec.window_samples} float32 samples, batch {args.batch}, {args.repeats} repeats, "
+          f"BLAS {'default threads' if args.free_blas else 'one thread'}")
     print(f"load average (1/5/15 min) before {load_before[0]:.1f}/{load_before[1]:.1f}/"
           f"{load_before[2]:.1f}, after {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f} on "
           f"{os.cpu_count()} cpus")
