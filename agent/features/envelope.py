@@ -105,9 +105,9 @@ def choose_band(eplan: EnvelopePlan, spectrum: np.ndarray, power: np.ndarray | N
         m1 = m1.astype(np.float64) / cb
     m2 = _row_norms(np.square(bands, out=bands)).reshape(n_win, -1)
     strong = m1 > KURTOSIS_ENERGY_FLOOR * m1.max(axis=1, keepdims=True)   # so m1 > 0
+    # kurtosis + 2 (the offset changes no comparison below)
     kurt = np.divide(m2 * cb, m1 * m1, out=np.full(m1.shape, -np.inf), where=strong)
-    kurt -= 2.0
-    impulsive = kurt.max(axis=1) >= SK_SIGNIFICANCE / math.sqrt(cb)
+    impulsive = kurt.max(axis=1) >= 2.0 + SK_SIGNIFICANCE / math.sqrt(cb)
     choice = np.where(impulsive, np.argmax(kurt, axis=1), np.argmax(m1, axis=1))
     return eplan.band_firsts[choice]
 
@@ -158,10 +158,12 @@ def features(spec: FeatureSpec, eplan: EnvelopePlan, spectrum: np.ndarray, shaft
     padded[:, :width] = spectra.spans(spectrum, width)[np.arange(n_win), start]
     analytic = sfft.ifft(padded, axis=1)                     # a fresh array, ours to reuse
     env = spectra.power32(analytic, "envelope_power")            # squared envelope
-    m1 = (env @ eplan.mean).astype(np.float64)
-    m2 = np.matmul(env[:, None, :], env[:, :, None])[:, 0, 0].astype(np.float64)
-    m2 /= env.shape[1]
-    kurt = np.divide(m2, m1 * m1, out=np.zeros_like(m1), where=m1 > 0) - 2.0
+    moments = np.empty((2, n_win), np.float32)             # mean, sum of squares
+    np.matmul(env, eplan.mean, out=moments[0])
+    np.matmul(env[:, None, :], env[:, :, None], out=moments[1].reshape(n_win, 1, 1))
+    m1, m2 = moments.astype(np.float64)
+    kurt = np.divide(m2, m1 * m1 * env.shape[1], out=np.zeros_like(m1), where=m1 > 0)
+    kurt -= 2.0
     # the spectrum of the zero-mean squared envelope: its DC bin set to zero (no pass
     # subtracting the mean)
     env_spectrum = sfft.rfft(env, axis=1)
