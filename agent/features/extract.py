@@ -48,6 +48,7 @@ class _Plan:
                           # u^4 (u = f / Nyquist) and the velocity weight, one column each
     band_starts: np.ndarray  # (bands,) first bin of each log band (the last ends at Nyquist)
     band_empty: np.ndarray   # (bands,) bool: a band narrower than one bin
+    any_band_empty: bool
     order_edges: np.ndarray  # (2 x order bands,) low, high edge of each order band (orders)
     harmonics: np.ndarray    # 1, 2, 3: the shaft harmonics of the order amplitudes
     env: envelope.EnvelopePlan
@@ -71,7 +72,7 @@ def _plan(spec: FeatureSpec) -> _Plan:
     weights = (np.stack([np.ones(n_bins), u, u**2, u**3, u**4, vel]) * scale)[:, :, None]
     return _Plan(n_bins, len(spec.feature_names), _constant(np.full(n, 1.0 / n, np.float32)),
                  _constant(np.ascontiguousarray(weights, np.float32)), _constant(edges[:-1]),
-                 _constant(edges[1:] <= edges[:-1]),
+                 _constant(edges[1:] <= edges[:-1]), bool((edges[1:] <= edges[:-1]).any()),
                  _constant(np.asarray(spec.order_bands, dtype=np.float64).reshape(-1)),
                  _constant(np.arange(1, len(ORDER_FEATURES) + 1)), envelope.plan(spec))
 
@@ -135,11 +136,6 @@ def extract(spec: FeatureSpec, windows: np.ndarray, rpm: float | np.ndarray = 0.
     return out.astype(np.float32)
 
 
-def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    """num / den, 0.0 where den is 0 (an all-constant window or an empty spectrum)."""
-    return np.divide(num, den, out=np.zeros(np.broadcast(num, den).shape), where=den > 0)
-
-
 def _time_features(plan: _Plan, x: np.ndarray, m2: np.ndarray, out: np.ndarray) -> None:
     """RMS, peak, peak-to-peak, crest, kurtosis (3 for Gaussian), skewness, shape, impulse,
     clearance of zero-mean windows into ``out`` (n, 9). Ratios are 0.0 for an all-constant
@@ -187,15 +183,17 @@ def _spectrum_features(spec: FeatureSpec, plan: _Plan, spectrum: np.ndarray,
     # whenever a core is busy, and a single-threaded one is slower than six products
     mom = np.matmul(pw, plan.weights)[:, :, 0].astype(np.float64)
     total = mom[0]
-    some = total > 0                        # 0.0 for an all-constant window
-    mean, var = np.divide(mom[1:3], total, out=np.zeros((2, len(total))), where=some)
-    var -= mean**2
-    m4 = np.divide(mom[4] - 4 * mean * mom[3] + 6 * mean**2 * mom[2], total,
-                   out=np.zeros(len(total)), where=some)
-    m4 -= 3 * mean**4
+    # raw moments E[u^k], k = 1..4 (0.0 for an all-constant window), then the central ones
+    mean, e2, e3, e4 = np.divide(mom[1:5], total, out=np.zeros((4, len(total))),
+                                 where=total > 0)
+    mean2 = mean * mean
+    var = e2 - mean2
+    m4 = e4 - mean * (4.0 * e3 - mean * (6.0 * e2 - 3.0 * mean2))
     np.sqrt(mom[5], out=out[:, 0])
-    out[:, 1] = mean * spec.sample_rate_hz / 2.0
-    out[:, 2] = _ratio(m4, var * var)
+    np.multiply(mean, spec.sample_rate_hz / 2.0, out=out[:, 1])
+    var2 = var * var
+    out[:, 2] = 0.0
+    np.divide(m4, var2, out=out[:, 2], where=var2 > 0)
     n_log, n_orders = len(plan.band_starts), len(plan.order_edges) // 2
     _log_bands(spec, plan, pw, out[:, 3:3 + n_log])
     _order_bands(spec, plan, pw, shaft, out[:, 3 + n_log:3 + n_log + n_orders])
@@ -212,9 +210,9 @@ def _log_bands(spec: FeatureSpec, plan: _Plan, pw: np.ndarray, out: np.ndarray) 
     sums = np.add.reduceat(pw, plan.band_starts, axis=1).astype(np.float64)
     sums[:, -1] -= 0.5 * pw[:, -1]
     sums *= 2.0 / spec.window_samples**2
-    if plan.band_empty.any():
+    if plan.any_band_empty:
         sums[:, plan.band_empty] = 0.0
-    np.sqrt(np.maximum(sums, 0.0, out=sums), out=out)
+    np.sqrt(sums, out=out)                  # sums of powers >= 0
 
 
 def _order_bands(spec: FeatureSpec, plan: _Plan, pw: np.ndarray, shaft: np.ndarray,
@@ -227,9 +225,9 @@ def _order_bands(spec: FeatureSpec, plan: _Plan, pw: np.ndarray, shaft: np.ndarr
     cols = int(edge_bins.max()) + 1
     head = scratch("order_bins", (n_win, cols), np.float32)
     head[:] = pw[:, :cols]
-    edge_bins += (np.arange(n_win) * cols)[:, None]
+    edge_bins += np.arange(0, n_win * cols, cols)[:, None]
     sums = np.add.reduceat(head.reshape(-1), edge_bins.reshape(-1))[0::2]
     sums = sums.reshape(n_win, -1).astype(np.float64) * (2.0 / spec.window_samples**2)
     empty = edge_bins[:, 1::2] <= edge_bins[:, 0::2]
-    np.sqrt(np.maximum(sums, 0.0, out=sums), out=out)
+    np.sqrt(sums, out=out)                  # sums of powers >= 0
     out[empty] = 0.0
