@@ -1,14 +1,16 @@
 """extract(): the feature vector of a batch of windows, vectorised over windows.
 
-Hot path per batch: one ``rfft`` of all windows; a float32 power spectrum; six
-matrix-vector products (spectral moments, velocity) and one ``add.reduceat`` each for log
-and order bands; the envelope (:mod:`agent.features.envelope`) adds one batched ``ifft``
-over narrow candidate bands, one ``ifft`` of the chosen band and one small ``rfft`` of the
-squared envelope. No per-window Python loop; each stage writes its columns straight into
-the output matrix. Large temporaries live in per-thread scratch arrays
-(:mod:`agent.features.scratch`: no page faults per call), and no step hands a large matrix
-product to multithreaded BLAS (its threads stall for a scheduler tick whenever another
-process holds a core). docs/features.md ("Cost") says where the time goes.
+Hot path per batch: one ``rfft`` of all windows; a float32 power spectrum (``abs`` then
+square); six matrix-vector products in one stacked call (spectral moments, velocity) and one
+``add.reduceat`` each for log and order bands; the envelope (:mod:`agent.features.envelope`)
+adds one batched ``ifft`` over narrow candidate bands, one ``ifft`` of the chosen band and
+one small ``rfft`` of the squared envelope. The power spectrum also gives, by Parseval, the
+time-domain mean square and the kurtogram candidates' energies. No per-window Python loop;
+each stage writes its columns straight into the output matrix. Large temporaries live in
+per-thread scratch arrays (:mod:`agent.features.scratch`: no page faults per call), and no
+step hands a large matrix product to multithreaded BLAS (its threads stall for a scheduler
+tick whenever another process holds a core). docs/features.md ("Cost") says where the time
+goes.
 
 Energies (band RMS, velocity, centroid, spectral kurtosis) use the Parseval-exact
 periodogram of the zero-mean window (rectangular window: band energies add up to the
