@@ -118,8 +118,17 @@ class StateBaseline:
     day_shift_sd: float = 0.0
 
     def baseline(self, names: tuple[str, ...]) -> Baseline:
-        return Baseline(names, np.asarray(self.median), np.asarray(self.scale),
+        """The state's :class:`Baseline`, built once per change of its statistics (seed,
+        adaptation and load assign new ``median`` / ``scale`` lists; a reset or a load
+        makes a new state object), not on every call."""
+        cached = self.__dict__.get("_cached")
+        if (cached is not None and cached[0] is self.median and cached[1] is self.scale
+                and cached[2] == self.n_fit and cached[3].names == names):
+            return cached[3]
+        base = Baseline(names, np.asarray(self.median), np.asarray(self.scale),
                         max(self.n_fit, 1))
+        self.__dict__["_cached"] = (self.median, self.scale, self.n_fit, base)
+        return base
 
 
 class AuditLog:
@@ -194,6 +203,30 @@ class StateBank:
         b = str(int(np.searchsorted(c.load_edges, v, side="right"))) if math.isfinite(v) else "?"
         return f"{speed}l{b}"
 
+    def states_of(self, rpm: npt.ArrayLike, features: FloatArray | None = None,
+                  load: float | None = None) -> list[str]:
+        """:meth:`state_of` of each row of ``features`` (``[n, F]``) at ``rpm`` (``[n]``
+        or one value), with one bin search over the batch."""
+        c = self.config
+        r = np.asarray(rpm, np.float64)
+        n = r.size if features is None else len(features)
+        r = np.broadcast_to(r, (n,))
+        with np.errstate(invalid="ignore"):
+            ok = (r > 0) & np.isfinite(r)
+        bins = np.searchsorted(c.speed_edges_rpm, r, side="right")
+        speed = [f"s{b}" if good else "s?" for b, good in zip(bins.tolist(), ok.tolist(),
+                                                               strict=True)]
+        if not c.load_edges or (load is None and (self._load_i < 0 or features is None)):
+            return speed
+        if load is not None:
+            v = np.full(n, float(load))
+        else:
+            v = np.asarray(features, np.float64)[:, self._load_i]
+        lb = np.searchsorted(c.load_edges, v, side="right").tolist()
+        finite = np.isfinite(v).tolist()
+        return [f"{sp}l{b if good else '?'}" for sp, b, good in zip(speed, lb, finite,
+                                                                    strict=True)]
+
     def get(self, key: Hashable, state: str) -> StateBaseline:
         return self.streams.setdefault(_text(key), {}).setdefault(state, StateBaseline())
 
@@ -257,12 +290,18 @@ class StateBank:
         x = np.asarray(features, np.float32)
         rpms = np.broadcast_to(np.asarray(rpm, np.float64), (x.shape[0],))
         times = np.broadcast_to(np.asarray(at_s, np.float64), (x.shape[0],))
-        states = [self.state_of(float(r), row, load) for r, row in zip(rpms, x, strict=True)]
+        states = self.states_of(rpms, x, load)
         z = np.zeros(x.shape, np.float32)
         ready = np.zeros(x.shape[0], bool)
         events: list[dict[str, Any]] = []
-        for state in dict.fromkeys(states):
-            idx = [i for i, s in enumerate(states) if s == state]
+        groups: dict[str, list[int]] = {}
+        for i, state in enumerate(states):
+            groups.setdefault(state, []).append(i)
+        if len(groups) == 1:
+            base = self.baseline(key, states[0]) if states else None
+            if base is not None:         # the common case: one ready state
+                return base.z(x), np.ones(x.shape[0], bool), states, events
+        for state, idx in groups.items():
             j = 0
             while j < len(idx) and self.baseline(key, state) is None:
                 event = self.learn(key, state, x[idx[j]], float(times[idx[j]]))
@@ -305,6 +344,85 @@ class StateBank:
         self.counters["adapted"] += 1
         return True
 
+    def adapt_batch(self, keys: Sequence[Hashable], states: Sequence[str],
+                    features: FloatArray, at_s: npt.ArrayLike, anomaly: npt.ArrayLike,
+                    threshold: npt.ArrayLike, incident_open: npt.ArrayLike) -> int:
+        """:meth:`adapt` of each window (its stream ``keys[i]``, state ``states[i]``) in
+        turn: same rule, same counters, same audit records in the same order, with the
+        guards evaluated over the batch and the steps of each state applied to arrays.
+        Returns how many windows moved a baseline."""
+        n = len(states)
+        if n == 0 or not self.config.adapt:
+            return 0
+        x = np.asarray(features)
+        times = np.broadcast_to(np.asarray(at_s, np.float64), (n,))
+        score = np.broadcast_to(np.asarray(anomaly, np.float64), (n,))
+        limit = np.broadcast_to(np.asarray(threshold, np.float64), (n,))
+        incident = np.broadcast_to(np.asarray(incident_open, bool), (n,))
+        with np.errstate(invalid="ignore"):
+            healthy = np.isfinite(score) & (score < self.config.healthy_fraction * limit)
+        groups: dict[tuple[Hashable, str], list[int]] = {}
+        for i, pair in enumerate(zip(keys, states, strict=True)):
+            groups.setdefault(pair, []).append(i)
+        records: list[tuple[int, dict[str, Any]]] = []
+        moved = 0
+        for (key, state), idx in groups.items():
+            sb = self.streams.get(_text(key), {}).get(state)
+            if sb is None or sb.status != "ready":
+                continue
+            rows = np.asarray(idx)
+            refused = incident[rows]
+            self.counters["refused_incident"] += int(np.count_nonzero(refused))
+            margin = ~refused & ~healthy[rows]
+            self.counters["refused_margin"] += int(np.count_nonzero(margin))
+            candidates = rows[~refused & ~margin]
+            if candidates.size == 0:
+                continue
+            moved += self._adapt_state(key, state, sb, x[candidates], times[candidates],
+                                       candidates.tolist(), records)
+        for _, record in sorted(records, key=lambda r: r[0]):
+            self.audit.append(record)
+        return moved
+
+    def _adapt_state(self, key: Hashable, state: str, sb: StateBaseline, x: FloatArray,
+                     times: npt.NDArray[np.float64], order: list[int],
+                     records: list[tuple[int, dict[str, Any]]]) -> int:
+        """The rate guard and the steps of :meth:`adapt` for the windows of one state that
+        passed the incident and margin guards; day records go to ``records`` keyed by the
+        window's position (``order``)."""
+        budget = self.config.max_updates_per_day
+        per_hour = math.ceil(budget / 24)
+        days = (times // DAY_S).astype(np.int64).tolist()
+        hours = (times // HOUR_S).astype(np.int64).tolist()
+        finite = np.isfinite(x).all(axis=1).reshape(-1).tolist()
+        stepped: list[int] = []
+        count = 0
+        for j, (day, hour) in enumerate(zip(days, hours, strict=True)):
+            if day != sb.day:
+                if stepped:                     # the day's shift so far, then close it
+                    self._steps(sb, x[stepped])
+                    stepped = []
+                if sb.day >= 0 and sb.day_updates > sb.day_logged:
+                    records.append((order[j], self._day_record(key, state, sb)))
+                    sb.day_logged = sb.day_updates
+                sb.day, sb.day_updates, sb.day_logged, sb.day_shift_sd = day, 0, 0, 0.0
+            if hour != sb.hour:
+                sb.hour, sb.hour_updates = hour, 0
+            if not (sb.day_updates < budget and sb.hour_updates < per_hour):
+                self.counters["refused_rate"] += 1
+                continue
+            if not finite[j]:
+                continue
+            stepped.append(j)
+            count += 1
+            sb.day_updates += 1
+            sb.hour_updates += 1
+            sb.adapted_total += 1
+            self.counters["adapted"] += 1
+        if stepped:
+            self._steps(sb, x[stepped])
+        return count
+
     def _within_rate(self, sb: StateBaseline, at_s: float) -> bool:
         """At most the daily budget per data day and one hour's share of it per data hour,
         so a burst of healthy windows cannot spend a day's budget at once."""
@@ -315,26 +433,41 @@ class StateBank:
         return sb.day_updates < budget and sb.hour_updates < math.ceil(budget / 24)
 
     def _step(self, sb: StateBaseline, x: npt.NDArray[np.float64]) -> None:
+        self._steps(sb, x[None, :])
+
+    def _steps(self, sb: StateBaseline, rows: npt.NDArray[Any]) -> None:
+        """One adaptation step per row of ``rows``, in order (each from the last one's
+        median and scale; the lists are written once)."""
         c = self.config
         m, s = np.asarray(sb.median), np.asarray(sb.scale)
         fitted = np.asarray(sb.fitted_scale)
-        direction = np.sign(x - m)
-        rate = np.where(self._damage & (direction > 0), c.eta * c.up_ratio, c.eta)
-        step = rate * fitted * direction      # in fitted sd: the daily bound is absolute
-        m = m + step
-        mad = s / 1.4826
-        wider = np.sign(np.abs(x - m) - mad)
-        mad = mad + np.where(wider > 0, c.eta * c.up_ratio, c.eta) * mad * wider
-        s = np.clip(1.4826 * mad, c.scale_min_ratio * fitted, c.scale_max_ratio * fitted)
-        sb.day_shift_sd += float(np.max(np.abs(step) / fitted))
+        damage = self._damage
+        up, down = c.eta * c.up_ratio, c.eta
+        lo, hi = c.scale_min_ratio * fitted, c.scale_max_ratio * fitted
+        shift = sb.day_shift_sd
+        for x in np.asarray(rows, np.float64):
+            direction = np.sign(x - m)
+            rate = np.where(damage & (direction > 0), up, down)
+            step = rate * fitted * direction      # in fitted sd: the daily bound is absolute
+            m = m + step
+            mad = s / 1.4826
+            wider = np.sign(np.abs(x - m) - mad)
+            mad = mad + np.where(wider > 0, up, down) * mad * wider
+            s = np.clip(1.4826 * mad, lo, hi)
+            shift += float(np.max(np.abs(step) / fitted))
+        sb.day_shift_sd = shift
         sb.median, sb.scale = m.tolist(), s.tolist()
 
     def _close_day(self, key: Hashable, state: str, sb: StateBaseline) -> None:
         if sb.day >= 0 and sb.day_updates > sb.day_logged:
-            self._record((sb.day + 1) * DAY_S, "agent", "guarded adaptation (healthy windows)",
-                         key, state, "adapted", windows=sb.day_updates - sb.day_logged,
-                         shift_sd_today=round(sb.day_shift_sd, 4), day=sb.day)
+            self.audit.append(self._day_record(key, state, sb))
             sb.day_logged = sb.day_updates
+
+    def _day_record(self, key: Hashable, state: str, sb: StateBaseline) -> dict[str, Any]:
+        return {"ts": (sb.day + 1) * DAY_S, "who": "agent",
+                "why": "guarded adaptation (healthy windows)", "stream": _text(key),
+                "state": state, "change": "adapted", "windows": sb.day_updates - sb.day_logged,
+                "shift_sd_today": round(sb.day_shift_sd, 4), "day": sb.day}
 
     # -- resets, status, persistence -------------------------------------------------------
     def rebaseline(self, key: Hashable | None = None, state: str | None = None, *,

@@ -345,14 +345,18 @@ class Pipeline:
 
     def _adapt(self, keys: list[tuple[str, int]], x: FloatArray, ends: list[float],
                out: StepOutput) -> None:
-        """Guarded adaptation from every scored window (agent.baselines.StateBank.adapt)."""
+        """Guarded adaptation from every scored window, in window order
+        (agent.baselines.StateBank.adapt_batch)."""
         assert self.learning is not None
-        adapt, states = self.learning.adapt, self._states
-        for r in out.results:
-            i = r.index
-            state = states.get(i)
-            if state is not None and not r.commissioning:
-                adapt(keys[i], state, x[i], ends[i], r.anomaly, r.threshold, r.incident_open)
+        states = self._states
+        rows = [r for r in out.results if r.index in states and not r.commissioning]
+        if not rows:
+            return
+        idx = [r.index for r in rows]
+        self.learning.adapt_batch(
+            [keys[i] for i in idx], [states[i] for i in idx], x[idx],
+            [ends[i] for i in idx], [r.anomaly for r in rows], [r.threshold for r in rows],
+            [r.incident_open for r in rows])
 
     def _decide(self, windows: Sequence[Window], groups: dict[Hashable, list[int]],
                 x: FloatArray, z: FloatArray, scored: _Scored) -> dict[int, dict[str, Any]]:

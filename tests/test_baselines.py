@@ -309,3 +309,69 @@ def test_reference_and_model_saved_with_thresholds_and_older_files_load(tmp_path
     assert bad.thresholds == {"dev/0": 5.0} and bad.streams["dev/0"]
     again.rebaseline("dev/0", who="op", why="test", at_s=2.0)   # forgets the reference too
     assert "dev/0" not in again.thresholds and again.reference("dev/0") is None
+
+
+def test_adapt_batch_is_adapt_per_window_in_turn() -> None:
+    """The batched path moves the baselines, counts and audits exactly as one adapt call
+    per window in window order: two streams, two states each, incidents, windows outside
+    the margin, non-finite rows, hour budgets running out and days closing mid-batch."""
+    rng = np.random.default_rng(7)
+    cfg = LearningConfig(min_state_windows=16, max_updates_per_day=48)
+    banks = [StateBank(cfg, NAMES), StateBank(cfg, NAMES)]
+    for bank in banks:
+        for key in ("dev/0", "dev/1"):
+            for rpm in (1800.0, 600.0):
+                bank.zscore(key, rows(np.random.default_rng(3), 16), rpm, np.arange(16.0))
+    states = [banks[0].state_of(1800.0), banks[0].state_of(600.0)]
+    t = 0.0
+    for _ in range(12):                       # batches of 64 spanning hours and days
+        n = 64
+        keys = [f"dev/{k}" for k in rng.integers(0, 2, n)]
+        st = [states[k] for k in rng.integers(0, 2, n)]
+        x = rows(rng, n, rms=1.0 + 0.3 * float(rng.standard_normal()))
+        x[rng.random(n) < 0.05] = np.nan
+        t += float(rng.uniform(0.3, 0.6)) * DAY_S
+        ts = np.sort(t + rng.uniform(0, 0.4 * DAY_S, n))
+        anomaly = rng.uniform(0, 1, n)
+        anomaly[rng.random(n) < 0.05] = np.nan
+        incident = rng.random(n) < 0.1
+        moved = [banks[0].adapt(keys[i], st[i], x[i], float(ts[i]), float(anomaly[i]), 1.0,
+                                bool(incident[i])) for i in range(n)]
+        assert banks[1].adapt_batch(keys, st, x, ts, anomaly, np.ones(n), incident) \
+            == sum(moved)
+    one, two = banks
+    assert one.counters == two.counters and one.counters["adapted"] > 0
+    assert one.counters["refused_rate"] > 0 and one.counters["refused_margin"] > 0
+    assert one.audit.records == two.audit.records
+    assert any(r["change"] == "adapted" for r in one.audit.records)
+    for key in ("dev/0", "dev/1"):
+        for state in states:
+            assert one.get(key, state) == two.get(key, state)
+            a, b = one.baseline(key, state), two.baseline(key, state)
+            assert a is not None and b is not None
+            assert np.array_equal(a.median, b.median) and np.array_equal(a.scale, b.scale)
+
+
+def test_states_of_is_state_of_per_row() -> None:
+    bank = StateBank(LearningConfig(load_feature="rms_g", load_edges=(0.5, 1.5)), NAMES)
+    x = rows(np.random.default_rng(2), 6)
+    x[1, RMS], x[2, RMS] = np.nan, 2.0
+    rpm = np.array([1800.0, 0.0, np.nan, -5.0, 600.0, np.inf])
+    assert bank.states_of(rpm, x) == [bank.state_of(float(r), row)
+                                      for r, row in zip(rpm, x, strict=True)]
+    assert bank.states_of(rpm, x, 1.0) == [bank.state_of(float(r), row, 1.0)
+                                           for r, row in zip(rpm, x, strict=True)]
+
+
+def test_baseline_is_rebuilt_when_its_state_changes() -> None:
+    bank, _ = ready_bank()
+    x = rows(np.random.default_rng(4), 1, rms=1.5)[0]
+    state = bank.state_of(1800.0)
+    first = bank.baseline("dev/0", state)
+    assert first is bank.baseline("dev/0", state)           # unchanged: the same object
+    assert bank.adapt("dev/0", state, x, 100.0, 0.1, 1.0, False)
+    moved = bank.baseline("dev/0", state)
+    assert moved is not first and moved is not None and first is not None
+    assert not np.array_equal(moved.median, first.median)
+    bank.rebaseline("dev/0", state, who="test", why="test", at_s=200.0)
+    assert bank.baseline("dev/0", state) is None
