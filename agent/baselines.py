@@ -174,6 +174,9 @@ class StateBank:
             raise ConfigError(f"learning.load_feature {config.load_feature!r} is not a feature")
         self._load_i = self.names.index(config.load_feature) if config.load_feature else -1
         self._damage = np.array([n in config.damage_features for n in self.names])
+        self._speed_edges = np.asarray(config.speed_edges_rpm, np.float64)
+        self._speed_labels = [f"s{k}" for k in range(len(config.speed_edges_rpm) + 1)]
+        self._speed_labels.append("s?")
         self.state_dir = state_dir
         self.audit = AuditLog(state_dir / AUDIT_FILE if state_dir else None)
         self.streams: dict[str, dict[str, StateBaseline]] = {}
@@ -211,11 +214,9 @@ class StateBank:
         r = np.asarray(rpm, np.float64)
         n = r.size if features is None else len(features)
         r = np.broadcast_to(r, (n,))
-        with np.errstate(invalid="ignore"):
-            ok = (r > 0) & np.isfinite(r)
-        bins = np.searchsorted(c.speed_edges_rpm, r, side="right")
-        speed = [f"s{b}" if good else "s?" for b, good in zip(bins.tolist(), ok.tolist(),
-                                                               strict=True)]
+        bins = np.searchsorted(self._speed_edges, r, side="right")
+        bins[~((r > 0) & np.isfinite(r))] = len(self._speed_labels) - 1      # "s?"
+        speed = list(map(self._speed_labels.__getitem__, bins.tolist()))
         if not c.load_edges or (load is None and (self._load_i < 0 or features is None)):
             return speed
         if load is not None:
@@ -388,39 +389,50 @@ class StateBank:
                      times: npt.NDArray[np.float64], order: list[int],
                      records: list[tuple[int, dict[str, Any]]]) -> int:
         """The rate guard and the steps of :meth:`adapt` for the windows of one state that
-        passed the incident and margin guards; day records go to ``records`` keyed by the
-        window's position (``order``)."""
+        passed the incident and margin guards, a run of windows of one data hour at a
+        time; day records go to ``records`` keyed by the window's position (``order``)."""
         budget = self.config.max_updates_per_day
         per_hour = math.ceil(budget / 24)
-        days = (times // DAY_S).astype(np.int64).tolist()
-        hours = (times // HOUR_S).astype(np.int64).tolist()
-        finite = np.isfinite(x).all(axis=1).reshape(-1).tolist()
-        stepped: list[int] = []
+        days, hours = times // DAY_S, times // HOUR_S
+        n = len(order)
+        cuts = np.flatnonzero((days[1:] != days[:-1]) | (hours[1:] != hours[:-1])) + 1
+        starts = [0, *cuts.tolist()]
+        ends = [*starts[1:], n]
+        finite = np.isfinite(x).all(axis=1).reshape(-1)
+        stepped: list[npt.NDArray[np.intp]] = []
         count = 0
-        for j, (day, hour) in enumerate(zip(days, hours, strict=True)):
+        for a, b, day_f, hour_f in zip(starts, ends, days[starts].tolist(),
+                                       hours[starts].tolist(), strict=True):
+            day, hour = int(day_f), int(hour_f)
             if day != sb.day:
                 if stepped:                     # the day's shift so far, then close it
-                    self._steps(sb, x[stepped])
+                    self._steps(sb, x[np.concatenate(stepped)])
                     stepped = []
                 if sb.day >= 0 and sb.day_updates > sb.day_logged:
-                    records.append((order[j], self._day_record(key, state, sb)))
+                    records.append((order[a], self._day_record(key, state, sb)))
                     sb.day_logged = sb.day_updates
                 sb.day, sb.day_updates, sb.day_logged, sb.day_shift_sd = day, 0, 0, 0.0
             if hour != sb.hour:
                 sb.hour, sb.hour_updates = hour, 0
-            if not (sb.day_updates < budget and sb.hour_updates < per_hour):
-                self.counters["refused_rate"] += 1
-                continue
-            if not finite[j]:
-                continue
-            stepped.append(j)
-            count += 1
-            sb.day_updates += 1
-            sb.hour_updates += 1
-            sb.adapted_total += 1
-            self.counters["adapted"] += 1
+            room = min(budget - sb.day_updates, per_hour - sb.hour_updates)
+            # in window order: a finite window steps while there is room, a non-finite one
+            # is skipped; once the room is spent every later window of the hour is refused
+            ok = np.flatnonzero(finite[a:b])
+            take = ok[:max(room, 0)]
+            if room <= 0:
+                self.counters["refused_rate"] += b - a
+            elif ok.size >= room:               # the rows after the last step
+                self.counters["refused_rate"] += b - a - int(take[-1]) - 1
+            if take.size:
+                stepped.append(a + take)
+                k = int(take.size)
+                count += k
+                sb.day_updates += k
+                sb.hour_updates += k
+                sb.adapted_total += k
+                self.counters["adapted"] += k
         if stepped:
-            self._steps(sb, x[stepped])
+            self._steps(sb, x[np.concatenate(stepped)])
         return count
 
     def _within_rate(self, sb: StateBaseline, at_s: float) -> bool:

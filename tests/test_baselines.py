@@ -314,7 +314,8 @@ def test_reference_and_model_saved_with_thresholds_and_older_files_load(tmp_path
 def test_adapt_batch_is_adapt_per_window_in_turn() -> None:
     """The batched path moves the baselines, counts and audits exactly as one adapt call
     per window in window order: two streams, two states each, incidents, windows outside
-    the margin, non-finite rows, hour budgets running out and days closing mid-batch."""
+    the margin, non-finite rows, hour budgets running out, days closing mid-batch, and
+    windows out of time order."""
     rng = np.random.default_rng(7)
     cfg = LearningConfig(min_state_windows=16, max_updates_per_day=48)
     banks = [StateBank(cfg, NAMES), StateBank(cfg, NAMES)]
@@ -324,14 +325,15 @@ def test_adapt_batch_is_adapt_per_window_in_turn() -> None:
                 bank.zscore(key, rows(np.random.default_rng(3), 16), rpm, np.arange(16.0))
     states = [banks[0].state_of(1800.0), banks[0].state_of(600.0)]
     t = 0.0
-    for _ in range(12):                       # batches of 64 spanning hours and days
+    for b in range(12):                       # batches of 64 spanning hours and days
         n = 64
         keys = [f"dev/{k}" for k in rng.integers(0, 2, n)]
         st = [states[k] for k in rng.integers(0, 2, n)]
         x = rows(rng, n, rms=1.0 + 0.3 * float(rng.standard_normal()))
         x[rng.random(n) < 0.05] = np.nan
         t += float(rng.uniform(0.3, 0.6)) * DAY_S
-        ts = np.sort(t + rng.uniform(0, 0.4 * DAY_S, n))
+        ts = t + rng.uniform(0, 0.4 * DAY_S, n)
+        ts = ts if b % 3 == 2 else np.sort(ts)      # in order, or now and then not
         anomaly = rng.uniform(0, 1, n)
         anomaly[rng.random(n) < 0.05] = np.nan
         incident = rng.random(n) < 0.1
