@@ -289,19 +289,18 @@ class StateBank:
         which windows are scored (their state is ready), their states, and the events of
         states that finished learning. Windows of learning states feed :meth:`learn`."""
         x = np.asarray(features, np.float32)
-        rpms = np.broadcast_to(np.asarray(rpm, np.float64), (x.shape[0],))
+        states = self.states_of(rpm, x, load)
+        events: list[dict[str, Any]] = []
+        if states and states.count(states[0]) == len(states):
+            base = self.baseline(key, states[0])
+            if base is not None:         # the common case: one ready state
+                return _z(base, x), np.ones(x.shape[0], bool), states, events
         times = np.broadcast_to(np.asarray(at_s, np.float64), (x.shape[0],))
-        states = self.states_of(rpms, x, load)
         z = np.zeros(x.shape, np.float32)
         ready = np.zeros(x.shape[0], bool)
-        events: list[dict[str, Any]] = []
         groups: dict[str, list[int]] = {}
         for i, state in enumerate(states):
             groups.setdefault(state, []).append(i)
-        if len(groups) == 1:
-            base = self.baseline(key, states[0]) if states else None
-            if base is not None:         # the common case: one ready state
-                return base.z(x), np.ones(x.shape[0], bool), states, events
         for state, idx in groups.items():
             j = 0
             while j < len(idx) and self.baseline(key, state) is None:
@@ -312,7 +311,7 @@ class StateBank:
             rest = idx[j:]
             base = self.baseline(key, state)
             if rest and base is not None:
-                z[rest], ready[rest] = base.z(x[rest]), True
+                z[rest], ready[rest] = _z(base, x[rest]), True
         return z, ready, states, events
 
     # -- adaptation ----------------------------------------------------------------------
@@ -603,6 +602,19 @@ def _text(key: Hashable) -> str:
     if isinstance(key, tuple):
         return "/".join(str(k) for k in key)
     return str(key)
+
+
+def _z(base: Baseline, x: FloatArray) -> FloatArray:
+    """``base.z(x)`` for rows ``x`` ``[n, F]`` (the same figures: float64 robust z clipped
+    to ``z_clip``, NaN as 0, as float32), in place on one float64 copy."""
+    if x.ndim != 2 or x.shape[1] != len(base.names):
+        return np.asarray(base.z(x), np.float32)       # its error for the wrong width
+    d = x.astype(np.float64)
+    d -= base.median
+    d /= base.scale
+    np.clip(d, -base.z_clip, base.z_clip, out=d)
+    d[np.isnan(d)] = 0.0                                # the clip leaves no inf
+    return d.astype(np.float32)
 
 
 def _pack(rows: FloatArray) -> str:

@@ -101,6 +101,8 @@ class StepOutput:
     alerted: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, bool))
     #: the results' telemetry fields as columns (see :meth:`telemetry`)
     columns: tuple[list[Any], ...] = ()
+    #: per result: whether an incident is open on its stream after it
+    incident_open: list[bool] = field(default_factory=list)
 
     def telemetry(self, every: int = 1, base: int = 0) -> list[tuple[dict[str, Any], float]]:
         """``(result.telemetry, window end)`` of the results whose ``base + index`` is a
@@ -267,7 +269,7 @@ class Pipeline:
         alerts = self._decide(windows, groups, x, z, scored)
         self._results(windows, keys, x, rpm, ends, scored, alerts, state, out)
         if self.learning is not None:
-            self._adapt(keys, x, ends, out)
+            self._adapt(keys, x, ends, scored.anomaly, out)
         out.anomaly = scored.anomaly[live]
         lap("decision", t)
         return out
@@ -344,19 +346,19 @@ class Pipeline:
         return sorted(kept)
 
     def _adapt(self, keys: list[tuple[str, int]], x: FloatArray, ends: list[float],
-               out: StepOutput) -> None:
+               anomaly: npt.NDArray[np.float64], out: StepOutput) -> None:
         """Guarded adaptation from every scored window, in window order
         (agent.baselines.StateBank.adapt_batch)."""
         assert self.learning is not None
         states = self._states
-        rows = [r for r in out.results if r.index in states and not r.commissioning]
-        if not rows:
+        score, thresholds, opened = out.columns[2], out.columns[8], out.incident_open
+        idx = sorted(i for i in states if score[i] == score[i])     # NaN: commissioning
+        if not idx:
             return
-        idx = [r.index for r in rows]
         self.learning.adapt_batch(
             [keys[i] for i in idx], [states[i] for i in idx], x[idx],
-            [ends[i] for i in idx], [r.anomaly for r in rows], [r.threshold for r in rows],
-            [r.incident_open for r in rows])
+            [ends[i] for i in idx], anomaly[idx], [thresholds[i] for i in idx],
+            [opened[i] for i in idx])
 
     def _decide(self, windows: Sequence[Window], groups: dict[Hashable, list[int]],
                 x: FloatArray, z: FloatArray, scored: _Scored) -> dict[int, dict[str, Any]]:
@@ -393,6 +395,7 @@ class Pipeline:
                            top_p, unscored, thresholds, zones, repeat(None, len(windows)),
                            opened, rms, velocity, rpm)
             alerted = [o for o, c in zip(opened, unscored, strict=True) if not c]
+            out.incident_open = opened
         for i, w in enumerate(windows if alerts else ()):
             key = keys[i]
             body = alerts.get(i)
@@ -402,6 +405,7 @@ class Pipeline:
             commissioning = anomaly[i] != anomaly[i]            # NaN: not scored
             if not commissioning:
                 alerted.append(state[key])
+            out.incident_open.append(state[key])
             results.append(WindowResult(i, w, x[i], anomaly[i], top[i], top_p[i], commissioning,
                                         thresholds[i], zones[i], body, state[key], rms[i],
                                         velocity[i], rpm[i]))
