@@ -292,9 +292,9 @@ class StateBank:
         states = self.states_of(rpm, x, load)
         events: list[dict[str, Any]] = []
         if states and states.count(states[0]) == len(states):
-            base = self.baseline(key, states[0])
-            if base is not None:         # the common case: one ready state
-                return _z(base, x), np.ones(x.shape[0], bool), states, events
+            ready_z = self.ready_z(key, states[0], x)
+            if ready_z is not None:         # the common case: one ready state
+                return ready_z, np.ones(x.shape[0], bool), states, events
         times = np.broadcast_to(np.asarray(at_s, np.float64), (x.shape[0],))
         z = np.zeros(x.shape, np.float32)
         ready = np.zeros(x.shape[0], bool)
@@ -313,6 +313,12 @@ class StateBank:
             if rest and base is not None:
                 z[rest], ready[rest] = _z(base, x[rest]), True
         return z, ready, states, events
+
+    def ready_z(self, key: Hashable, state: str, features: FloatArray) -> FloatArray | None:
+        """z of rows ``features`` ``[n, F]`` against a ready state's baseline (None while
+        the state learns or is unknown); what :meth:`zscore` gives windows of that state."""
+        base = self.baseline(key, state)
+        return None if base is None else _z(base, np.asarray(features, np.float32))
 
     # -- adaptation ----------------------------------------------------------------------
     def adapt(self, key: Hashable, state: str, features: FloatArray, at_s: float,
@@ -355,12 +361,11 @@ class StateBank:
         if n == 0 or not self.config.adapt:
             return 0
         x = np.asarray(features)
-        times = np.broadcast_to(np.asarray(at_s, np.float64), (n,))
-        score = np.broadcast_to(np.asarray(anomaly, np.float64), (n,))
-        limit = np.broadcast_to(np.asarray(threshold, np.float64), (n,))
-        incident = np.broadcast_to(np.asarray(incident_open, bool), (n,))
-        with np.errstate(invalid="ignore"):
-            healthy = np.isfinite(score) & (score < self.config.healthy_fraction * limit)
+        times = _per_row(at_s, n, np.float64)
+        score = _per_row(anomaly, n, np.float64)
+        limit = _per_row(threshold, n, np.float64)
+        incident = _per_row(incident_open, n, np.bool_)
+        healthy = np.isfinite(score) & (score < self.config.healthy_fraction * limit)
         groups: dict[tuple[Hashable, str], list[int]] = {}
         for i, pair in enumerate(zip(keys, states, strict=True)):
             groups.setdefault(pair, []).append(i)
@@ -602,6 +607,12 @@ def _text(key: Hashable) -> str:
     if isinstance(key, tuple):
         return "/".join(str(k) for k in key)
     return str(key)
+
+
+def _per_row(values: npt.ArrayLike, n: int, dtype: type[Any]) -> npt.NDArray[Any]:
+    """``values`` as an array of ``n`` (one value repeated, or one per row)."""
+    a = np.asarray(values, dtype)
+    return a if a.shape == (n,) else np.broadcast_to(a, (n,))
 
 
 def _z(base: Baseline, x: FloatArray) -> FloatArray:

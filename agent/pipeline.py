@@ -319,30 +319,48 @@ class Pipeline:
                  ends: list[float], live: list[int], z: FloatArray, out: StepOutput
                  ) -> list[int]:
         """z against each window's operating-state baseline; windows of states still
-        learning are not scored. Returns the scored windows."""
-        assert self.learning is not None
+        learning are not scored. Returns the scored windows. The states of the batch come
+        from one bin search; a stream whose windows are all in one ready state is scored
+        in one pass (on a slice when its windows are contiguous in the batch), any other
+        through :meth:`agent.baselines.StateBank.zscore`."""
+        bank = self.learning
+        assert bank is not None
+        full = len(live) == len(keys)
+        states = bank.states_of(rpm if full else rpm[live], x if full else x[live])
         by_key: dict[tuple[str, int], list[int]] = {}
-        for i in live:
-            by_key.setdefault(keys[i], []).append(i)
+        for j, i in enumerate(live):
+            by_key.setdefault(keys[i], []).append(j)
         kept: list[int] = []
         self._states = {}
-        for key, idx in by_key.items():
-            zk, ready, states, events = self.learning.zscore(
-                key, x[idx], rpm[idx], [ends[i] for i in idx])
+        for key, pos in by_key.items():
+            idx = [live[j] for j in pos]
+            own = [states[j] for j in pos]
+            if own.count(own[0]) == len(own):
+                rows: slice | list[int] = idx
+                if idx[-1] - idx[0] + 1 == len(idx):
+                    rows = slice(idx[0], idx[-1] + 1)
+                zk = bank.ready_z(key, own[0], x[rows])
+                if zk is not None:
+                    z[rows] = zk
+                    kept += idx
+                    self._states.update(zip(idx, own, strict=True))
+                    continue
+            zk, ready, found, events = bank.zscore(key, x[idx], rpm[idx],
+                                                   [ends[i] for i in idx])
             z[idx] = zk
             if ready.all():
                 kept += idx
-                self._states.update(zip(idx, states, strict=True))
+                self._states.update(zip(idx, found, strict=True))
             else:
                 for j, i in enumerate(idx):
                     if ready[j]:
                         kept.append(i)
-                        self._states[i] = states[j]
+                        self._states[i] = found[j]
             for event in events:
                 event["detail"]["channel"] = key[1]
                 out.events.append(event)
-            if events and self.learning.state_dir is not None:
-                self.learning.save()
+            if events and bank.state_dir is not None:
+                bank.save()
         return sorted(kept)
 
     def _adapt(self, keys: list[tuple[str, int]], x: FloatArray, ends: list[float],
