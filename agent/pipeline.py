@@ -15,6 +15,7 @@ under ``models/bundles/foreshock-default/`` (verified with the key shipped besid
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import time
@@ -92,7 +93,6 @@ class StepOutput:
     ``z_all``: their z-scores over every feature of the spec (a candidate model in shadow
     may read other columns)."""
 
-    results: list[WindowResult] = field(default_factory=list)
     alerts: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
     z: FloatArray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
@@ -103,6 +103,17 @@ class StepOutput:
     columns: tuple[list[Any], ...] = ()
     #: per result: whether an incident is open on its stream after it
     incident_open: list[bool] = field(default_factory=list)
+    #: builds :attr:`results` on first access (the running agent rarely reads them)
+    _make_results: Callable[[], list[WindowResult]] | None = field(default=None, repr=False)
+    _results: list[WindowResult] | None = field(default=None, repr=False)
+
+    @property
+    def results(self) -> list[WindowResult]:
+        """One :class:`WindowResult` per window of the batch, in order."""
+        if self._results is None:
+            self._results = self._make_results() if self._make_results is not None else []
+            self._make_results = None
+        return self._results
 
     def telemetry(self, every: int = 1, base: int = 0) -> list[tuple[dict[str, Any], float]]:
         """``(result.telemetry, window end)`` of the results whose ``base + index`` is a
@@ -280,15 +291,18 @@ class Pipeline:
         if all(self.decider.baseline(k) is not None for k in dict.fromkeys(keys)):
             return list(range(len(windows)))       # every stream is monitored already
         live = []
+        seeded = False
         for i, (w, key) in enumerate(zip(windows, keys, strict=True)):
             if self.decider.baseline(key) is None and not self._restore(key, w, x[i]):
                 event = self.decider.commission(key, x[i], w.end_s)
                 if event is not None:
                     event["detail"]["channel"] = w.channel
                     out.events.append(event)
-                    self._seed(key, w, x[i])
+                    seeded = self._seed(key, w, x[i]) or seeded
             else:
                 live.append(i)
+        if seeded and self.learning is not None and self.learning.state_dir is not None:
+            self.learning.save()            # once for the streams commissioned in this batch
         return live
 
     # -- operating-state baselines (agent.baselines; docs/learning.md) --------------------
@@ -304,16 +318,16 @@ class Pipeline:
         self.decider.restore(key, base, threshold)
         return True
 
-    def _seed(self, key: tuple[str, int], w: Window, row: FloatArray) -> None:
-        """The commissioning baseline becomes the ready baseline of its operating state."""
+    def _seed(self, key: tuple[str, int], w: Window, row: FloatArray) -> bool:
+        """The commissioning baseline becomes the ready baseline of its operating state
+        (saved by the caller); False without operating-state baselines."""
         if self.learning is None:
-            return
+            return False
         bank = self.learning
         bank.seed(key, bank.state_of(self._rpm_of(w), row), self.decider.baseline(key), w.end_s)
         bank.thresholds[_key_text(key)] = self.decider.threshold(key)
         bank.set_reference(key, self.decider.reference(key))   # for a model switch
-        if bank.state_dir is not None:
-            bank.save()
+        return True
 
     def _state_z(self, keys: list[tuple[str, int]], x: FloatArray, rpm: FloatArray,
                  ends: list[float], live: list[int], z: FloatArray, out: StepOutput
@@ -405,13 +419,16 @@ class Pipeline:
         threshold = {k: self.decider.threshold(k) for k in state}
         thresholds = [threshold[k] for k in keys]
         alerted = []
-        results = out.results
+        results: list[WindowResult] = []
+        out._results = results
         if not alerts:              # no incident changed: each stream's state holds all batch
             opened = [state[k] for k in keys]
             unscored = [a != a for a in anomaly]               # NaN: not scored
-            results += map(WindowResult, range(len(windows)), windows, list(x), anomaly, top,
-                           top_p, unscored, thresholds, zones, repeat(None, len(windows)),
-                           opened, rms, velocity, rpm)
+            out._results, wins = None, list(windows)
+            out._make_results = lambda: list(map(
+                WindowResult, range(len(wins)), wins, list(x), anomaly, top, top_p,
+                unscored, thresholds, zones, repeat(None, len(windows)), opened, rms,
+                velocity, rpm))
             alerted = [o for o, c in zip(opened, unscored, strict=True) if not c]
             out.incident_open = opened
         for i, w in enumerate(windows if alerts else ()):
@@ -478,12 +495,12 @@ class _Scored:
 
     def fill(self, rows: list[int], scores: Any) -> None:
         p = np.asarray(scores.probabilities, dtype=np.float64)
-        names = np.asarray((*scores.labels, "unknown"), dtype=object)
+        names, normal = _label_table(tuple(scores.labels))
         r = np.arange(p.shape[0])
         top = p.argmax(axis=1)
         q = p.copy()
-        if "normal" in names[:-1] and len(names) > 2:
-            q[:, list(names).index("normal")] = -1.0
+        if normal >= 0:
+            q[:, normal] = -1.0
         alt = q.argmax(axis=1)
         alt_p = np.maximum(q[r, alt], 0.0)
         alt = np.where(alt_p >= self.min_probability, alt, len(names) - 1)
@@ -495,6 +512,15 @@ class _Scored:
             return
         for i, t, k in zip(rows, names[top].tolist(), names[alt].tolist(), strict=True):
             self.top[i], self.alt[i] = t, k
+
+
+@functools.lru_cache(maxsize=8)
+def _label_table(labels: tuple[str, ...]) -> tuple[npt.NDArray[np.object_], int]:
+    """A model's labels plus ``unknown`` (to index), and the column of ``normal`` that the
+    fault guess skips (-1: none, or it is the only other label)."""
+    names = np.asarray((*labels, "unknown"), dtype=object)
+    normal = labels.index("normal") if "normal" in labels and len(names) > 2 else -1
+    return names, normal
 
 
 def shipped_bundle() -> tuple[Path, Path] | None:
