@@ -157,7 +157,8 @@ class Pipeline:
         #: operating-state baselines, set by the running agent (docs/learning.md); replay
         #: and tests without it keep one commissioning baseline per stream
         self.learning: StateBank | None = None
-        self._states: dict[int, str] = {}
+        #: per window of the last batch: its operating state, None when not scored
+        self._states: list[str | None] = []
 
     # -- construction --------------------------------------------------------------------
     def _configured_bundle(self) -> LoadedBundle | None:
@@ -345,7 +346,8 @@ class Pipeline:
         for j, i in enumerate(live):
             by_key.setdefault(keys[i], []).append(j)
         kept: list[int] = []
-        self._states = {}
+        known: list[str | None] = [None] * len(keys)
+        self._states = known
         for key, pos in by_key.items():
             idx = [live[j] for j in pos]
             own = [states[j] for j in pos]
@@ -357,19 +359,16 @@ class Pipeline:
                 if zk is not None:
                     z[rows] = zk
                     kept += idx
-                    self._states.update(zip(idx, own, strict=True))
+                    for i, st in zip(idx, own, strict=True):
+                        known[i] = st
                     continue
             zk, ready, found, events = bank.zscore(key, x[idx], rpm[idx],
                                                    [ends[i] for i in idx])
             z[idx] = zk
-            if ready.all():
-                kept += idx
-                self._states.update(zip(idx, found, strict=True))
-            else:
-                for j, i in enumerate(idx):
-                    if ready[j]:
-                        kept.append(i)
-                        self._states[i] = found[j]
+            for j, i in enumerate(idx):
+                if ready[j]:
+                    kept.append(i)
+                    known[i] = found[j]
             for event in events:
                 event["detail"]["channel"] = key[1]
                 out.events.append(event)
@@ -382,15 +381,18 @@ class Pipeline:
         """Guarded adaptation from every scored window, in window order
         (agent.baselines.StateBank.adapt_batch)."""
         assert self.learning is not None
-        states = self._states
-        score, thresholds, opened = out.columns[2], out.columns[8], out.incident_open
-        idx = sorted(i for i in states if score[i] == score[i])     # NaN: commissioning
-        if not idx:
+        states, score = self._states, out.columns[2]
+        thresholds, opened = out.columns[8], out.incident_open
+        if None not in states and not np.isnan(anomaly).any():     # every window scored
+            self.learning.adapt_batch(keys, states, x, ends, anomaly,  # type: ignore[arg-type]
+                                      thresholds, opened)
             return
-        self.learning.adapt_batch(
-            [keys[i] for i in idx], [states[i] for i in idx], x[idx],
-            [ends[i] for i in idx], anomaly[idx], [thresholds[i] for i in idx],
-            [opened[i] for i in idx])
+        idx = [i for i, st in enumerate(states) if st is not None and score[i] == score[i]]
+        if idx:
+            self.learning.adapt_batch(
+                [keys[i] for i in idx], [states[i] for i in idx],   # type: ignore[misc]
+                x[idx], [ends[i] for i in idx], anomaly[idx], [thresholds[i] for i in idx],
+                [opened[i] for i in idx])
 
     def _decide(self, windows: Sequence[Window], groups: dict[Hashable, list[int]],
                 x: FloatArray, z: FloatArray, scored: _Scored) -> dict[int, dict[str, Any]]:
