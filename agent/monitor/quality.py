@@ -39,7 +39,6 @@ windows, and only those two transitions produce a ``data_quality`` event body in
 from __future__ import annotations
 
 import logging
-import math
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -277,8 +276,10 @@ class DataQualityMonitor:
             stream.full_scale_g = 32767.0 * scale
             if joined.max() == 32767 or joined.min() == -32768:
                 stream.saturated += int(np.count_nonzero((joined == 32767) | (joined == -32768)))
-        elif not math.isfinite(float(np.add.reduce(joined))):   # NaN/inf (or overflow)
-            stream.non_finite += int(joined.size - np.count_nonzero(np.isfinite(joined)))
+        else:
+            finite = np.isfinite(joined)
+            if not finite.all():
+                stream.non_finite += int(joined.size - np.count_nonzero(finite))
         stream.last_seq = (first + n - 1) % SEQ_MOD
         totals = stream.total_samples + np.cumsum(counts) - counts
         keep = self.config.rate_frames
