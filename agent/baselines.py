@@ -397,6 +397,12 @@ class StateBank:
         time; day records go to ``records`` keyed by the window's position (``order``)."""
         budget = self.config.max_updates_per_day
         per_hour = math.ceil(budget / 24)
+        first, last = float(times.min()), float(times.max())
+        if (int(first // DAY_S) == int(last // DAY_S) == sb.day
+                and int(first // HOUR_S) == int(last // HOUR_S) == sb.hour
+                and not (sb.day_updates < budget and sb.hour_updates < per_hour)):
+            self.counters["refused_rate"] += len(order)   # the hour's room is spent already
+            return 0
         days, hours = times // DAY_S, times // HOUR_S
         n = len(order)
         cuts = np.flatnonzero((days[1:] != days[:-1]) | (hours[1:] != hours[:-1])) + 1

@@ -325,14 +325,17 @@ def test_adapt_batch_is_adapt_per_window_in_turn() -> None:
                 bank.zscore(key, rows(np.random.default_rng(3), 16), rpm, np.arange(16.0))
     states = [banks[0].state_of(1800.0), banks[0].state_of(600.0)]
     t = 0.0
-    for b in range(12):                       # batches of 64 spanning hours and days
+    for b in range(16):     # batches of 64 spanning hours and days, then four in one hour
         n = 64
         keys = [f"dev/{k}" for k in rng.integers(0, 2, n)]
         st = [states[k] for k in rng.integers(0, 2, n)]
         x = rows(rng, n, rms=1.0 + 0.3 * float(rng.standard_normal()))
         x[rng.random(n) < 0.05] = np.nan
-        t += float(rng.uniform(0.3, 0.6)) * DAY_S
-        ts = t + rng.uniform(0, 0.4 * DAY_S, n)
+        if b <= 12:
+            t += float(rng.uniform(0.3, 0.6)) * DAY_S
+        if b == 12:
+            t = t // 3600.0 * 3600.0 + 100.0
+        ts = t + rng.uniform(0, 0.4 * DAY_S if b < 12 else 600.0, n)
         ts = ts if b % 3 == 2 else np.sort(ts)      # in order, or now and then not
         anomaly = rng.uniform(0, 1, n)
         anomaly[rng.random(n) < 0.05] = np.nan
