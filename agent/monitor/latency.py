@@ -11,6 +11,7 @@ ring, computed with ``numpy.percentile`` (linear interpolation) only when asked.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -72,7 +73,7 @@ class StageTimer:
         Negative or non-finite durations, and counts below 1, are counted in ``dropped``
         and ignored.
         """
-        if not (np.isfinite(seconds) and seconds >= 0 and count >= 1):
+        if not (math.isfinite(seconds) and seconds >= 0 and count >= 1):
             self.dropped += 1
             return
         ring = self._rings.get(stage)
