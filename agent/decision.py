@@ -35,6 +35,7 @@ feature's baseline z, for operator feedback and retraining; docs/learning.md).
 
 from __future__ import annotations
 
+import itertools
 import math
 import uuid
 from collections import deque
@@ -293,6 +294,11 @@ class Decider:
     def _first_raise(self, s: _Stream, above: npt.NDArray[np.bool_]) -> int:
         """Index in ``above`` of the first window where k of the last n are above; -1."""
         n = self.config.n
+        if not above.any():
+            # every n-window here holds a new window, so at most the last n - 1 old ones
+            tail = sum(itertools.islice(reversed(s.recent), n - 1)) if n > 1 else 0
+            if tail < self.config.k:
+                return -1
         history = np.fromiter(s.recent, dtype=bool, count=len(s.recent))
         joined = np.concatenate((history, above)).astype(np.int32)
         total = np.concatenate(([0], np.cumsum(joined)))
