@@ -391,7 +391,8 @@ def closed_loop(work: Path, n_machines: int, seconds: float, quick: bool,
     key = ensure_key(work / "signing.pem")
     cfg = DefaultBuild(reduced=quick, sim_seconds=3.0 if quick else 6.0)
     none = work / "no-shared-data"
-    current = (build_default(work / "current" / "0.1.0", key, cfg, none)[0] if quick
+    current = (build_default(work / "current" / "0.1.0", key, cfg, none,
+                             version="0.1.0")[0] if quick
                else SHIPPED)
     runner, floor = bundle(current)
     fleet = disturbed_sets(n_machines, seed, seconds)

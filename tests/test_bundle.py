@@ -94,11 +94,12 @@ def test_requantize_and_reexport_keep_the_bundle_valid(bundle: Path, tmp_path: P
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     key = tmp_path / "k.key"
     run_cli(["model", "keygen", str(key)], capsys)
-    before = (bundle / DETECTOR_INT8).read_bytes()
+    before = (bundle / DETECTOR_INT8).stat().st_mtime_ns
     assert run_cli(["model", "quantize", str(bundle), "--key", str(key)], capsys)[0] == 0
     assert run_cli(["model", "export-tflite", str(bundle), "--key", str(key)], capsys)[0] == 0
     m = fb.verify(bundle, [fb.load_public_key(key.with_suffix(".pub"))])
-    assert (bundle / DETECTOR_INT8).read_bytes() != before
+    assert (bundle / DETECTOR_INT8).stat().st_mtime_ns != before   # rewritten (same seed and
+    # calibration as the build, so the bytes may well be identical)
     assert m.data["files"][DETECTOR_INT8] == fb.sha256_file(bundle / DETECTOR_INT8)
 
 

@@ -19,7 +19,7 @@ from test_fuzz_messages import JSON, PAYLOADS
 from agent.ota import CHUNK_SCHEMA, OFFER_SCHEMA, OtaConfig, OtaReceiver, parse_offer
 from foreshock.errors import MessageError
 
-RUNNING = {"name": "foreshock-default", "version": "0.1.0"}
+RUNNING = {"name": "foreshock-default", "version": "0.1.1"}
 TOPIC = "foreshock/v1/plant1/pump-1/"
 SAFE_ID = st.from_regex(r"[a-z0-9][a-z0-9-]{0,15}", fullmatch=True)
 

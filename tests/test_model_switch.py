@@ -33,7 +33,7 @@ from foreshock import bundle as fsbundle
 from foreshock import messages, topics
 
 ROOT = Path(__file__).resolve().parent.parent
-SHIPPED = ROOT / "models" / "bundles" / "foreshock-default" / "0.1.0"
+SHIPPED = ROOT / "models" / "bundles" / "foreshock-default" / "0.1.1"
 SHIPPED_KEY = ROOT / "models" / "bundles" / "foreshock-dev.pub"
 KEY = ("node1", 0)
 
@@ -95,7 +95,7 @@ def test_switch_with_an_open_incident_keeps_the_healthy_baseline_and_the_inciden
         decider = agent.pipeline.decider
         run(agent, lambda: decider.stream(KEY).incident is not None)
         s = decider.stream(KEY)
-        assert s.incident is not None and agent.model_info["version"] == "0.1.0"
+        assert s.incident is not None and agent.model_info["version"] == "0.1.1"
         incident, healthy = s.incident.id, s.baseline.median.copy()
         rows, base = s.reference
         assert rows.shape[0] <= REFERENCE_ROWS
@@ -140,7 +140,7 @@ def test_switch_with_an_open_incident_keeps_the_healthy_baseline_and_the_inciden
     assert len(change) == 1 and change[0]["who"] == "model switch"
     assert change[0]["old_threshold"] == pytest.approx(old_threshold)
     assert change[0]["threshold"] == pytest.approx(expected)
-    assert change[0]["previous_model"]["version"] == "0.1.0"
+    assert change[0]["previous_model"]["version"] == "0.1.1"
     assert change[0]["model"] == {"name": "tiny", "version": "1.2.3"}
 
 
@@ -163,7 +163,7 @@ def test_restart_then_switch_uses_the_saved_reference(tmp_path: Path,
     ref = saved["references"]["node1/0"]
     np.testing.assert_array_equal(np.frombuffer(base64.b64decode(ref["rows_f32"]), "<f4")
                                   .reshape(ref["count"], -1), rows)
-    assert saved["model"] == {"name": "foreshock-default", "version": "0.1.0"}
+    assert saved["model"] == {"name": "foreshock-default", "version": "0.1.1"}
 
     agent = Agent(config(tmp_path), ReplaySource(frames(40, 10_000, seed=1)))
     try:
@@ -288,7 +288,7 @@ def test_ota_promote_and_rollback_continue_the_open_incident(tmp_path: Path) -> 
                                             issued_by="ops", ts=time.time(),
                                             command_id="rb-1", key=key)
         agent._on_command(topics.command("plant1", "pump-o", "rollback"), rollback)
-        assert run_until(agent, lambda: agent.model_info["version"] == "0.1.0")
+        assert run_until(agent, lambda: agent.model_info["version"] == "0.1.1")
         run_until(agent, lambda: False)
         after = agent.pipeline.decider.stream(KEY)
         alerts = records(agent, "alert")
@@ -296,13 +296,13 @@ def test_ota_promote_and_rollback_continue_the_open_incident(tmp_path: Path) -> 
     finally:
         agent.close()
     assert agent.counters["bad_commands"] == 0
-    assert [e["running"]["version"] for e in switches] == ["0.2.0", "0.1.0"]
+    assert [e["running"]["version"] for e in switches] == ["0.2.0", "0.1.1"]
     assert all(e["streams"]["node1/0"]["incident"] == incident for e in switches)
     np.testing.assert_array_equal(after.baseline.median, healthy)
     assert after.incident is not None and after.incident.id == incident
     assert {a["incident"] for a in alerts} == {incident}
     assert [a["status"] for a in alerts].count("raised") == 1
-    assert {a["model"]["version"] for a in alerts} == {"0.1.0", "0.2.0"}
+    assert {a["model"]["version"] for a in alerts} == {"0.1.1", "0.2.0"}
 
 
 def test_the_twin_of_the_running_model_keeps_every_threshold(tmp_path: Path) -> None:

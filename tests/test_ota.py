@@ -37,9 +37,9 @@ from gateway.rollout import (
 from gateway.service import Gateway
 
 ROOT = Path(__file__).resolve().parent.parent
-SHIPPED = ROOT / "models" / "bundles" / "foreshock-default" / "0.1.0"
+SHIPPED = ROOT / "models" / "bundles" / "foreshock-default" / "0.1.1"
 SCHEMAS = ROOT / "docs" / "schemas"
-RUNNING = {"name": "foreshock-default", "version": "0.1.0"}
+RUNNING = {"name": "foreshock-default", "version": "0.1.1"}
 CHUNK = 2048
 
 
@@ -472,7 +472,7 @@ def test_running_agent_with_an_open_fault_shadow_checks_relative_to_its_model(
         got = details(agent)[-1]
         if confirm:
             assert got.startswith("failed") and "confirmed fault" in got, got
-            assert agent.model_info["version"] == "0.1.0"
+            assert agent.model_info["version"] == "0.1.1"
         else:
             assert got.startswith("active"), got
             assert agent.model_info["version"] == version
@@ -491,7 +491,7 @@ def test_running_agent_refuses_a_candidate_that_alerts_where_its_model_is_silent
         assert run_until(agent, lambda: agent.ota.shadow is None)
         got = details(agent)[-1]
         assert got.startswith("failed") and "where the running model is silent" in got, got
-        assert agent.model_info["version"] == "0.1.0"
+        assert agent.model_info["version"] == "0.1.1"
         offer_to(agent, keys, "0.2.0", "r-same")      # the running model's twin passes
         assert run_until(agent, lambda: agent.ota.shadow is None)
         assert details(agent)[-1].startswith("active") and \

@@ -38,7 +38,7 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     work = tmp_path_factory.mktemp("loop")
     key = ensure_key(work / "k.pem")
     none = work / "no-data"
-    current, _ = build_default(work / "current" / "0.1.0", key, CFG, none)
+    current, _ = build_default(work / "current" / "0.1.0", key, CFG, none, version="0.1.0")
     # a site's chosen decision policy (commissioning factor), which a retrain must keep
     manifest = json.loads((current / "manifest.json").read_text())
     manifest["thresholds"]["anomaly"]["adapt"]["factor"] = 2.0
