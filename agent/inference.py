@@ -15,6 +15,7 @@ its running model.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,8 @@ def _batch(z: npt.ArrayLike, width: int) -> npt.NDArray[np.float32]:
     arr = np.ascontiguousarray(z, dtype=np.float32)
     if arr.ndim != 2 or arr.shape[1] != width:
         raise ValueError(f"detector input must be float32[n, {width}], got {arr.shape}")
+    if math.isfinite(float(np.add.reduce(arr, axis=None, dtype=np.float64))):
+        return arr              # all finite (a NaN or inf makes the float64 sum non-finite)
     return np.nan_to_num(arr, nan=0.0, posinf=1e6, neginf=-1e6)
 
 

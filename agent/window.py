@@ -234,7 +234,9 @@ class Windower:
             return False            # a gap, a repeat or a u32 wrap inside the run: slow path
         if {f.sample_rate_hz for f in group} != {stream.rate_hz}:
             return False
-        parts = [f.samples for f in group]
+        parts = [f.raw for f in group]
+        if {p.dtype for p in parts} != {np.dtype(np.float32)}:
+            parts = [f.samples for f in group]   # int16: scaled to g by the frame
         sizes = [p.size for p in parts]
         before = stream.fill
         end = before + sum(sizes)
