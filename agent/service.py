@@ -63,7 +63,7 @@ from agent.model_updates import OTA_KINDS, ModelUpdates
 from agent.monitor import Monitor, PrometheusExporter
 from agent.sdnotify import Notifier
 from agent.sources import Source
-from agent.window import Window, Windower
+from agent.window import Window, Windower, stacked
 from foreshock import bundle as fsbundle
 from foreshock import messages, topics
 from foreshock.errors import ForeshockError, MessageError
@@ -303,7 +303,9 @@ class Agent(ModelUpdates, HealthReporting):
     def _check(self, batch: list[Window]) -> tuple[list[Window], Any, list[dict[str, Any]]]:
         """Integrity checks: (scoreable windows, their samples stacked, data_quality events)."""
         t = time.perf_counter()
-        samples = np.stack([w.samples for w in batch])
+        samples = stacked(batch)       # the windower's array when the batch is a run of it
+        if samples is None:
+            samples = np.stack([w.samples for w in batch])
         verdicts = self.monitor.quality.check_windows(batch, samples)
         flagged = [q for q in verdicts if q.issues or q.events]   # few: clean is the rule
         events = [body for q in flagged for body in q.events]

@@ -24,8 +24,11 @@ Every frame is checked, and what the checks find is counted in ``counters``:
 
 Sequence numbers are u32 and wrap; a difference of less than 2**31 forward is a gap,
 anything else is backwards. Buffers are bounded: a stream holds at most one window plus one
-frame of samples, in one contiguous array per stream; the samples of the windows completed
-together are copied out of it once, and each window is a read-only view of that copy.
+frame of samples, in one contiguous array per stream. The windows that one
+:meth:`Windower.push_many` completes on its fast path are copied out once, into one
+``[n, window_samples]`` array shared by all streams, and each window is a read-only row of
+it; :func:`stacked` gives that array back for a run of those windows (no second copy to
+stack a batch). Other windows are read-only views of one copy per stream.
 
 Pure: no I/O, no clock; times come from the frames' ``timestamp_us``.
 """
@@ -34,7 +37,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+import weakref
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from typing import Protocol
@@ -52,6 +56,31 @@ REORDER_FRAMES = 8  # a frame up to this many behind is late; further back is a 
 COUNTERS = ("frames", "samples", "windows", "seq_gaps", "missing_frames", "duplicates",
             "out_of_order", "restarts", "rate_changes", "resets", "dropped_streams",
             "non_finite")
+
+
+# the [n, window_samples] arrays push_many cut windows into, by id (see stacked)
+_BLOCKS: weakref.WeakValueDictionary[int, np.ndarray] = weakref.WeakValueDictionary()
+
+
+def stacked(windows: Sequence[Window]) -> npt.NDArray[np.float32] | None:
+    """The windows' samples ``[n, window_samples]`` without a copy, when the windows are
+    consecutive rows of one array cut by :meth:`Windower.push_many`, in the order it
+    returned them (as a FIFO queue of its windows keeps them); None otherwise."""
+    if not windows:
+        return None
+    block = windows[0].samples.base
+    if block is None or _BLOCKS.get(id(block)) is not block:
+        return None
+    for w in windows:
+        if w.samples.base is not block:
+            return None
+    n, row = len(windows), block.strides[0]
+    first = (windows[0].samples.ctypes.data - block.ctypes.data) // row
+    last = (windows[-1].samples.ctypes.data - block.ctypes.data) // row
+    if last - first != n - 1:
+        return None
+    out: npt.NDArray[np.float32] = block[first:first + n]
+    return out
 
 
 class WindowSpec(Protocol):
@@ -218,15 +247,40 @@ class Windower:
         for frame in frames:
             groups.setdefault((frame.device_id, frame.channel), []).append(frame)
         out: list[Window] = []
+        cuts: list[tuple[int, tuple[str, int], _Stream, int, list[float]]] = []
         for key, group in groups.items():
             stream = self._streams.get(key)
-            if stream is None or len(group) < 2 or not self._push_run(key, stream, group, out):
+            if (stream is None or len(group) < 2
+                    or not self._push_run(key, stream, group, out, cuts)):
                 for frame in group:
                     out += self.push(frame)
+        if cuts:
+            self._cut_shared(cuts, out)
         return out
 
+    def _cut_shared(self, cuts: list[tuple[int, tuple[str, int], _Stream, int, list[float]]],
+                    out: list[Window]) -> None:
+        """Cut the fast-path streams' windows into one shared array (rows in the order of
+        ``out``) and insert them into ``out`` where each stream's windows belong."""
+        win, hop = self.spec.window_samples, self.hop_samples
+        block = np.empty((sum(c[3] for c in cuts), win), np.float32)
+        rows, parts = 0, []
+        for _, _, stream, count, _ in cuts:
+            np.copyto(block[rows:rows + count],
+                      sliding_window_view(stream.data[:(count - 1) * hop + win], win)[::hop])
+            stream.consume(count * hop)
+            parts.append((rows, count))
+            rows += count
+        block.setflags(write=False)
+        _BLOCKS[id(block)] = block
+        made = [self._windows(key, stream, block[r:r + count], hop, rpms)
+                for (_, key, stream, _, rpms), (r, count) in zip(cuts, parts, strict=True)]
+        for (pos, *_), windows in zip(reversed(cuts), reversed(made), strict=True):
+            out[pos:pos] = windows
+
     def _push_run(self, key: tuple[str, int], stream: _Stream, group: list[Frame],
-                  out: list[Window]) -> bool:
+                  out: list[Window],
+                  cuts: list[tuple[int, tuple[str, int], _Stream, int, list[float]]]) -> bool:
         """The fast path of :meth:`push_many`; False (nothing done) if it does not apply."""
         n = len(group)
         first = (stream.last_seq + 1) % SEQ_MOD
@@ -261,7 +315,11 @@ class Windower:
             ends = before + np.cumsum(sizes)
             count = (stream.fill - win) // hop + 1
             last = np.searchsorted(ends, np.arange(count) * hop + win, side="left")
-            out += self._cut(key, stream, win, hop, [rpms[j] for j in last.tolist()])
+            at = [rpms[j] for j in last.tolist()]
+            if win == self.spec.window_samples:   # cut later, into push_many's shared array
+                cuts.append((len(out), key, stream, int(count), at))
+            else:
+                out += self._cut(key, stream, win, hop, at)
         return True
 
     def _append(self, key: tuple[str, int], stream: _Stream, frame: Frame) -> list[Window]:
@@ -294,8 +352,16 @@ class Windower:
         if win != self.spec.window_samples:
             blocks = np.stack([_fit(_resample(b, stream.rate_hz, target),
                                     self.spec.window_samples) for b in blocks])
+        return self._windows(key, stream, blocks, hop, rpms)
+
+    def _windows(self, key: tuple[str, int], stream: _Stream, blocks: npt.NDArray[np.float32],
+                 hop: int, rpms: list[float] | None) -> list[Window]:
+        """Windows of the rows of ``blocks`` (the stream's next ones, ``hop`` apart at the
+        stream's rate); advances the stream's start time."""
+        count = len(blocks)
         step_us = hop * 1e6 / stream.rate_hz
         start, rate = stream.start_us, stream.rate_hz
+        target = float(self.spec.sample_rate_hz)
         starts = (np.round(np.arange(count) * step_us).astype(np.int64) + start).tolist()
         rpm = [float(r) for r in rpms] if rpms else [float(stream.rpm)] * count
         out = list(map(Window, repeat(key[0], count), repeat(key[1], count), starts,
