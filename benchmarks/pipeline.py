@@ -107,7 +107,8 @@ def extract_cpu_s(windows: int, batch: int) -> float:
 
 
 def window_cpu_s(frames: list, read_batch: int) -> tuple[float, list]:
-    """CPU seconds of the frame checks plus the windower over all frames; the windows."""
+    """CPU seconds of the frame checks plus the windower over all frames; the windows of
+    each read."""
     from agent.features import DEFAULT_SPEC
     from agent.monitor import Monitor
     from agent.window import Windower
@@ -117,19 +118,23 @@ def window_cpu_s(frames: list, read_batch: int) -> tuple[float, list]:
     for i in range(0, len(frames), read_batch):
         chunk = frames[i:i + read_batch]
         mon.quality.observe_frames(chunk)
-        out += windower.push_many(chunk)
+        out.append(windower.push_many(chunk))
     return time.process_time() - t0, out
 
 
-def quality_cpu_s(windows: list, batch: int) -> float:
-    """CPU seconds of the window integrity checks (stack, check_windows) alone."""
+def quality_cpu_s(reads: list, batch: int) -> float:
+    """CPU seconds of the window integrity checks (check_windows, on the windower's array as
+    the service passes it, or a stacked copy when the batch is not a run of it) alone."""
     from agent.monitor import Monitor
+    from agent.window import stacked
 
     mon = Monitor()
     t0 = time.process_time()
-    for i in range(0, len(windows), batch):
-        chunk = windows[i:i + batch]
-        mon.quality.check_windows(chunk, np.stack([w.samples for w in chunk]))
+    for chunk in (w[i:i + batch] for w in reads for i in range(0, len(w), batch)):
+        samples = stacked(chunk)
+        if samples is None:
+            samples = np.stack([w.samples for w in chunk])
+        mon.quality.check_windows(chunk, samples)
     return time.process_time() - t0
 
 
