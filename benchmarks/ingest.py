@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +24,7 @@ import uuid
 from pathlib import Path
 
 import psycopg
+from _mosquitto import start_mosquitto  # benchmarks/ is first on sys.path
 
 from foreshock import messages, topics
 from foreshock.messages import Batch, Record
@@ -69,22 +68,6 @@ def publish(port: int, site: str, n_messages: int, n_records: int) -> None:
     client.disconnect()
 
 
-def start_broker(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    conf = workdir / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                    "max_queued_messages 0\nmax_inflight_messages 100\n")
-    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    proc = subprocess.Popen([exe, "-c", str(conf)], stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.1).close()
-            return proc, port
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("mosquitto did not start")
 
 
 def end_to_end(db_url: str, port: int, n_messages: int, n_records: int) -> tuple[float, float]:
@@ -141,7 +124,7 @@ def main() -> None:
     ap.add_argument("--pg", default="host=127.0.0.1 port=5432 user=postgres")
     args = ap.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="fs-bench-"))
-    broker, port = start_broker(workdir)
+    broker, port = start_mosquitto(workdir)
     print(f"{args.messages} messages x {args.records} telemetry records, {N_DEVICES} devices; "
           f"python {sys.version.split()[0]}")
     try:
