@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from hypothesis import settings
@@ -160,3 +161,26 @@ def shared_data() -> Path:
             pytest.fail(f"shared data not found at {SHARED_DATA} (required when CI=true)")
         pytest.skip(f"shared data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """``foreshock ARGS`` in this process: (exit code, stdout, stderr)."""
+    from foreshock.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main([*args])
+        raise SystemExit(0)
+    out = capsys.readouterr()
+    return int(exc.value.code or 0), out.out, out.err
+
+
+def evaluate_learning_module() -> ModuleType:
+    """``scripts/evaluate_learning.py`` loaded as a module (it is a script, not a package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "evaluate_learning.py"
+    spec = importlib.util.spec_from_file_location("evaluate_learning", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

@@ -9,23 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
 from agent.config import AgentConfig
 from agent.service import Agent
 from agent.sources import ReplaySource
-from foreshock.cli import main
 from foreshock.errors import ConfigError
 from foreshock.wire import Frame
 
 SAMPLE = Path(__file__).resolve().parent.parent / "agent" / "deploy" / "agent.toml.sample"
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return int(exc.value.code or 0), out.out, out.err
 
 
 def test_sample_config_loads_and_bad_key_is_one_error(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import evaluate_learning_module, run_cli
 
 from agent.baselines import DAY_S, LearningConfig, StateBank
 from agent.features import DEFAULT_SPEC
@@ -156,26 +157,9 @@ def test_cli_rebaseline_resets_saved_states_and_records_who(
     assert code == 2 and "no saved baselines" in err
 
 
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    from foreshock.cli import main
-
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return int(exc.value.code or 0), out.out, out.err
-
-
 def test_small_fleet_states_cut_false_alerts_and_adaptation_keeps_lead_time() -> None:
     """The evaluation's fleet at CI scale: speed/load changes and growing faults."""
-    import importlib.util
-
-    root = Path(__file__).resolve().parent.parent
-    spec = importlib.util.spec_from_file_location("evaluate_learning",
-                                                  root / "scripts" / "evaluate_learning.py")
-    assert spec is not None and spec.loader is not None
-    ev = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ev)
+    ev = evaluate_learning_module()
     runner, floor = ev.bundle(ev.SHIPPED)
     fleet = ev.speed_load(runner, floor, 2, 3, 4, 3.0)
     single = fleet["single baseline"]["false_alerts_per_machine_week"]
@@ -241,14 +225,7 @@ def test_femto_adaptation_neither_noisier_nor_later(shared_data: Path) -> None:
     """Real run-in and run-to-failure bearings, leave one bearing out (a reduced grid): the
     setting of the held-out bearing is chosen on the other five; adaptation on adds no
     false alert and loses no lead time."""
-    import importlib.util
-
-    root = Path(__file__).resolve().parent.parent
-    spec = importlib.util.spec_from_file_location("evaluate_learning",
-                                                  root / "scripts" / "evaluate_learning.py")
-    assert spec is not None and spec.loader is not None
-    ev = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ev)
+    ev = evaluate_learning_module()
     runner, floor = ev.bundle(ev.SHIPPED)
     full = ev.femto_settings()
     grid = {"off": full["off"][:2], "on": full["on"][:2]}

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
 from agent.features import DEFAULT_SPEC
 from foreshock import bundle as fb
-from foreshock.cli import main
 from foreshock.errors import BundleError
 from models.build import DETECTOR_INT8, DETECTOR_TFLITE
 from models.build_default import BUNDLES, DEFAULT_NAME, DEFAULT_VERSION, DEV_PUBLIC_KEY
@@ -24,14 +24,6 @@ def bundle(tmp_path: Path) -> Path:
     dst = tmp_path / "bundle"
     shutil.copytree(SHIPPED, dst)
     return dst
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main([*args])
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return int(exc.value.code or 0), out.out, out.err
 
 
 def test_shipped_bundle_verifies_with_committed_key() -> None:

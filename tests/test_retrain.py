@@ -3,7 +3,6 @@ accept/refuse rule, and `foreshock model build --from-gateway`."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import evaluate_learning_module
 
 from agent.features import DEFAULT_SPEC
 from foreshock import bundle as fb
@@ -24,12 +24,7 @@ CFG = DefaultBuild(reduced=True, sim_seconds=3.0)
 
 
 def evaluation() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("evaluate_learning",
-                                                  ROOT / "scripts" / "evaluate_learning.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return evaluate_learning_module()
 
 
 @pytest.fixture(scope="module")
