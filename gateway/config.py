@@ -11,7 +11,7 @@ import os
 import socket
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -20,6 +20,9 @@ from foreshock import topics
 from foreshock.bundle import load_private_key
 from foreshock.config import check_range, from_table, read_toml
 from foreshock.errors import ConfigError
+
+if TYPE_CHECKING:
+    import paho.mqtt.client as mqtt
 
 BROKER_SCHEMES = ("mqtt", "mqtts")
 # Where `foreshock gateway ca init` puts the site's model-signing key; devices pin its
@@ -98,6 +101,28 @@ class GatewayConfig:
         if self.client_id:
             return self.client_id
         return f"foreshock-gw-{socket.gethostname()[:20]}-{os.getpid()}"
+
+    def mqtt_client(self, client_id: str, **options: Any) -> mqtt.Client:
+        """A paho client with the gateway's broker identity: protocol, ``username`` /
+        ``password`` (or those of ``broker_url``) and TLS (``mqtts://`` or the TLS files).
+        ``options`` go to ``paho.mqtt.client.Client`` (e.g. ``manual_ack``)."""
+        import ssl
+
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        addr = broker(self.broker_url)
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                             protocol=mqtt.MQTTv311 if self.protocol == "3.1.1"
+                             else mqtt.MQTTv5, **options)
+        username = self.username or addr.username
+        if username:
+            client.username_pw_set(username, self.password or addr.password)
+        if addr.tls or self.tls_ca_file:
+            client.tls_set(ca_certs=self.tls_ca_file or None,
+                           certfile=self.tls_cert_file or None,
+                           keyfile=self.tls_key_file or None, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        return client
 
     def with_(self, **changes: Any) -> GatewayConfig:
         return replace(self, **changes)

@@ -161,25 +161,12 @@ def publish_command(config: GatewayConfig, topic: str, payload: bytes,
     """Publish one command (QoS 1) with the gateway's broker identity (``broker_url``,
     ``username``/``password``, TLS files) and wait for the broker's acknowledgement;
     LinkError when the broker cannot be reached, refuses us or does not acknowledge."""
-    import ssl
     import threading
-
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
 
     from gateway.config import broker
 
     addr = broker(config.broker_url)
-    client = mqtt.Client(CallbackAPIVersion.VERSION2,
-                         client_id=f"foreshock-feedback-{uuid.uuid4().hex[:8]}",
-                         protocol=mqtt.MQTTv311 if config.protocol == "3.1.1" else mqtt.MQTTv5)
-    username = config.username or addr.username
-    if username:
-        client.username_pw_set(username, config.password or addr.password)
-    if addr.tls or config.tls_ca_file:
-        client.tls_set(ca_certs=config.tls_ca_file or None,
-                       certfile=config.tls_cert_file or None,
-                       keyfile=config.tls_key_file or None, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+    client = config.mqtt_client(f"foreshock-feedback-{uuid.uuid4().hex[:8]}")
     connected, refused = threading.Event(), []
 
     def on_connect(c: Any, u: Any, flags: Any, reason: Any, props: Any = None) -> None:

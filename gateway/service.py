@@ -27,13 +27,11 @@ alert batch on ``topics.control_alert(site)``.
 from __future__ import annotations
 
 import logging
-import ssl
 import threading
 import time
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -74,17 +72,7 @@ class Gateway:
 
     def _make_client(self) -> mqtt.Client:
         cfg = self.config
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cfg.effective_client_id(),
-                             protocol=mqtt.MQTTv311 if cfg.protocol == "3.1.1"
-                             else mqtt.MQTTv5, manual_ack=True)
-        addr = broker(cfg.broker_url)
-        username = cfg.username or addr.username
-        if username:
-            client.username_pw_set(username, cfg.password or addr.password)
-        if addr.tls or cfg.tls_ca_file:
-            client.tls_set(ca_certs=cfg.tls_ca_file or None,
-                           certfile=cfg.tls_cert_file or None,
-                           keyfile=cfg.tls_key_file or None, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        client = cfg.mqtt_client(cfg.effective_client_id(), manual_ack=True)
         client.on_connect = self._on_connect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
