@@ -161,6 +161,49 @@ def test_batch_screens_agree_with_each_window_alone(kinds: list[str], seed: int)
     assert batch == alone
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from([4096, 1000, 64, 9, 3]), st.integers(1, 10), st.integers(2, 12),
+       st.integers(0, 2**16), st.booleans())
+def test_grouped_clip_screen_flags_the_rows_a_full_count_flags(
+        width: int, rows: int, min_samples: int, seed: int, quantized: bool) -> None:
+    """The plateau screen counts samples only in rows with enough groups at the extreme
+    (pigeonhole over checks._extreme_groups); it must flag exactly the rows a count of
+    every sample flags, at every width (group sizes 8, 4, 2 or none) and limit."""
+    from agent.monitor import checks
+
+    rng = np.random.default_rng(seed)
+    cfg = QualityConfig(clip_min_samples=min_samples)
+    x = rng.standard_normal((rows, width)).astype(np.float32)
+    if quantized:
+        x = np.round(x * 4) / np.float32(4)
+    # plateaus of 1 to 2x the limit at the top, the bottom or both; scattered, or packed
+    # into as few groups as possible (every g-th sample of a stride: the pigeonhole's edge)
+    packed = np.arange(width).reshape(-1, width // 8 if width % 8 == 0 else 1).T.ravel()
+    for row in x:
+        k = int(rng.integers(1, 2 * max(min_samples, int(0.002 * width) + 1) + 1))
+        if rng.integers(0, 2):
+            at = rng.choice(width, min(k, width), replace=False)
+        else:
+            at = np.roll(packed, -8 * int(rng.integers(0, max(1, width // 8))))[:k]
+        side = rng.integers(0, 3)
+        if side != 1:
+            row[at[: len(at) // 2 + 1]] = row.max()
+        if side != 0:
+            row[at[len(at) // 2:]] = row.min()
+    top, bottom = x.max(axis=1).astype(np.float64), x.min(axis=1).astype(np.float64)
+    full = np.zeros(rows)
+    groups = checks._extreme_groups(x, checks._clip_need(width, cfg))
+    if width % 2 == 0 and checks._clip_need(width, cfg) > 2:
+        assert groups is not None           # the grouped path is the one under test
+    grouped = checks._clip_screen(x, top, bottom, full, cfg, groups)
+    counted = checks._clip_screen(x, top, bottom, full, cfg, None)
+    assert grouped.tolist() == counted.tolist()
+    assert counted.any() == bool(  # the case is not vacuous: plateaus do reach the limit
+        np.any([(r >= r.max()).sum() >= checks._clip_need(width, cfg)
+                or (r <= r.min()).sum() >= checks._clip_need(width, cfg) for r in x])
+    ) or quantized
+
+
 def frames(x: np.ndarray, *, rate_hz: float = RATE_HZ, true_rate_hz: float = RATE_HZ,
            seqs: list[int] | None = None, fmt: SampleFormat = SampleFormat.FLOAT32,
            scale: float = 1.0, t0_s: float = 1.7e9) -> list[Frame]:

@@ -10,6 +10,7 @@ float32 values cannot overflow the statistics.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ CHECKS = ("empty", "non_finite", "clipping", "flatline", "spikes", "rate_drift",
 NON_BLOCKING = frozenset({"seq_gaps"})
 MAD_TO_SD = 1.4826
 ROBUST_SAMPLES = 512
+CLIP_GROUP = 8  # samples per group of the clipping screen (at most; see _extreme_groups)
 HUGE = 1e30  # beyond this, statistics of float32 rows run in float64
 
 
@@ -90,11 +92,15 @@ def sample_issues(x: npt.NDArray[np.floating[Any]], full_scale_g: float | list[f
     if w == 0:
         return [[Issue("empty", 0, 1, "samples")] for _ in range(n)]
     full = np.broadcast_to(np.asarray(full_scale_g, dtype=np.float64), (n,))
-    with np.errstate(invalid="ignore"):
-        top, bottom = x.max(axis=1), x.min(axis=1)  # NaN propagates; inf is an extreme
+    groups = _extreme_groups(x, _clip_need(w, cfg))
+    with np.errstate(invalid="ignore"):  # NaN propagates; inf is an extreme
+        if groups is None:
+            top, bottom = x.max(axis=1), x.min(axis=1)
+        else:
+            top, bottom = groups[0].max(axis=1), groups[1].min(axis=1)
     all_finite = np.isfinite(top) & np.isfinite(bottom)
     if all_finite.all():
-        return _finite_issues(x, top, bottom, full, cfg)
+        return _finite_issues(x, top, bottom, full, cfg, groups)
     out: list[list[Issue]] = [[] for _ in range(n)]
     clean = np.flatnonzero(all_finite)
     if clean.size:
@@ -109,6 +115,35 @@ def sample_issues(x: npt.NDArray[np.floating[Any]], full_scale_g: float | list[f
             out[row] += _finite_issues(rest, rest.max(axis=1), rest.min(axis=1),
                                        full[row:row + 1], cfg)[0]
     return out
+
+
+def _clip_need(width: int, cfg: QualityConfig) -> float:
+    """Samples at a row's extreme that make a plateau."""
+    return max(cfg.clip_min_samples, cfg.clip_min_fraction * width)
+
+
+Groups = tuple[npt.NDArray[Any], npt.NDArray[Any], int]
+
+
+def _extreme_groups(x: npt.NDArray[np.floating[Any]], need: float) -> Groups | None:
+    """Per row, the max and the min of each group of ``g`` samples: the columns of ``x``
+    viewed as ``[n, g, w / g]`` (elementwise maxima of g slices: about the cost of one
+    ``max``). ``g`` is the largest power of two up to CLIP_GROUP that divides ``w`` and is
+    below ``ceil(need)``; None when there is none (then the screens count every sample).
+
+    The row extremes are the extremes of the groups, and a row with ``ceil(need)`` samples
+    at or beyond a level has them in at least ``ceil(ceil(need) / g)`` groups whose
+    extreme reaches it (pigeonhole), so the plateau screen counts samples only in rows
+    with that many such groups."""
+    m, w = x.shape
+    g, k = CLIP_GROUP, math.ceil(need)
+    while g >= 2 and (g >= k or w % g):
+        g //= 2
+    if g < 2 or m == 0:
+        return None
+    view = np.ascontiguousarray(x).reshape(m, g, w // g)
+    with np.errstate(invalid="ignore"):
+        return np.maximum.reduce(view, axis=1), np.minimum.reduce(view, axis=1), g
 
 
 @functools.lru_cache(maxsize=16)
@@ -139,7 +174,7 @@ def _robust(x: npt.NDArray[np.floating[Any]], huge: bool) -> tuple[npt.NDArray[n
 
 def _finite_issues(x: npt.NDArray[np.floating[Any]], top_in: npt.NDArray[Any],
                    bottom_in: npt.NDArray[Any], full: npt.NDArray[np.float64],
-                   cfg: QualityConfig) -> list[list[Issue]]:
+                   cfg: QualityConfig, groups: Groups | None = None) -> list[list[Issue]]:
     """Flatline, clipping and spike checks on finite rows, vectorised over rows.
 
     Whole-batch passes (max/min, the robust subset, one comparison of neighbours)
@@ -153,7 +188,7 @@ def _finite_issues(x: npt.NDArray[np.floating[Any]], top_in: npt.NDArray[Any],
     flat = _flatline(x, top, bottom, cfg)
     for i, only in flat.items():
         out[i] = [only]
-    clip = _clip_screen(x, top, bottom, full, cfg)
+    clip = _clip_screen(x, top, bottom, full, cfg, groups)
     spikes = _spike_counts(x, med, scale, (top, bottom), cfg, huge)
     for i in sorted(set(map(int, np.flatnonzero(clip))) | set(spikes)):
         if i in flat:
@@ -198,23 +233,35 @@ def _flatline(x: npt.NDArray[np.floating[Any]], top: npt.NDArray[np.float64],
 
 def _clip_screen(x: npt.NDArray[np.floating[Any]], top: npt.NDArray[np.float64],
                  bottom: npt.NDArray[np.float64], full: npt.NDArray[np.float64],
-                 cfg: QualityConfig) -> npt.NDArray[np.bool_]:
+                 cfg: QualityConfig, groups: Groups | None = None) -> npt.NDArray[np.bool_]:
     """Rows that may clip: a sample near full scale, or enough samples near an extreme.
 
     The plateau screen is looser than :func:`_clipping` (twice its tolerance), so every
-    row that function would flag is in it. Samples are counted per row only when the
-    whole batch holds enough of them for one row to reach the limit.
+    row that function would flag is in it. Samples are counted only in the rows that can
+    reach the limit: with ``groups`` (:func:`_extreme_groups` of ``x``), rows with enough
+    groups at the extreme; without, when the whole batch holds enough samples there.
     """
     m, w = x.shape
-    need = max(cfg.clip_min_samples, cfg.clip_min_fraction * w)
+    need = _clip_need(w, cfg)
     heavy = (full > 0) & (np.maximum(np.abs(top), np.abs(bottom))
                           >= cfg.full_scale_fraction * full)
-    for upper, extreme in ((True, top), (False, bottom)):
+    per_row = math.ceil(math.ceil(need) / groups[2]) if groups is not None else 0
+    for side, extreme in enumerate((top, bottom)):
+        upper = side == 0
         tol = 2e-6 * np.maximum(np.abs(extreme), 1e-30)
         level = (extreme - tol if upper else extreme + tol).astype(x.dtype)[:, None]
-        at = x >= level if upper else x <= level
-        if np.count_nonzero(at) >= m - 1 + need:  # each row has at least its extreme
-            heavy |= np.count_nonzero(at, axis=1) >= need
+        if groups is None:
+            at = x >= level if upper else x <= level
+            if np.count_nonzero(at) >= m - 1 + need:  # each row has at least its extreme
+                heavy |= np.count_nonzero(at, axis=1) >= need
+            continue
+        reach = groups[side] >= level if upper else groups[side] <= level
+        if np.count_nonzero(reach) < m - 1 + per_row:  # each row has its extreme's group
+            continue
+        rows = np.flatnonzero(np.count_nonzero(reach, axis=1) >= per_row)
+        if rows.size:
+            sub, lv = x[rows], level[rows]
+            heavy[rows] |= np.count_nonzero(sub >= lv if upper else sub <= lv, axis=1) >= need
     return heavy
 
 
