@@ -50,6 +50,20 @@ QUANTILES = (0.5, 0.9, 0.95, 0.99)
 FACTORS = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 MARGINS = (0.5, 1.0, 2.0)
 KOFN = ((3, 5), (6, 10), (12, 18))
+
+
+@dataclass(frozen=True)
+class PolicyGrid:
+    """The alert policies a site chooses among on its other bearings (every combination)."""
+
+    quantiles: tuple[float, ...] = QUANTILES
+    factors: tuple[float, ...] = FACTORS
+    margins: tuple[float, ...] = MARGINS
+    kofn: tuple[tuple[int, int], ...] = KOFN
+
+
+#: The grid of the evaluation (docs/evaluation.md).
+DEFAULT_GRID = PolicyGrid()
 #: Anomaly heads a site may pick on its run-to-failure history: the learned share of the
 #: anomaly weights (models.train.anomaly_weights), the shipped bundle's first, so a tie
 #: keeps it. 0 is the physics prior alone (uniform over models.train.ANOMALY_FEATURES).
@@ -183,9 +197,10 @@ def _score(outcomes: list[dict[str, Any]]) -> tuple[int, int, int]:
             sum(o["clean_warning"] for o in outcomes))
 
 
-def _policies(floor: float) -> list[Policy]:
+def _policies(floor: float, grid: PolicyGrid = DEFAULT_GRID) -> list[Policy]:
     return [Policy(floor, quantile=q, factor=f, margin=m, k=k, n=n)
-            for q, f, m, (k, n) in itertools.product(QUANTILES, FACTORS, MARGINS, KOFN)]
+            for q, f, m, (k, n) in itertools.product(grid.quantiles, grid.factors,
+                                                     grid.margins, grid.kofn)]
 
 
 #: Threshold multipliers of the robustness check: a policy whose outcomes on the training
@@ -199,12 +214,12 @@ def choose_policy(train: list[dict[str, Any]], floor: float) -> Policy:
     return _choose({None: train}, {None: floor})[1]
 
 
-def _choose(train: dict[Any, list[dict[str, Any]]], floors: dict[Any, float]
-            ) -> tuple[Any, Policy, tuple[int, int, int]]:
+def _choose(train: dict[Any, list[dict[str, Any]]], floors: dict[Any, float],
+            grid: PolicyGrid = DEFAULT_GRID) -> tuple[Any, Policy, tuple[int, int, int]]:
     best: tuple[Any, Policy, tuple[int, int, int]] | None = None
     best_key: tuple[tuple[int, int, int], tuple[int, ...]] | None = None
     for key, views in train.items():
-        for p in _policies(floors[key]):
+        for p in _policies(floors[key], grid):
             score = _score([model_outcome(s, p) for s in views])
             if best_key is not None and score < best_key[0]:
                 continue
@@ -217,7 +232,8 @@ def _choose(train: dict[Any, list[dict[str, Any]]], floors: dict[Any, float]
     return best
 
 
-def choose_design(train: list[dict[str, Any]], floors: dict[float, float]
+def choose_design(train: list[dict[str, Any]], floors: dict[float, float],
+                  grid: PolicyGrid = DEFAULT_GRID
                   ) -> tuple[tuple[float, tuple[str, ...]], Policy, tuple[int, int, int]]:
     """(anomaly share, channels), alert policy and their training score: the best
     (alerts, quiet first halves, clean warnings) on the training bearings; among equals the
@@ -228,10 +244,12 @@ def choose_design(train: list[dict[str, Any]], floors: dict[float, float]
     views = {(share, ch): [view(s, share, ch) for s in train]
              for share in floors for ch in CHANNEL_SETS}
     return _choose(views, {(share, ch): f for share, f in floors.items()
-                           for ch in CHANNEL_SETS})
+                           for ch in CHANNEL_SETS}, grid)
 
 
-def femto_lobo(femto: Path, seed: int, n_machines: int) -> dict[str, Any]:
+def femto_data(femto: Path, seed: int, n_machines: int
+               ) -> tuple[list[dict[str, Any]], dict[float, float]]:
+    """Every FEMTO bearing's series scored by every candidate head, and the heads' floors."""
     from agent.features import DEFAULT_SPEC
     from models.evaluate import ALL_FAULTS
     from models.simdata import random_machines
@@ -246,10 +264,18 @@ def femto_lobo(femto: Path, seed: int, n_machines: int) -> dict[str, Any]:
     finally:
         for h in heads:
             h.runners.close()
+    return series, floors
+
+
+def femto_lobo(femto: Path, seed: int, n_machines: int, grid: PolicyGrid = DEFAULT_GRID,
+               data: tuple[list[dict[str, Any]], dict[float, float]] | None = None
+               ) -> dict[str, Any]:
+    """Leave one bearing out; ``data``: :func:`femto_data`'s result, if already computed."""
+    series, floors = data if data is not None else femto_data(femto, seed, n_machines)
     rows = []
     for i, held in enumerate(series):
         (share, channels), policy, train_score = choose_design(series[:i] + series[i + 1:],
-                                                               floors)
+                                                               floors, grid)
         seen = view(held, share, channels)
         rows.append({"bearing": held["name"], "life_s": held["life_s"],
                      "design": {"anomaly_share": share, "channels": list(channels)},

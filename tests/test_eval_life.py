@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from models.eval_life import (
+    DEFAULT_GRID,
     ROBUSTNESS_SCALES,
+    PolicyGrid,
     anomaly_heads,
     choose_design,
     femto_series,
@@ -108,6 +110,28 @@ def test_the_head_and_channels_that_warn_cleanly_on_training_bearings_are_chosen
     for c in (1.0, *ROBUSTNESS_SCALES):
         assert all(model_outcome(view(s, share, channels), policy, c)["clean_warning"]
                    for s in train)
+
+
+def test_the_policy_is_chosen_from_the_grid_given() -> None:
+    """A late rise of 2.5 over quiet scores of about 0.6: the default grid finds a clean
+    warning on every training bearing; a grid whose only rule sets the threshold at 6
+    (factor 1, margin 6) cannot alert, and is what is chosen when it is the only one."""
+    rng = np.random.default_rng(2)
+    train = []
+    for i in range(5):
+        s = np.abs(rng.normal(0.6, 0.1, N)).astype(np.float32)
+        s[280 + 5 * i:] += 2.5
+        train.append(bearing({(0.0, "horizontal"): s, (0.0, "vertical"): s}))
+    _, policy, score = choose_design(train, {0.0: 1.0})
+    assert score == (5, 5, 5)
+    assert (policy.quantile, policy.factor, policy.margin) in {
+        (q, f, m) for q in DEFAULT_GRID.quantiles for f in DEFAULT_GRID.factors
+        for m in DEFAULT_GRID.margins}
+    deaf = PolicyGrid(quantiles=(0.5,), factors=(1.0,), margins=(6.0,), kofn=((6, 10),))
+    _, policy, score = choose_design(train, {0.0: 1.0}, deaf)
+    assert (policy.quantile, policy.factor, policy.margin, policy.k, policy.n) == (
+        0.5, 1.0, 6.0, 6, 10)
+    assert score == (0, 5, 0)
 
 
 def test_cli_without_femto_data_is_a_one_line_error(tmp_path: Path,
