@@ -20,6 +20,7 @@ on the new model's scale from its commissioning reference windows (docs/learning
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from agent import pipeline as pl
 from agent.baselines import StateBank, stream_name
+from agent.confirmed import ConfirmedIncidents
 from agent.ota import OtaConfig, OtaReceiver
 from agent.window import Windower
 from foreshock import topics
@@ -344,7 +346,7 @@ class ModelUpdates:
             return None, None
         running = np.nan_to_num(np.asarray(anomaly, np.float64), nan=-np.inf) > \
             self.pipeline.decider.floor
-        confirmed_ids: set[str] = getattr(self, "confirmed_incidents", set())
+        confirmed_ids = self.confirmed_incidents
         scored = [r for r in out.results if not r.commissioning]
         if not confirmed_ids or len(scored) != n:
             return running, None
@@ -355,19 +357,22 @@ class ModelUpdates:
             confirmed[i] = incident is not None and incident.id in confirmed_ids
         return running, confirmed
 
+    @functools.cached_property
+    def confirmed_incidents(self) -> ConfirmedIncidents:
+        """The incidents operators confirmed (``<service.state_dir>/confirmed_incidents.json``,
+        read at first use, kept across restarts)."""
+        path = self.config.service.state_dir / "confirmed_incidents.json"
+        return ConfirmedIncidents(path, MAX_CONFIRMED)
+
     def note_feedback(self, args: dict[str, Any]) -> None:
         """Remember the incidents an operator confirmed (``cmd/feedback``, signed): a
         candidate in shadow must keep flagging their windows. A later label replaces it."""
         incident = args.get("incident")
-        if not isinstance(incident, str):
-            return
-        confirmed: set[str] = self.__dict__.setdefault("confirmed_incidents", set())
-        if args.get("label") == "confirmed":
-            if len(confirmed) >= MAX_CONFIRMED:
-                confirmed.pop()
-            confirmed.add(incident)
-        else:
-            confirmed.discard(incident)
+        if isinstance(incident, str):
+            try:
+                self.confirmed_incidents.note(incident, str(args.get("label")))
+            except OSError as exc:      # kept in memory; the disk is the health report's
+                log.error("confirmed incident %s not saved: %s", incident, exc)
 
     def _send_status(self, payloads: list[bytes]) -> None:
         self._unsent.extend(payloads)
