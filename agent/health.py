@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import AgentConfig
+from agent.files import atomic_write
 from agent.monitor import Monitor, PrometheusExporter
 from agent.sdnotify import Notifier
 from agent.security import redact
@@ -173,12 +174,6 @@ class HealthReporting:
     def write_status(self, health: Health | None = None) -> Path:
         """Write the status JSON atomically (temp file, fsync, rename)."""
         path = self.config.service.status_file
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        data = messages.dumps(json.loads(json.dumps(self.status(health), default=str)))
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        atomic_write(path, messages.dumps(json.loads(json.dumps(self.status(health),
+                                                                 default=str))))
         return path
