@@ -16,7 +16,8 @@ limits):
 - ``femto``: the simulator-trained detector's k-of-n-held score peaks per FEMTO bearing
   (first half of life vs the clean-warning window) for longer k-of-n than the evaluation's,
   and the leave-one-bearing-out outcome with a finer policy grid (a sensitivity check, not
-  the evaluation: that grid was tried after the evaluation's outcome was known).
+  the evaluation: that grid was tried after the evaluation's outcome was known), and the
+  same peaks for rising-median rules, which the device's Decider does not have.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from models.eval_life import PolicyGrid
 
@@ -132,6 +134,52 @@ def femto_peaks(data: tuple[list[dict[str, Any]], dict[float, float]]) -> list[s
     return out
 
 
+#: Rising-median rules measured by :func:`femto_trend`: (median over n windows, its rise over
+#: lag windows); FEMTO snapshots are 10 s apart.
+TREND_RULES = ((30, 60), (30, 180), (60, 360))
+
+
+def rise_peaks(series: dict[str, Any], scores: npt.NDArray[np.float32], n: int, lag: int
+               ) -> tuple[float | None, float | None]:
+    """Highest rise of the n-window running median over ``lag`` windows, in the first half
+    of life after commissioning and in the clean-warning window (None where undefined)."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    t, life, com = series["t_s"], series["life_s"], series["commission"]
+    x = scores.astype(np.float64)
+    med = np.full(len(x), np.nan)
+    if len(x) >= n:
+        med[n - 1:] = np.median(sliding_window_view(x, n), axis=1)
+    rise = np.full(len(x), np.nan)
+    rise[lag:] = med[lag:] - med[:-lag]
+    out: list[float | None] = []
+    for m in ((~com) & (t < life / 2), (t >= life / 2) & (t <= life - 600.0)):
+        v = rise[m]
+        out.append(round(float(np.nanmax(v)), 2) if np.isfinite(v).any() else None)
+    return out[0], out[1]
+
+
+def femto_trend(data: tuple[list[dict[str, Any]], dict[float, float]]) -> list[str]:
+    """A trend rule the Decider does not have (the running median's rise): its peaks in the
+    first half / the clean-warning window, horizontal stream, per head."""
+    series, floors = data
+    out = ["| bearing | head share | " + " | ".join(
+        f"median of {n} rising over {lag * 10 // 60} min" for n, lag in TREND_RULES) + " |",
+        "|---" * (len(TREND_RULES) + 2) + "|"]
+    for s in series:
+        for share in floors:
+            cells = []
+            for n, lag in TREND_RULES:
+                a, b = rise_peaks(s, s["streams"][(share, "horizontal")], n, lag)
+                cells.append(f"{_f(a)} / {_f(b)}")
+            out.append(f"| {s['name']} | {share:g} | " + " | ".join(cells) + " |")
+    return out
+
+
+def _f(v: float | None) -> str:
+    return "—" if v is None else f"{v:.2f}"
+
+
 def femto_finer_grid(femto: Path, data: tuple[list[dict[str, Any]], dict[float, float]],
                      seed: int, n_machines: int) -> list[str]:
     from models.eval_life import femto_lobo
@@ -179,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         data = femto_data(femto, args.seed, 72)
         print("## FEMTO: score peaks, first half / clean-warning window\n")
         print("\n".join(femto_peaks(data)) + "\n")
+        print("## FEMTO: rising-median rules (not a Decider rule), first half / warning window\n")
+        print("\n".join(femto_trend(data)) + "\n")
         print("## FEMTO: leave one bearing out with a finer policy grid (sensitivity only)\n")
         print("\n".join(femto_finer_grid(femto, data, args.seed, 72)) + "\n")
     return 0

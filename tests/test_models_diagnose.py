@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.diagnose import cwru_lines, femto_peaks, main
+from models.diagnose import cwru_lines, femto_peaks, main, rise_peaks
 
 
 def test_missing_data_is_a_one_line_error(tmp_path: Path,
@@ -36,6 +36,20 @@ def test_femto_peaks_table() -> None:
     assert h[1] == "0, H" and hv[1] == "0, H+V"
     assert all(c.strip(" |") == "0.50 / 4.00" for c in h[2:])
     assert all(c.strip(" |") == "9.00 / 4.00" for c in hv[2:])
+
+
+def test_rise_peaks() -> None:
+    """A ramp in the second half rises by its slope over the lag; a step in the first half
+    shows there; too short a life for the lag gives None."""
+    n = 400
+    t = np.arange(n) * 10.0
+    x = np.zeros(n, np.float32)
+    x[80:] = 2.0  # a step after commissioning, in the first half
+    x[250:] = 2.0 + 0.01 * np.arange(150)  # a ramp of 0.01 a window from 2500 s
+    s = {"t_s": t, "life_s": float(t[-1]), "commission": t <= 600.0}
+    first, warning = rise_peaks(s, x, 5, 20)
+    assert first == 2.0 and warning == pytest.approx(0.2)
+    assert rise_peaks(s, x, 5, 390) == (None, None)
 
 
 def test_cwru_outer_race_014_records_carry_no_bpfo_line(shared_data: Path) -> None:
