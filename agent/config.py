@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from agent.baselines import LearningConfig
 from agent.features.geometry import BEARINGS, ISO_ZONE_LIMITS_MM_S
-from agent.link import LinkConfig
+from agent.link import LinkConfig, LinkOptions
 from agent.monitor import MonitorConfig
 from agent.outbox import OutboxConfig
 from foreshock.config import check_range, from_table, read_toml
@@ -137,9 +137,11 @@ class OutboxSection(OutboxConfig):
 
 
 @dataclass(frozen=True)
-class LinkSection:
+class LinkSection(LinkOptions):
     """MQTT link; the keys of :class:`agent.link.LinkConfig` without site and device_id
-    (they come from ``[device]``). ``broker_url`` empty: no link, data waits in the outbox.
+    (they come from ``[device]``): ``broker_url`` and the options declared, with their
+    defaults, in :class:`agent.link.LinkOptions`; plus the loop's drain timing.
+    ``broker_url`` empty: no link, data waits in the outbox.
 
     ``drain_interval_s``: how often the loop publishes; ``drain_timeout_s``: how long one
     drain may wait for acknowledgements before the loop goes on. ``require_gateway`` (on
@@ -149,20 +151,7 @@ class LinkSection:
     """
 
     broker_url: str = ""
-    client_id: str = ""
-    keepalive_s: int = 30
-    tls_ca_path: str | None = None
-    tls_cert_path: str | None = None
-    tls_key_path: str | None = None
-    max_inflight: int = 16
-    batch_max_records: int = 1000
-    batch_max_bytes: int = 256 * 1024
-    backoff_min_s: float = 0.5
-    backoff_max_s: float = 60.0
-    connect_timeout_s: float = 10.0
-    protocol: Literal["auto", "5", "3.1.1"] = "auto"
     require_gateway: bool = True
-    gateway_timeout_s: float = 6.0
     drain_interval_s: float = 0.2
     drain_timeout_s: float = 0.05
 

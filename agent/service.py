@@ -32,11 +32,9 @@ Model updates (agent/model_updates.py): ``model/offer``, ``model/chunk`` and
 (agent/ota.py); its answers go out on ``model/status``, every scored batch feeds a candidate
 in shadow, and the loop switches models when the receiver promotes or rolls back.
 
-Commands: ``cmd/rebaseline``, ``cmd/feedback`` and ``cmd/rollback`` change state, so they
-run only when signed (``sig``, ed25519) by a ``model.command_keys`` key (default
-``model.trusted_keys``), with ``ts`` within 600 s of the device clock and an ``id`` not
-among the last 256 accepted (replay guard); anything else is logged and counted in
-``bad_commands``, never executed. ``ping`` and ``snapshot`` may be unsigned.
+Commands (agent/commands.py): ``cmd/rebaseline``, ``cmd/feedback`` and ``cmd/rollback``
+change state, so they run only when signed by a ``model.command_keys`` key, fresh and not
+a replay; anything else is logged and counted in ``bad_commands``, never executed.
 
 systemd: READY=1 once the loop runs, WATCHDOG=1 at half of WATCHDOG_USEC, STATUS= with a
 one-line summary, STOPPING=1 on shutdown (see agent/sdnotify.py).
@@ -57,15 +55,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agent import pipeline
 from agent.baselines import StateBank
+from agent.blas import ONE_BLAS_THREAD
+from agent.commands import CommandHandling
 from agent.config import AgentConfig
 from agent.health import HealthReporting
-from agent.model_updates import OTA_KINDS, ModelUpdates
+from agent.model_updates import ModelUpdates
 from agent.monitor import Monitor, PrometheusExporter
 from agent.sdnotify import Notifier
 from agent.sources import Source
 from agent.window import Window, Windower, stacked
-from foreshock import bundle as fsbundle
-from foreshock import messages, topics
+from foreshock import messages
 from foreshock.errors import ForeshockError, MessageError
 
 log = logging.getLogger(__name__)
@@ -73,42 +72,7 @@ log = logging.getLogger(__name__)
 CLOSE_DRAIN_S = 2.0
 
 
-class _OneBlasThread:
-    """Limits BLAS (numpy's OpenBLAS) to one thread while any agent loop of this process
-    runs, and lifts the limit when the last one ends.
-
-    The agent's matrix products are small (a batch of windows times a vector), so extra
-    BLAS threads add nothing; but after each product they spin for a while on the CPU that
-    the next window (and, on a shared host, the other devices' agents) needs. Measured with
-    ``benchmarks/alert_latency.py`` (six agent processes on two cores): alert p99 130 ms
-    with the default two BLAS threads per process, 11 ms with one.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._users = 0
-        self._limit: Any = None
-
-    def __enter__(self) -> None:
-        from threadpoolctl import threadpool_limits
-
-        with self._lock:
-            if self._users == 0:
-                self._limit = threadpool_limits(limits=1, user_api="blas")
-            self._users += 1
-
-    def __exit__(self, *exc: object) -> None:
-        with self._lock:
-            self._users -= 1
-            if self._users == 0 and self._limit is not None:
-                self._limit.restore_original_limits()
-                self._limit = None
-
-
-ONE_BLAS_THREAD = _OneBlasThread()
-
-
-class Agent(ModelUpdates, HealthReporting):
+class Agent(ModelUpdates, HealthReporting, CommandHandling):
     """Composes the pipeline for one device; see the module doc.
 
     ``detector``/``bundle``: see :class:`agent.pipeline.Pipeline`. ``store=False`` skips the
@@ -186,41 +150,6 @@ class Agent(ModelUpdates, HealthReporting):
             self.learning.thresholds.clear()
             self.pipeline.learning = self.learning
 
-    def _on_command(self, topic: str, payload: bytes) -> None:
-        """Called from the link's thread: parse, check a state-changing command's signature
-        and freshness, and queue it for the loop."""
-        try:
-            _, _, kind = topics.parse(topic)
-            ota = kind in OTA_KINDS and self.ota is not None
-            if ota and kind.startswith("model/"):
-                self._queue_ota(topic, payload)   # validated by the receiver (counted there)
-                return
-            command = messages.decode_command(payload)
-            if kind.startswith("cmd/") and kind[4:] in messages.SIGNED_COMMANDS:
-                self._verify_command(command)
-        except (ValueError, ForeshockError) as exc:
-            self.counters["bad_commands"] += 1
-            log.warning("ignoring message on %s: %s", topic, exc)
-            return
-        if ota:
-            self._queue_ota(topic, payload)
-        elif kind.startswith("cmd/"):
-            by = str(command.get("issued_by") or "gateway")
-            self._commands.append((kind[4:], {**command["args"], "issued_by": by}))
-
-    def _verify_command(self, command: dict[str, Any]) -> None:
-        """Signed by a ``model.command_keys`` key, ``ts`` within 600 s of our clock, and an
-        id not among the last 256 accepted; else MessageError (docs/config.md)."""
-        if self._command_keys is None:
-            self._command_keys = []
-            for path in self.config.model.command_key_files:
-                try:
-                    self._command_keys.append(fsbundle.load_public_key(Path(path)))
-                except ForeshockError as exc:
-                    log.error("command key not usable, skipped: %s", exc)
-        messages.verify_command(command, self._command_keys)
-        self._command_ids.check(command)
-
     # -- the loop ----------------------------------------------------------------------------
     def start(self) -> None:
         """Connect the link (it retries in the background), start the metrics endpoint if
@@ -249,7 +178,7 @@ class Agent(ModelUpdates, HealthReporting):
 
     def run(self, stop: threading.Event) -> None:
         """Loop until ``stop`` is set or a finite source is exhausted; then close. BLAS runs
-        one thread meanwhile (see :class:`_OneBlasThread`)."""
+        one thread meanwhile (see :mod:`agent.blas`)."""
         with ONE_BLAS_THREAD:
             self.start()
             try:
@@ -395,32 +324,6 @@ class Agent(ModelUpdates, HealthReporting):
             self._next_drain = now + self.config.link.drain_interval_s
             self.drain()
 
-    def _command(self, name: str, args: dict[str, Any]) -> None:
-        self.counters["commands"] += 1
-        if name == "feedback":
-            self.note_feedback(args)       # a confirmed fault binds a model in shadow
-        channel = args.get("channel")
-        if name == "rebaseline" or (name == "feedback" and args.get("label")
-                                    == "maintenance_done"):
-            why = str(args.get("why") or ("maintenance done" if name == "feedback"
-                                          else "rebaseline command"))
-            if name == "feedback":
-                channel = self._incident_channel(args.get("incident"))
-            self.pipeline.rebaseline(channel if isinstance(channel, int) else None,
-                                     who=f"command:{args['issued_by']}", why=why,
-                                     at_s=time.time())
-            self._event({"type": "baseline", "detail": {"status": "rebaseline", **args}})
-        else:
-            log.info("command %s ignored by the agent loop", name)
-
-    def _incident_channel(self, incident: Any) -> int | None:
-        """The channel of an open or last incident with this id (None: all channels)."""
-        for key, s in self.pipeline.decider._streams.items():
-            last = s.last_alert or {}
-            if incident in ((s.incident.id if s.incident else None), last.get("incident")):
-                return int(key[1]) if isinstance(key, tuple) else None
-        return None
-
     def _save_learning(self) -> None:
         if self.learning is not None:
             try:
@@ -490,4 +393,3 @@ class Agent(ModelUpdates, HealthReporting):
         self.source.close()
         self.notifier.close()
         log.info("agent stopped: %s", self.status_line())
-

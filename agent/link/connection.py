@@ -1,25 +1,12 @@
-"""The device's MQTT link: paho-mqtt 2, batches from the outbox, acks on PUBACK only.
+"""The connection half of :class:`agent.link.Link`: one supervisor thread and its MQTT client.
 
-One supervisor thread owns the connection: it connects (MQTT 5, falling back to 3.1.1 when
-the broker refuses the protocol), runs the network loop, and after a loss waits an
-exponential backoff with jitter before a fresh client reconnects. Every connection starts
-with a retained ``state`` birth message (online, boot id, agent and model versions); the
-retained last will says ``online: false``.
-
-:meth:`Link.drain` (called from the agent's loop, one caller at a time) reads pending
-records class by class (alerts first), packs them into :class:`~foreshock.messages.Batch`
-messages bounded by ``batch_max_records`` and ``batch_max_bytes``, publishes them with
-QoS 1 inside a window of ``max_inflight`` messages, and acks exactly the row ids of a
-message once its PUBACK arrives. A disconnect forgets everything in flight without
-acking; the next drain on the next connection sends those rows again (at-least-once; the
-gateway drops duplicates by ``(device, boot_id, seq)``).
-
-With ``require_gateway`` the link also subscribes to ``topics.gateway_presence(site)`` and
-publishes nothing from the outbox until a live (not retained) ``online`` presence message
-arrived after its latest CONNACK; the gate closes again after ``gateway_timeout_s``
-without one or on ``online: false``. A broker's PUBACK only says the broker took a
-message; the gate makes sure a gateway is subscribed to take it from there (after a broker
-restart the devices are back before the gateway has resubscribed).
+The supervisor connects (MQTT 5, falling back to 3.1.1 when the broker refuses the
+protocol), runs the network loop, and after a loss waits :func:`backoff_s` before a fresh
+client reconnects. Every connection starts with a retained ``state`` birth message; the
+retained last will says ``online: false``. The MQTT callbacks land here: CONNACK (the
+in-flight window from the broker's Receive Maximum), PUBACKs (queued for the drain),
+subscriptions, commands (handed to the subscriber's callback) and gateway presence (the
+gate of ``require_gateway``). Publishing from the outbox is in :mod:`agent.link.drain`.
 """
 
 from __future__ import annotations
@@ -30,29 +17,20 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Final, Literal
-from urllib.parse import urlsplit
+from typing import Any, Final
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 
 from foreshock import __version__, topics
-from foreshock.errors import ConfigError, MessageError
-from foreshock.messages import (
-    MAX_PAYLOAD_BYTES,
-    Batch,
-    decode_gateway_presence,
-    dumps,
-    state_message,
-)
+from foreshock.errors import MessageError
+from foreshock.messages import decode_gateway_presence, state_message
 
-from .outbox import DRAIN_ORDER, Outbox
+from .options import LinkConfig
 
 log = logging.getLogger(__name__)
 
 UNSUPPORTED_PROTOCOL: Final = 132  # CONNACK reason code (3.1.1 return code 1 maps here)
-BATCH_ENVELOPE_BYTES: Final = 512
 CommandCallback = Callable[[str, bytes], None]
 
 
@@ -64,74 +42,9 @@ def backoff_s(attempt: int, min_s: float, max_s: float, rng: random.Random) -> f
     return rng.uniform(delay / 2, delay)
 
 
-@dataclass(frozen=True)
-class LinkConfig:
-    """Where and how the link connects. ``broker_url`` is ``mqtt://`` or ``mqtts://host:port``."""
-
-    broker_url: str
-    site: str
-    device_id: str
-    client_id: str = ""
-    keepalive_s: int = 30
-    tls_ca_path: str | None = None
-    tls_cert_path: str | None = None
-    tls_key_path: str | None = None
-    max_inflight: int = 16
-    batch_max_records: int = 1000
-    batch_max_bytes: int = 256 * 1024
-    backoff_min_s: float = 0.5
-    backoff_max_s: float = 60.0
-    connect_timeout_s: float = 10.0
-    protocol: Literal["auto", "5", "3.1.1"] = "auto"
-    require_gateway: bool = False
-    gateway_timeout_s: float = 6.0
-
-    def __post_init__(self) -> None:
-        topics.check_id(self.site, "site")
-        topics.check_id(self.device_id, "device_id")
-        url = urlsplit(self.broker_url)
-        if url.scheme not in ("mqtt", "mqtts") or not url.hostname:
-            raise ConfigError(f"broker_url {self.broker_url!r} is invalid: use "
-                              "mqtt://host:port or mqtts://host:port")
-        try:
-            _ = url.port
-        except ValueError:
-            raise ConfigError(f"broker_url {self.broker_url!r} has a bad port") from None
-        checks = {"keepalive_s": self.keepalive_s >= 5, "max_inflight": self.max_inflight >= 1,
-                  "batch_max_records": 1 <= self.batch_max_records <= 10_000,
-                  "batch_max_bytes": BATCH_ENVELOPE_BYTES < self.batch_max_bytes
-                  <= MAX_PAYLOAD_BYTES // 2,
-                  "backoff_min_s": 0 < self.backoff_min_s <= self.backoff_max_s,
-                  "protocol": self.protocol in ("auto", "5", "3.1.1"),
-                  "gateway_timeout_s": 0 < self.gateway_timeout_s <= 3600,
-                  "require_gateway": isinstance(self.require_gateway, bool)}
-        for key, ok in checks.items():
-            if not ok:
-                raise ConfigError(f"link {key}={getattr(self, key)!r} is out of range")
-        if (self.tls_cert_path is None) != (self.tls_key_path is None):
-            raise ConfigError("link tls_cert_path and tls_key_path must be given together")
-
-    @property
-    def host(self) -> str:
-        return str(urlsplit(self.broker_url).hostname)
-
-    @property
-    def tls(self) -> bool:
-        return urlsplit(self.broker_url).scheme == "mqtts"
-
-    @property
-    def port(self) -> int:
-        return urlsplit(self.broker_url).port or (8883 if self.tls else 1883)
-
-
-@dataclass
-class _Inflight:
-    kind: str
-    row_ids: list[int]
-
-
-class Link:
-    """MQTT connection of one device. ``start()`` it, ``drain(outbox)`` often, ``stop()``."""
+class Connection:
+    """The MQTT connection of one device (lifecycle, supervisor, callbacks, gateway gate);
+    :class:`agent.link.Link` adds the drain."""
 
     def __init__(self, config: LinkConfig, *, boot_id: str, agent_version: str = __version__,
                  model: dict[str, str] | None = None) -> None:
@@ -149,10 +62,6 @@ class Link:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._acks: queue.SimpleQueue[tuple[int, int, bool]] = queue.SimpleQueue()
-        self._inflight: dict[tuple[int, int], _Inflight] = {}
-        self._cursor: dict[str, int] = {}
-        self._cursor_gen = -1
-        self._drain_lock = threading.Lock()
         self._stats_lock = threading.Lock()
         self._stats = dict.fromkeys(
             ("published_msgs", "published_records", "acked_records", "reconnects", "connects",
@@ -438,101 +347,3 @@ class Link:
                      "present: draining the outbox" if presence["online"]
                      else "gone: holding the outbox")
         self._wake.set()
-
-    # -- draining the outbox ---------------------------------------------------------------
-    def drain(self, outbox: Outbox, *, timeout_s: float | None = None) -> int:
-        """Publish pending records until none is left and every message is acked, the link
-        drops, or ``timeout_s`` passes. Returns how many records the broker acknowledged
-        (and the outbox deleted) during this call. Not connected: returns 0 at once.
-        Messages still in flight at a timeout are acked by a later call on the same
-        connection. With ``require_gateway`` and no gateway present nothing new is published
-        (the records wait in the outbox). An :class:`OutboxError` from the outbox
-        propagates."""
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        acked = 0
-        with self._drain_lock:
-            while True:
-                self._wake.clear()
-                acked += self._settle(outbox)
-                gen, client = self._current
-                if not self.connected or client is None:
-                    self._forget(-1)
-                    return acked
-                if self._cursor_gen != gen:
-                    self._forget(gen)
-                if self.gateway_present:
-                    sent = self._fill(outbox, gen, client)
-                else:
-                    sent = 0
-                    if not self._inflight:
-                        self._count("drains_held")
-                if not sent and not self._inflight:
-                    return acked
-                left_s = 0.2 if deadline is None else deadline - time.monotonic()
-                if left_s <= 0:
-                    return acked
-                self._wake.wait(min(left_s, 0.2))
-
-    def _forget(self, gen: int) -> None:
-        """A new connection (or none): what was in flight is neither acked nor resent now;
-        the cursors restart so the next drain sends every unacked row again."""
-        if self._inflight:
-            log.info("%d messages were in flight when the link changed; they will be resent",
-                     len(self._inflight))
-        self._inflight.clear()
-        self._cursor.clear()
-        self._cursor_gen = gen
-
-    def _settle(self, outbox: Outbox) -> int:
-        rows: list[int] = []
-        while True:
-            try:
-                gen, mid, failed = self._acks.get_nowait()
-            except queue.Empty:
-                break
-            item = self._inflight.pop((gen, mid), None)
-            if item is None:
-                continue
-            if failed:
-                self._count("rejected_msgs")
-                log.warning("broker rejected a batch of %d %s records; they are resent "
-                            "after a reconnect", len(item.row_ids), item.kind)
-            else:
-                rows.extend(item.row_ids)
-        if rows:
-            outbox.ack(rows)
-            self._count("acked_records", len(rows))
-        return len(rows)
-
-    def _envelope(self, boot_id: str, kind: str, records_json: str) -> bytes:
-        """A Batch payload (same bytes as ``dumps(Batch(...).to_json())``) around records
-        that are already JSON, so the drain never decodes and re-encodes bodies."""
-        head = Batch(self.config.site, self.config.device_id, boot_id, kind, (),
-                     sent_ts=time.time()).to_json()
-        del head["records"]
-        return (dumps(head)[:-1].decode() + ',"records":' + records_json + "}").encode()
-
-    def _fill(self, outbox: Outbox, gen: int, client: mqtt.Client) -> int:
-        cfg, sent = self.config, 0
-        while len(self._inflight) < self._window:
-            for kind in DRAIN_ORDER:
-                boot, row_ids, records = outbox.pending_json(
-                    kind, cfg.batch_max_records, after=self._cursor.get(kind, 0),
-                    max_bytes=cfg.batch_max_bytes - BATCH_ENVELOPE_BYTES)
-                if row_ids:
-                    break
-            else:
-                return sent
-            info = client.publish(topics.record(cfg.site, cfg.device_id, kind),
-                                  self._envelope(boot, kind, records), qos=1)
-            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                return sent
-            self._inflight[(gen, info.mid)] = _Inflight(kind, row_ids)
-            self._cursor[kind] = row_ids[-1]
-            with self._stats_lock:
-                self._stats["inflight_peak"] = max(self._stats["inflight_peak"],
-                                                   len(self._inflight))
-            self._count("published_msgs")
-            self._count("published_records", len(row_ids))
-            sent += 1
-        return sent
