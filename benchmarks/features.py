@@ -13,7 +13,7 @@ average before and after, and the page faults per call (fresh temporaries), sinc
 machine inflates wall-clock medians.
 
 BLAS runs one thread, as on the device: the agent limits BLAS to one thread while its loop
-runs (threadpoolctl, agent/service.py). ``--free-blas`` measures with the library's default
+runs (threadpoolctl, agent/blas.py). ``--free-blas`` measures with the library's default
 thread pool instead. At 64 windows no BLAS call of ``extract`` is large enough to use a
 second thread either way, so both give the same figures.
 """
