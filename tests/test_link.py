@@ -413,6 +413,17 @@ def test_commands_and_model_topics_are_delivered_and_resubscribed_after_restart(
     assert wait_for(lambda: len(got) >= 6)
     time.sleep(0.2)
     assert got == sent  # never the other device's command
+    # a broker that routes wrongly (the demo's embedded broker has been seen to deliver a
+    # device its own state): messages on topics the link never subscribed to reach the
+    # link's client; none may reach the command callback, whatever its payload
+    cmd = messages.command_message("ping", {}, issued_by="t", ts=NOW, command_id="c2")
+    for topic in (topics.state(SITE, device), topics.command(SITE, "other", "ping"),
+                  f"{topics.device_root(SITE, device)}/cmd/ping/extra"):
+        msg = mqtt.MQTTMessage(topic=topic.encode())
+        msg.payload = cmd
+        link._on_message(link._current[1], None, msg)
+    assert got == sent
+    assert link.stats()["stray_messages"] == 3
 
 
 def test_link_backs_off_while_broker_is_down_and_records_wait(

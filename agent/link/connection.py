@@ -67,7 +67,7 @@ class Connection:
             ("published_msgs", "published_records", "acked_records", "reconnects", "connects",
              "connect_failures", "rejected_msgs", "command_errors", "inflight_peak",
              "subscriptions", "subscribe_failures", "drains_held", "gateway_presences",
-             "presence_errors", "presence_refused"), 0)
+             "presence_errors", "presence_refused", "stray_messages"), 0)
         self._gateway_until = 0.0  # monotonic time the gate stays open to; 0: closed
         self._presence_refused = False  # the broker's ACL denies the presence topic
         self._protocol = (MQTTProtocolVersion.MQTTv311 if config.protocol == "3.1.1"
@@ -158,12 +158,17 @@ class Connection:
         if client is not None and self.connected:
             self._subscribe(client)
 
-    def _subscribe(self, client: mqtt.Client) -> None:
+    def _command_filters(self) -> tuple[str, ...]:
+        """What :meth:`subscribe_commands` subscribes to: this device's commands, model
+        offers and model chunks."""
         site, dev = self.config.site, self.config.device_id
+        return (topics.commands(site, dev), topics.model_offer(site, dev),
+                topics.model_chunk(site, dev))
+
+    def _subscribe(self, client: mqtt.Client) -> None:
         filters = [(self._topic_presence, 1)] if self.config.require_gateway else []
         if self._command_cb is not None:
-            filters += [(topics.commands(site, dev), 1), (topics.model_offer(site, dev), 1),
-                        (topics.model_chunk(site, dev), 1)]
+            filters += [(f, 1) for f in self._command_filters()]
         if filters:
             client.subscribe(filters)
 
@@ -318,6 +323,12 @@ class Connection:
             return
         callback = self._command_cb
         if callback is None:
+            return
+        if not any(mqtt.topic_matches_sub(f, msg.topic) for f in self._command_filters()):
+            # not a topic we subscribed to (a broker that routes wrongly, a session with
+            # other subscriptions): never a command, whatever its payload says
+            self._count("stray_messages")
+            log.debug("ignoring a message on %s: not subscribed", msg.topic)
             return
         try:
             callback(msg.topic, bytes(msg.payload))
