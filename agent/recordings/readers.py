@@ -1,51 +1,21 @@
-"""Every recording format Foreshock reads, for ``foreshock agent replay`` and for training.
-
-This is the one home of the file readers: ``models.datasets`` imports them, so training and
-replay read a recording identically (docs/architecture.md). Only numpy, the standard library
-and, lazily when a ``.mat`` is read, ``scipy.io``. ``load(path)`` picks by suffix / layout:
-
-- CWRU ``.mat`` (``X<rec>_DE_time`` / ``_FE_time`` / ``_BA_time`` in g, channels ``DE``,
-  ``FE``, ``BA``; shaft speed from ``X<rec>RPM``) and MFPT-style ``.mat`` (a ``bearing``
-  struct with ``gs`` in g, ``sr`` and shaft ``rate`` in Hz; channel ``gs``). CWRU files do
-  not state their sample rate: an explicit ``sample_rate_hz`` wins, then a ``12k``/``48k``
-  token in the file name, then the CWRU record number (normal baselines 97-100 and the 48 kHz
-  drive-end records), else 12 kHz.
-- FEMTO ``.npz`` packing (``acc_mg`` int32 [snapshots, 2560, 2], ``t_s``, ``sample_rate_hz``)
-  and FEMTO's original folders of ``acc_NNNNN.csv`` snapshots (hour, minute, second,
-  microsecond, horizontal g, vertical g; ``,`` or ``;`` separated) given as a directory;
-  channels ``horizontal``, ``vertical``; the rig's shaft speed from ``Bearing<cond>_<n>``.
-- WAV (8/16/24/32-bit PCM scaled to [-1, 1) g times ``scale``; channels ``ch0``, ``ch1``...).
-- CSV: one column per channel, an optional header naming them; a ``t_s``/``time`` column
-  gives the rate, else ``sample_rate_hz`` must.
-- ``.fsf`` / ``.frames``: a recorded frame stream (docs/protocol.md), replayed as is
-  (:func:`load_frames`).
-
-Simulator scenarios (``sim:<scenario>``) are rendered by ``models.datasets`` only: the agent
-never imports ``firmware_sim``. To replay one, record it to a frame file and replay that:
-``foreshock sim run --scenario NAME --transport file --out rec.fsf --max-speed`` then
-``foreshock agent replay rec.fsf``.
-
-A recording is a stack of contiguous segments (one for a continuous record, one per FEMTO
-snapshot) so windows never straddle a gap. Bad input raises :class:`DataError` (exit 2).
-"""
+"""The file readers behind :func:`load`, one per format (the list is in
+:mod:`agent.recordings`), and :func:`load_frames` for recorded frame streams."""
 
 from __future__ import annotations
 
 import re
 import wave
 import zipfile
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from foreshock.errors import ConfigError, DataError
-from foreshock.wire import MAX_SAMPLE_RATE_HZ, Frame, StreamDecoder
+from agent.recordings.recording import Recording
+from foreshock.errors import DataError
+from foreshock.wire import Frame, StreamDecoder
 
-FRAME_SAMPLES = 1024
-EPOCH_US = 1_700_000_000_000_000
 CWRU_48K_RECORDS = frozenset(range(97, 101)) | frozenset(range(109, 113)) | frozenset(
     range(122, 126)) | frozenset(range(135, 139)) | frozenset(range(174, 178)) | frozenset(
     range(189, 193)) | frozenset(range(201, 205)) | frozenset(range(213, 217)) | frozenset(
@@ -59,85 +29,6 @@ SUPPORTED = ("supported: .mat (CWRU, MFPT), .npz (FEMTO), a FEMTO acc_*.csv fold
 # What the readers' libraries raise on damaged bytes; load() turns them into one DataError.
 READ_ERRORS = (OSError, ValueError, KeyError, IndexError, TypeError, EOFError,
                NotImplementedError, RuntimeError, wave.Error, zipfile.BadZipFile)
-
-
-@dataclass(frozen=True)
-class Recording:
-    """Vibration in g: ``data`` float32[segments, samples, channels] at ``sample_rate_hz``.
-
-    ``t_s`` is each segment's start time; ``rpm`` 0 means unknown; ``label`` is a fault
-    label when the source states one (CWRU file names, simulator scenarios); ``bearing`` a
-    catalogue bearing name when the source implies one.
-    """
-
-    name: str
-    data: npt.NDArray[np.float32]
-    t_s: npt.NDArray[np.float64]
-    sample_rate_hz: float
-    channels: tuple[str, ...]
-    rpm: float = 0.0
-    label: str | None = None
-    bearing: str | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.data.ndim != 3 or self.data.shape[2] != len(self.channels):
-            raise DataError(f"{self.name}: data shape {self.data.shape} does not match "
-                            f"channels {self.channels}")
-        if self.data.size == 0 or self.t_s.shape != (self.data.shape[0],):
-            raise DataError(f"{self.name}: no samples, or segment starts do not match "
-                            f"the {self.data.shape[0]} segments")
-        if not np.isfinite(self.sample_rate_hz) or not (
-                100 <= self.sample_rate_hz <= MAX_SAMPLE_RATE_HZ):
-            raise DataError(f"{self.name}: sample rate {self.sample_rate_hz:g} Hz is absurd "
-                            f"(allowed 100 Hz to {MAX_SAMPLE_RATE_HZ:g} Hz)")
-        if not np.isfinite(self.rpm) or not 0 <= self.rpm <= 100_000:
-            raise DataError(f"{self.name}: rpm {self.rpm:g} is absurd (allowed 0 to 100000)")
-
-    @property
-    def duration_s(self) -> float:
-        return float(self.data.shape[0] * self.data.shape[1] / self.sample_rate_hz)
-
-    def channel_index(self, name: str | None) -> int:
-        """Index of a channel by name (case-insensitive); ``None`` is the first."""
-        if name is None:
-            return 0
-        for i, c in enumerate(self.channels):
-            if c.lower() == name.lower():
-                return i
-        raise DataError(f"{self.name}: no channel {name!r}",
-                        hint=f"channels are {', '.join(self.channels)}")
-
-    def channel(self, name: str | None = None) -> npt.NDArray[np.float32]:
-        """float32[segments, samples] of one channel (default: the first)."""
-        return self.data[:, :, self.channel_index(name)]
-
-    def override(self, *, channel: str | None = None, sample_rate_hz: float | None = None,
-                 rpm: float | None = None) -> Recording:
-        """Only ``channel`` (when given), with the rate and shaft speed overridden."""
-        data, channels = self.data, self.channels
-        if channel is not None:
-            i = self.channel_index(channel)
-            data, channels = data[:, :, i:i + 1], (channels[i],)
-        return replace(self, data=data, channels=channels,
-                       sample_rate_hz=float(sample_rate_hz or self.sample_rate_hz),
-                       rpm=float(self.rpm if rpm is None else rpm))
-
-    def frames(self, channel: str | None = None, device_id: str = "replay") -> list[Frame]:
-        """The chosen channel as frames (channel number = its index in the recording)."""
-        col = self.channel_index(channel)
-        out: list[Frame] = []
-        seq = 0
-        for seg, start in zip(self.data, self.t_s, strict=True):
-            x = seg[:, col]
-            for off in range(0, x.size, FRAME_SAMPLES):
-                ts_us = EPOCH_US + round((start + off / self.sample_rate_hz) * 1e6)
-                out.append(Frame.from_samples(device_id, col, seq % 2**32, ts_us,
-                                              self.sample_rate_hz, x[off:off + FRAME_SAMPLES],
-                                              rpm=self.rpm))
-                seq += 1
-            seq += 1  # a deliberate gap: windows never straddle two segments
-        return out
 
 
 def load(path: str | Path, *, channel: str | None = None, sample_rate_hz: float | None = None,
@@ -369,123 +260,3 @@ def _is_number(text: str) -> bool:
         return False
     return True
 
-
-@dataclass(frozen=True)
-class ReplayOptions:
-    """The options of ``foreshock agent replay`` (see agent/cli.py)."""
-
-    path: Path
-    channel: str | None = None
-    sample_rate_hz: float | None = None
-    rpm: float | None = None
-    bearing: str | None = None
-    orders: tuple[float | None, float | None, float | None, float | None] = (None,) * 4
-    commission_s: float = 10.0
-    bundle: Path | None = None
-    trusted_keys: tuple[Path, ...] = ()
-
-
-def _check(opts: ReplayOptions) -> None:
-    rate = opts.sample_rate_hz
-    if rate is not None and not 100.0 <= rate <= MAX_SAMPLE_RATE_HZ:
-        raise ConfigError(f"--sample-rate-hz {rate:g} is absurd; "
-                          f"allowed 100..{MAX_SAMPLE_RATE_HZ:g}")
-    if opts.rpm is not None and not 0.0 <= opts.rpm <= 100_000.0:
-        raise ConfigError(f"--rpm {opts.rpm:g} is absurd; allowed 0..100000")
-    if not 0.0 <= opts.commission_s <= 86_400.0:
-        raise ConfigError(f"--commission-s {opts.commission_s:g} is absurd; allowed 0..86400")
-    given = [o is not None for o in opts.orders]
-    if any(given) and not all(given):
-        raise ConfigError("give all four of --bpfo --bpfi --bsf --ftf, or --bearing")
-    if any(given) and opts.bearing:
-        raise ConfigError("give either --bearing or --bpfo/--bpfi/--bsf/--ftf, not both")
-
-
-def _frames_and_config(opts: ReplayOptions) -> tuple[list[Frame], object]:
-    from agent.config import AgentConfig
-    from agent.features import DEFAULT_SPEC
-
-    _check(opts)
-    bearing = opts.bearing
-    if opts.path.suffix.lower() in FRAME_SUFFIXES:
-        frames, snapshot = _frame_file(opts.path, opts.channel), False
-    else:
-        rec = load(opts.path, sample_rate_hz=opts.sample_rate_hz, rpm=opts.rpm)
-        frames = rec.frames(opts.channel)
-        snapshot = rec.data.shape[1] / rec.sample_rate_hz < DEFAULT_SPEC.window_s
-        if opts.orders[0] is None:
-            bearing = bearing or rec.bearing
-    features: dict[str, object] = {"spec": "snapshot" if snapshot else "default",
-                                   "rpm": opts.rpm or 0.0}
-    if bearing:
-        features["bearing"] = bearing
-    if all(o is not None for o in opts.orders):
-        features.update(zip(("bpfo", "bpfi", "bsf", "ftf"), opts.orders, strict=True))
-    # The shipped bundle is built for DEFAULT_SPEC's 0.32 s windows; short snapshots use the
-    # snapshot spec with the model-free detector unless a bundle for them is given.
-    model: dict[str, object] = {"default_bundle": not snapshot}
-    if opts.bundle is not None:
-        model = {"bundle": str(opts.bundle), "trusted_keys": [str(k) for k in opts.trusted_keys]}
-    cfg = AgentConfig.for_device(
-        "replay", "replay", "", Path("."), features=features, model=model,
-        decision={"commission_s": opts.commission_s, "min_commission_windows": 2},
-        service={"max_queued_windows": 100_000})
-    return frames, cfg
-
-
-def _frame_file(path: Path, channel: str | None) -> list[Frame]:
-    """A frame file's frames, of one channel (its number) when ``channel`` is given."""
-    frames = load_frames(path)
-    if channel is None:
-        return frames
-    kept = [f for f in frames if str(f.channel) == channel.strip()]
-    if not kept:
-        have = sorted({f.channel for f in frames})
-        raise DataError(f"{path}: no channel {channel!r}",
-                        hint=f"channels are {', '.join(map(str, have))}")
-    return kept
-
-
-def replay_recording(opts: ReplayOptions) -> list[dict[str, object]]:
-    """Run the recording through :class:`agent.service.Agent` (no outbox, no link) and
-    return one row per window: t_s (window end, from the recording's start), channel,
-    anomaly_score (null while commissioning), alert (an incident is open), incident (the
-    record this window produced: raised / updated / cleared, else null), severity, fault,
-    fault_probability (of the alert when one was produced, else the model's top label),
-    explanation (of the alert record), commissioning, zone."""
-    import math
-    import threading
-
-    from agent.pipeline import WindowResult
-    from agent.service import Agent
-    from agent.sources import ReplaySource
-
-    frames, cfg = _frames_and_config(opts)
-    rows: list[dict[str, object]] = []
-    t0 = frames[0].timestamp_us / 1e6
-
-    def keep(r: WindowResult) -> None:
-        alert = r.alert
-        rows.append({
-            "t_s": round(r.window.end_s - t0, 4), "channel": r.window.channel,
-            "anomaly_score": None if math.isnan(r.anomaly) else round(r.anomaly, 5),
-            "alert": r.incident_open,
-            "incident": alert["status"] if alert else None,
-            "severity": alert["severity"] if alert else None,
-            "fault": alert["fault"] if alert else r.fault,
-            "fault_probability": round(alert["fault_probability"] if alert
-                                       else r.fault_probability, 4),
-            "commissioning": r.commissioning, "zone": r.zone,
-            "explanation": r.explanation,
-        })
-
-    # Small reads keep the window queue short; replay must never drop a window.
-    agent = Agent(cfg, ReplaySource(frames, batch=64), store=False, on_result=keep)  # type: ignore[arg-type]
-    agent.run(threading.Event())
-    if not rows:
-        spec = agent.pipeline.spec
-        raise DataError(f"{opts.path}: no complete window: the feature spec needs "
-                        f"{spec.window_s:.3f} s of continuous samples per window",
-                        hint="use a recording with longer segments, or a bundle built for "
-                             "short snapshots")
-    return rows

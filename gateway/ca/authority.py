@@ -1,26 +1,7 @@
-"""The site certificate authority: device, gateway and broker certificates, and the CRL.
+"""The CA directory (:class:`SiteCa`): create it, sign device CSRs, issue role and broker
+identities, keep the index of issued certificates, revoke into the CRL.
 
-A plant runs one small CA on the gateway host (or an offline machine). It signs device
-certificates from CSRs (the device key never leaves the device), issues the broker's server
-certificate and the gateway's client identity, and revokes certificates into a CRL that
-mosquitto checks on every connection. The model-signing key pair (ed25519, see
-:mod:`foreshock.bundle`) is generated alongside but kept in its own directory, so the CA key
-and the model key can be guarded (or moved offline) separately.
-
-Layout (directories 0700, private keys 0600)::
-
-    <ca-dir>/private/ca.key           CA private key (EC P-256)
-    <ca-dir>/ca.crt                   self-signed CA certificate (public)
-    <ca-dir>/crl.pem                  certificate revocation list (public)
-    <ca-dir>/index.json               site and every issued certificate
-    <ca-dir>/issued/<serial>.crt      copies of issued certificates
-    <ca-dir>/identities/<name>/       key.pem + cert.pem made here (broker server, gateway)
-    <ca-dir>/model-signing.pub        public copy of the model-signing key, for provisioning
-    <signing-dir>/model-signing.key   model-signing private key (default <ca-dir>/../model-signing)
-
-Identity names: a device certificate's CN is its device id (``foreshock.topics.ID_RE``), which
-mosquitto uses as the username (ACL ``%u``). Role identities (gateway, control-room viewer)
-start with ``_`` so no device id can ever collide with them.
+The directory layout and identity names are described in :mod:`gateway.ca`.
 """
 
 from __future__ import annotations
@@ -36,7 +17,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Final, Literal
 
-import typer
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -45,6 +25,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from foreshock import bundle
 from foreshock.errors import ConfigError
 from foreshock.topics import check_id
+from gateway.ca.pem import cert_pem, key_pem, new_key, write_private, write_public
 
 log = logging.getLogger(__name__)
 
@@ -59,42 +40,6 @@ Role = Literal["device", "gateway", "viewer", "server"]
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Atomically write ``data`` readable by the owner only; parent directories 0700."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
-def write_public(path: Path, data: bytes) -> None:
-    """Atomically write a public file (certificate, CRL, public key), mode 0644."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.chmod(0o644)
-    os.replace(tmp, path)
-
-
-def new_key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
-
-
-def cert_pem(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
 
 
 @dataclass(frozen=True)
@@ -342,97 +287,3 @@ def _san(cn: str, role: Role, site: str, hosts: Sequence[str]) -> list[x509.Gene
         return names
     return [x509.UniformResourceIdentifier(f"urn:foreshock:{site}:{role}:{cn}")]
 
-
-# ----- CLI ----------------------------------------------------------------------------------
-
-ca_app = typer.Typer(no_args_is_help=True, add_completion=False,
-                     help="Site certificate authority: init, sign device CSRs, revoke, list.")
-CA_DIR = typer.Option(DEFAULT_CA_DIR, "--ca-dir", envvar="FORESHOCK_CA_DIR",
-                      help="CA directory (keep it 0700, on the gateway or an offline host).")
-
-
-@ca_app.command("init")
-def init_cmd(
-    site: str = typer.Option(..., "--site", help="Site id the CA serves."),
-    ca_dir: Path = CA_DIR,
-    host: list[str] = typer.Option(["localhost", "127.0.0.1"], "--host",
-                                   help="Broker host names / IPs for its server certificate."),
-    signing_dir: Path | None = typer.Option(None, "--signing-dir",
-                                            help="Model-signing key directory "
-                                                 "[default: <ca-dir>/../model-signing]."),
-    days: int = typer.Option(CA_DAYS, "--days", help="CA certificate validity."),
-) -> None:
-    """Create the CA, the CRL, the broker and gateway identities and the model-signing key."""
-    for line in SiteCa(ca_dir).init(site, host, signing_dir, days):
-        typer.echo(line)
-
-
-@ca_app.command("sign")
-def sign_cmd(
-    csr: Path = typer.Argument(..., help="Device CSR (from `foreshock device provision "
-                                         "--csr-out`)."),
-    ca_dir: Path = CA_DIR,
-    out: Path | None = typer.Option(None, "--out", help="Certificate file [default: CSR "
-                                                        "with .crt]; holds device cert + CA."),
-    days: int = typer.Option(DEVICE_DAYS, "--days", help="Certificate validity in days."),
-) -> None:
-    """Sign a device CSR; the output holds the device certificate followed by the CA."""
-    try:
-        csr_pem = csr.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read CSR {csr}: {exc}") from None
-    site_ca = SiteCa(ca_dir)
-    cert = site_ca.sign_csr(csr_pem, days)
-    target = out or csr.with_suffix(".crt")
-    write_public(target, cert_pem(cert) + site_ca.cert_path.read_bytes())
-    typer.echo(f"signed {cert.subject.rfc4514_string()} serial {cert.serial_number:x} "
-               f"until {cert.not_valid_after_utc:%Y-%m-%d} -> {target}")
-
-
-@ca_app.command("issue")
-def issue_cmd(
-    name: str = typer.Argument(..., help="Identity name: '_gateway2', '_viewer', or 'server'."),
-    role: str = typer.Option("gateway", "--role", help="gateway | viewer | server"),
-    host: list[str] = typer.Option([], "--host", help="Server certificate host names / IPs."),
-    ca_dir: Path = CA_DIR,
-    days: int = typer.Option(DEVICE_DAYS, "--days", help="Certificate validity in days."),
-) -> None:
-    """Make a key + certificate here for a gateway instance, a viewer or the broker."""
-    if role not in ("gateway", "viewer", "server"):
-        raise ConfigError(f"--role {role!r} is not allowed; use gateway, viewer or server")
-    out = SiteCa(ca_dir).issue(name, role, host, days)  # type: ignore[arg-type]
-    typer.echo(f"issued {role} identity {name} -> {out}/key.pem, cert.pem, ca.crt")
-
-
-@ca_app.command("revoke")
-def revoke_cmd(
-    target: str = typer.Argument(..., help="Serial (hex, see `list`) or CN / device id."),
-    ca_dir: Path = CA_DIR,
-    crl_out: Path | None = typer.Option(None, "--crl-out", help="Also copy the CRL here "
-                                                                "(the broker's crlfile)."),
-) -> None:
-    """Revoke certificates and rewrite the CRL (restart mosquitto to load it)."""
-    site_ca = SiteCa(ca_dir)
-    serials = site_ca.revoke(target)
-    if crl_out:
-        write_public(crl_out, site_ca.crl_path.read_bytes())
-    typer.echo(f"revoked {', '.join(serials)}; CRL {crl_out or site_ca.crl_path}")
-    typer.echo("hint: copy the CRL to the broker's crlfile and restart mosquitto")
-
-
-@ca_app.command("crl")
-def crl_cmd(ca_dir: Path = CA_DIR,
-            days: int = typer.Option(CRL_DAYS, "--days", help="CRL validity in days.")) -> None:
-    """Re-issue the CRL before it expires (an expired CRL locks every device out)."""
-    typer.echo(f"wrote {SiteCa(ca_dir).write_crl(days)}")
-
-
-@ca_app.command("list")
-def list_cmd(ca_dir: Path = CA_DIR) -> None:
-    """List issued certificates: serial, role, CN, expiry, revocation."""
-    site_ca = SiteCa(ca_dir)
-    typer.echo(f"site {site_ca.site}  CA {site_ca.cert_path}")
-    for c in site_ca.entries():
-        state = f"revoked {c['revoked'][:10]}" if c["revoked"] else "valid"
-        typer.echo(f"{c['serial']:<40} {c['role']:<8} {c['cn']:<24} "
-                   f"until {c['not_after'][:10]}  {state}")
