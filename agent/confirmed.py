@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
-from agent.files import atomic_write
+from foreshock.files import atomic_write
 
 log = logging.getLogger(__name__)
 

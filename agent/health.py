@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import AgentConfig
-from agent.files import atomic_write
 from agent.monitor import Monitor, PrometheusExporter
 from agent.sdnotify import Notifier
 from agent.security import redact
 from agent.window import Window, Windower
 from foreshock import __version__, messages
 from foreshock.errors import ForeshockError
+from foreshock.files import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -45,6 +44,7 @@ from agent.shadow import ShadowCheck, ShadowPolicy, Verdict
 from foreshock import messages
 from foreshock.bundle import parse_semver
 from foreshock.errors import BundleError, MessageError
+from foreshock.files import atomic_write
 
 __all__ = ["CHUNK_SCHEMA", "OFFER_SCHEMA", "Loader", "OtaConfig", "OtaReceiver", "ShadowCheck",
            "ShadowPolicy", "Verdict", "parse_chunk", "parse_offer"]
@@ -106,12 +106,7 @@ class OtaReceiver:
             return {}
 
     def _save(self) -> None:
-        tmp = self.dir / "ota.json.tmp"
-        with open(tmp, "w") as fh:
-            json.dump(self.state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.dir / "ota.json")
+        atomic_write(self.dir / "ota.json", json.dumps(self.state).encode())
 
     def running(self) -> dict[str, str]:
         """``{name, version}`` of the model the agent should run."""
@@ -210,10 +205,7 @@ class OtaReceiver:
             raise MessageError(f"chunk {chunk['file']}#{chunk['index']} is not in the offer")
         data = messages.chunk_data(chunk)
         staging = self._staging()
-        staging.mkdir(parents=True, exist_ok=True)
-        tmp = staging / f".{chunk['file']}.{chunk['index']}.tmp"
-        tmp.write_bytes(data)
-        os.replace(tmp, staging / f"{chunk['file']}.{chunk['index']}")
+        atomic_write(staging / f"{chunk['file']}.{chunk['index']}", data)
         missing = self._missing()
         if any(missing.values()):
             return []

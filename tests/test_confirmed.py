@@ -1,4 +1,4 @@
-"""Confirmed incidents survive a restart (agent.confirmed), written with agent.files."""
+"""Confirmed incidents survive a restart (agent.confirmed), written with foreshock.files."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 
 from agent.config import AgentConfig
 from agent.confirmed import SCHEMA, ConfirmedIncidents
-from agent.files import atomic_write
 from agent.service import Agent
 from agent.sources import ReplaySource
+from foreshock.files import atomic_write
 
 
 def test_atomic_write_replaces_whole_file_with_mode_and_leaves_no_temp(tmp_path: Path) -> None:

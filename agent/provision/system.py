@@ -1,33 +1,21 @@
-"""What provisioning does to the machine outside its own files: atomic writes, the systemd
-unit's ``User=`` and ``WantedBy=``, the service user, and enabling the unit."""
+"""What provisioning does to the machine outside its own files: atomic writes
+(:func:`foreshock.files.atomic_write`), the systemd unit's ``User=`` and ``WantedBy=``, the
+service user, and enabling the unit."""
 
 from __future__ import annotations
 
-import os
 import pwd
 import subprocess
-from pathlib import Path
 from typing import TYPE_CHECKING
+
+__all__ = ["atomic_write", "enable_unit", "ensure_user", "unit_user", "wanted_by"]
 
 from agent.provision.request import STATE_DIR, UNIT_NAME
 from foreshock.errors import ForeshockError
+from foreshock.files import atomic_write
 
 if TYPE_CHECKING:
     from agent.provision.steps import Provisioner
-
-
-def atomic_write(path: Path, data: bytes, mode: int) -> None:
-    """Write to a temporary name, fsync, set the mode, rename: never a half-written file."""
-    path.parent.mkdir(mode=0o755 if mode & 0o044 else 0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.fchmod(fd, mode)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 def unit_user(unit_text: str) -> str | None:

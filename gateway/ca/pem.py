@@ -3,35 +3,24 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from foreshock.files import atomic_write
+
 
 def write_private(path: Path, data: bytes) -> None:
     """Atomically write ``data`` readable by the owner only; parent directories 0700."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    atomic_write(path, data, 0o600)
 
 
 def write_public(path: Path, data: bytes) -> None:
-    """Atomically write a public file (certificate, CRL, public key), mode 0644."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.chmod(0o644)
-    os.replace(tmp, path)
+    """Atomically write a public file (certificate, CRL, public key), mode 0644, in a
+    parent directory 0700 (the CA's)."""
+    atomic_write(path, data, 0o644, dir_mode=0o700)
 
 
 def new_key() -> ec.EllipticCurvePrivateKey:
