@@ -1,10 +1,8 @@
-"""Confirmed incidents survive a restart (agent.confirmed), written with foreshock.files."""
+"""Confirmed incidents survive a restart (agent.confirmed)."""
 
 from __future__ import annotations
 
 import json
-import os
-import stat
 from pathlib import Path
 
 import pytest
@@ -13,25 +11,6 @@ from agent.config import AgentConfig
 from agent.confirmed import SCHEMA, ConfirmedIncidents
 from agent.service import Agent
 from agent.sources import ReplaySource
-from foreshock.files import atomic_write
-
-
-def test_atomic_write_replaces_whole_file_with_mode_and_leaves_no_temp(tmp_path: Path) -> None:
-    path = tmp_path / "deep" / "state.json"
-    atomic_write(path, b"old")
-    atomic_write(path, b"x" * 200_000, mode=0o600)
-    assert path.read_bytes() == b"x" * 200_000
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert sorted(os.listdir(path.parent)) == ["state.json"]
-
-
-def test_atomic_write_that_fails_keeps_the_old_file_and_no_temp(tmp_path: Path) -> None:
-    path = tmp_path / "state.json"
-    atomic_write(path, b"kept")
-    with pytest.raises(TypeError):
-        atomic_write(path, "not bytes")  # type: ignore[arg-type]
-    assert path.read_bytes() == b"kept"
-    assert os.listdir(tmp_path) == ["state.json"]
 
 
 def test_confirmed_ids_are_saved_in_order_and_the_oldest_goes_first(tmp_path: Path) -> None:
