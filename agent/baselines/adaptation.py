@@ -140,26 +140,34 @@ class GuardedAdaptation:
                 sb.day, sb.day_updates, sb.day_logged, sb.day_shift_sd = day, 0, 0, 0.0
             if hour != sb.hour:
                 sb.hour, sb.hour_updates = hour, 0
-            room = min(budget - sb.day_updates, per_hour - sb.hour_updates)
-            # in window order: a finite window steps while there is room, a non-finite one
-            # is skipped; once the room is spent every later window of the hour is refused
-            ok = np.flatnonzero(finite[a:b])
-            take = ok[:max(room, 0)]
-            if room <= 0:
-                self.counters["refused_rate"] += b - a
-            elif ok.size >= room:               # the rows after the last step
-                self.counters["refused_rate"] += b - a - int(take[-1]) - 1
+            take = self._take_room(sb, finite[a:b], budget, per_hour)
             if take.size:
                 stepped.append(a + take)
-                k = int(take.size)
-                count += k
-                sb.day_updates += k
-                sb.hour_updates += k
-                sb.adapted_total += k
-                self.counters["adapted"] += k
+                count += int(take.size)
         if stepped:
             self._steps(sb, x[np.concatenate(stepped)])
         return count
+
+    def _take_room(self, sb: StateBaseline, finite: npt.NDArray[np.bool_], budget: int,
+                   per_hour: int) -> npt.NDArray[np.intp]:
+        """Which windows of a run of one data hour (``finite``: each window's features are
+        all finite) step, counted in the state's rate budget and the bank's counters."""
+        room = min(budget - sb.day_updates, per_hour - sb.hour_updates)
+        # in window order: a finite window steps while there is room, a non-finite one
+        # is skipped; once the room is spent every later window of the hour is refused
+        ok = np.flatnonzero(finite)
+        take = ok[:max(room, 0)]
+        if room <= 0:
+            self.counters["refused_rate"] += len(finite)
+        elif ok.size >= room:               # the rows after the last step
+            self.counters["refused_rate"] += len(finite) - int(take[-1]) - 1
+        if take.size:
+            k = int(take.size)
+            sb.day_updates += k
+            sb.hour_updates += k
+            sb.adapted_total += k
+            self.counters["adapted"] += k
+        return take
 
     def _within_rate(self, sb: StateBaseline, at_s: float) -> bool:
         """At most the daily budget per data day and one hour's share of it per data hour,
