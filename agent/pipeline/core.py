@@ -1,131 +1,33 @@
-"""The processing core shared by the live agent and ``foreshock agent replay``.
+"""The processing core: :class:`Pipeline`, features, scores and decisions for a batch.
 
-``Pipeline.process(windows)`` takes a batch of windows and returns, per window, its
-features, score, fault guess, telemetry body and any alert, plus the events of the batch.
-It owns the feature spec, the detector, the per-stream baselines and the decider. No I/O
-and no clock: the service around it reads, stores and publishes.
-
-Model choice: an explicit ``detector`` (with ``input_features``, default all features), else
-a verified ``bundle`` (:class:`agent.inference.LoadedBundle`), else the bundle configured in
-``model.bundle`` (verified with ``model.trusted_keys``), else the newest bundle shipped
-under ``models/bundles/foreshock-default/`` (verified with the key shipped beside it; unless
-``model.default_bundle = false``), else the model-free :class:`agent.inference.ZScoreDetector`.
+``Pipeline.process(windows)`` extracts the features of a batch in one call, takes each
+window's z-scores (against its operating-state baseline when the agent runs
+:class:`agent.baselines.StateBank`, else the stream's commissioning baseline), scores them
+in one model call, decides per stream and builds the batch's :class:`StepOutput`. No I/O
+and no clock.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import logging
-import math
 import time
-from collections.abc import Callable, Hashable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Hashable, Sequence
 from itertools import repeat
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from agent import features as fx
-from agent.baselines import StateBank
+from agent.baselines import StateBank, stream_name
 from agent.config import AgentConfig
 from agent.decision import Decider, Observation
-from agent.inference import Detector, LoadedBundle, ZScoreDetector, load_bundle
+from agent.inference import Detector, LoadedBundle
+from agent.pipeline.model_choice import configured_bundle, make_detector, make_spec, spec_hashes
+from agent.pipeline.results import Scored, StepOutput, WindowResult
 from agent.window import Window
-from foreshock.bundle import parse_semver
-from foreshock.errors import BundleError
 
-log = logging.getLogger(__name__)
-SHIPPED_NAME = "foreshock-default"
-SHIPPED_KEY = "foreshock-dev.pub"
 FloatArray = npt.NDArray[np.float32]
 Lap = Callable[[str, float], float]
-
-
-@dataclass(eq=False, slots=True)
-class WindowResult:
-    """What the pipeline made of one window. ``anomaly`` is NaN while commissioning.
-
-    ``alert`` is the incident record this window produced (raised / updated / cleared), if
-    any; ``incident_open`` whether an incident is open on this stream after this window.
-    ``telemetry`` (the body of its telemetry record) is built on access only. Read-only by
-    convention (not frozen: cheaper to build, one per window).
-    """
-
-    index: int
-    window: Window
-    features: FloatArray
-    anomaly: float
-    fault: str
-    fault_probability: float
-    commissioning: bool
-    threshold: float
-    zone: str
-    alert: dict[str, Any] | None = None
-    incident_open: bool = False
-    rms_g: float = 0.0
-    velocity_mm_s: float = 0.0
-    rpm: float = 0.0
-
-    @property
-    def explanation(self) -> dict[str, Any] | None:
-        return self.alert["explanation"] if self.alert else None
-
-    @property
-    def telemetry(self) -> dict[str, Any]:
-        w = self.window
-        return {
-            "channel": w.channel, "window_ts": w.end_s,
-            "anomaly_score": 0.0 if math.isnan(self.anomaly) else self.anomaly,
-            "fault": self.fault, "fault_probability": self.fault_probability,
-            "rms_g": self.rms_g, "velocity_rms_mm_s": self.velocity_mm_s, "zone": self.zone,
-            "commissioning": self.commissioning, "threshold": self.threshold, "rpm": self.rpm,
-            "sensor": w.device_id,
-        }
-
-
-@dataclass
-class StepOutput:
-    """Per-window results, incident records and events of one batch, and the scored
-    windows' model inputs (``z``), scores and alert state for the drift monitor;
-    ``z_all``: their z-scores over every feature of the spec (a candidate model in shadow
-    may read other columns)."""
-
-    alerts: list[dict[str, Any]] = field(default_factory=list)
-    events: list[dict[str, Any]] = field(default_factory=list)
-    z: FloatArray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
-    z_all: FloatArray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
-    anomaly: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
-    alerted: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, bool))
-    #: the results' telemetry fields as columns (see :meth:`telemetry`)
-    columns: tuple[list[Any], ...] = ()
-    #: per result: whether an incident is open on its stream after it
-    incident_open: list[bool] = field(default_factory=list)
-    #: builds :attr:`results` on first access (the running agent rarely reads them)
-    _make_results: Callable[[], list[WindowResult]] | None = field(default=None, repr=False)
-    _results: list[WindowResult] | None = field(default=None, repr=False)
-
-    @property
-    def results(self) -> list[WindowResult]:
-        """One :class:`WindowResult` per window of the batch, in order."""
-        if self._results is None:
-            self._results = self._make_results() if self._make_results is not None else []
-            self._make_results = None
-        return self._results
-
-    def telemetry(self, every: int = 1, base: int = 0) -> list[tuple[dict[str, Any], float]]:
-        """``(result.telemetry, window end)`` of the results whose ``base + index`` is a
-        multiple of ``every``, built from :attr:`columns` in one pass."""
-        rows: Iterable[tuple[Any, ...]] = zip(*self.columns, strict=True)
-        if every > 1:
-            rows = (r for i, r in enumerate(rows) if (base + i) % every == 0)
-        return [({"channel": ch, "window_ts": end, "anomaly_score": 0.0 if a != a else a,
-                  "fault": fault, "fault_probability": p, "rms_g": rms,
-                  "velocity_rms_mm_s": vel, "zone": zone, "commissioning": a != a,
-                  "threshold": thr, "rpm": rpm, "sensor": dev}, end)
-                for ch, end, a, fault, p, rms, vel, zone, thr, rpm, dev in rows]
 
 
 def _no_lap(stage: str, since: float) -> float:
@@ -141,10 +43,10 @@ class Pipeline:
         self.config = config
         self.bundle = bundle
         if detector is None and bundle is None:
-            self.bundle = self._configured_bundle()
-        self.spec = self._make_spec()
+            self.bundle = configured_bundle(config)
+        self.spec = make_spec(config, self.bundle)
         names = self.spec.feature_names
-        self.detector, inputs = self._make_detector(detector, input_features, names)
+        self.detector, inputs = make_detector(self.bundle, detector, input_features, names)
         self.input_features = tuple(inputs)
         self.input_index = np.asarray(self.spec.index(list(inputs)), dtype=np.intp)
         b = self.bundle
@@ -161,42 +63,7 @@ class Pipeline:
         self._states: list[str | None] = []
 
     # -- construction --------------------------------------------------------------------
-    def _configured_bundle(self) -> LoadedBundle | None:
-        m = self.config.model
-        if m.bundle is not None:
-            return load_bundle(m.bundle, list(m.trusted_keys), self._spec_hashes(),
-                               backend=m.backend, feature_names=fx.DEFAULT_SPEC.feature_names)
-        shipped = shipped_bundle() if m.default_bundle else None
-        if shipped is None:
-            return None
-        try:
-            return load_bundle(shipped[0], [shipped[1], *m.trusted_keys], self._spec_hashes(),
-                               backend=m.backend, feature_names=fx.DEFAULT_SPEC.feature_names)
-        except BundleError as exc:
-            log.warning("shipped bundle refused, using the z-score detector: %s", exc)
-            return None
-
-    @staticmethod
-    def _spec_hashes() -> list[str]:
-        return [fx.DEFAULT_SPEC.hash, fx.SNAPSHOT_SPEC.hash]
-
-    def _make_spec(self) -> fx.FeatureSpec:
-        base = fx.SNAPSHOT_SPEC if self.config.features.spec == "snapshot" else fx.DEFAULT_SPEC
-        if self.bundle is not None and self.bundle.feature_spec:
-            base = fx.FeatureSpec.from_dict(self.bundle.feature_spec)
-        f = self.config.features
-        orders = (f.bpfo, f.bpfi, f.bsf, f.ftf) if f.bpfo > 0 else None
-        return dataclasses.replace(base, bearing=f.bearing, defect_orders=orders,
-                                   machine_class=f.machine_class, nominal_rpm=f.rpm)
-
-    def _make_detector(self, detector: Detector | None, inputs: Sequence[str] | None,
-                       names: tuple[str, ...]) -> tuple[Detector, tuple[str, ...]]:
-        if detector is not None:
-            chosen = tuple(inputs or getattr(detector, "input_features", None) or names)
-            return detector, chosen
-        if self.bundle is not None:
-            return self.bundle.detector, self.bundle.input_features
-        return ZScoreDetector(len(names)), names
+    _spec_hashes = staticmethod(spec_hashes)
 
     def _orders(self) -> dict[str, float]:
         return self.spec.orders()
@@ -234,7 +101,7 @@ class Pipeline:
     def streams(self) -> dict[str, Any]:
         out = {}
         for key, s in self.decider._streams.items():
-            out[_key_text(key)] = {
+            out[stream_name(key)] = {
                 "commissioning": s.baseline is None, "threshold": s.threshold,
                 "commission_reason": s.reason or None,
                 "commission_windows": len(s.rows),
@@ -242,8 +109,8 @@ class Pipeline:
                     "id": s.incident.id, "severity": s.incident.severity,
                     "raised_ts": s.incident.raised_s}}
             if self.learning is not None:
-                out[_key_text(key)]["states"] = self.learning.status()["streams"].get(
-                    _key_text(key), {})
+                out[stream_name(key)]["states"] = self.learning.status()["streams"].get(
+                    stream_name(key), {})
         return out
 
     # -- processing ----------------------------------------------------------------------
@@ -271,7 +138,7 @@ class Pipeline:
         for key, idx in groups.items():
             if self.learning is None:
                 z[idx] = self.decider.baseline(key).z(x[idx])
-        scored = _Scored(len(windows), self.fault_min_probability)
+        scored = Scored(len(windows), self.fault_min_probability)
         if live:
             out.z_all = z[live]
             out.z = out.z_all[:, self.input_index]
@@ -310,7 +177,7 @@ class Pipeline:
     def _restore(self, key: tuple[str, int], w: Window, row: FloatArray) -> bool:
         """Resume a stream from saved baselines (after a restart): True when resumed."""
         bank = self.learning
-        threshold = bank.thresholds.get(_key_text(key)) if bank is not None else None
+        threshold = bank.thresholds.get(stream_name(key)) if bank is not None else None
         if bank is None or threshold is None:
             return False
         base = bank.baseline(key, bank.state_of(self._rpm_of(w), row))
@@ -326,7 +193,7 @@ class Pipeline:
             return False
         bank = self.learning
         bank.seed(key, bank.state_of(self._rpm_of(w), row), self.decider.baseline(key), w.end_s)
-        bank.thresholds[_key_text(key)] = self.decider.threshold(key)
+        bank.thresholds[stream_name(key)] = self.decider.threshold(key)
         bank.set_reference(key, self.decider.reference(key))   # for a model switch
         return True
 
@@ -395,7 +262,7 @@ class Pipeline:
                 [opened[i] for i in idx])
 
     def _decide(self, windows: Sequence[Window], groups: dict[Hashable, list[int]],
-                x: FloatArray, z: FloatArray, scored: _Scored) -> dict[int, dict[str, Any]]:
+                x: FloatArray, z: FloatArray, scored: Scored) -> dict[int, dict[str, Any]]:
         """Alert records by window index, from :meth:`Decider.decide_batch` per stream."""
         alerts: dict[int, dict[str, Any]] = {}
         for key, idx in groups.items():
@@ -410,7 +277,7 @@ class Pipeline:
         return alerts
 
     def _results(self, windows: Sequence[Window], keys: list[tuple[str, int]], x: FloatArray,
-                 rpms: FloatArray, ends: list[float], scored: _Scored,
+                 rpms: FloatArray, ends: list[float], scored: Scored,
                  alerts: dict[int, dict[str, Any]], state: dict[Any, bool], out: StepOutput
                  ) -> None:
         """One result per window; ``state``: incident open per stream at batch start."""
@@ -479,68 +346,3 @@ class Pipeline:
 
     def _rpm_of(self, w: Window) -> float:
         return w.rpm if w.rpm > 0 else self.config.features.rpm
-
-
-class _Scored:
-    """Model outputs of a batch as arrays (NaN / ``unknown`` for unscored windows): anomaly,
-    most probable label and its probability, and for alerts the most probable non-normal
-    label if it reaches the bundle's ``thresholds.fault.min_probability`` (else
-    ``unknown``) and its probability."""
-
-    def __init__(self, n: int, min_probability: float) -> None:
-        self.anomaly = np.full(n, math.nan)
-        self.top: list[str] = ["unknown"] * n
-        self.top_p = np.zeros(n)
-        self.alt: list[str] = ["unknown"] * n
-        self.alt_p = np.zeros(n)
-        self.min_probability = min_probability
-
-    def fill(self, rows: list[int], scores: Any) -> None:
-        p = np.asarray(scores.probabilities, dtype=np.float64)
-        names, normal = _label_table(tuple(scores.labels))
-        r = np.arange(p.shape[0])
-        top = p.argmax(axis=1)
-        q = p.copy()
-        if normal >= 0:
-            q[:, normal] = -1.0
-        alt = q.argmax(axis=1)
-        alt_p = np.maximum(q[r, alt], 0.0)
-        alt = np.where(alt_p >= self.min_probability, alt, len(names) - 1)
-        self.anomaly[rows] = np.asarray(scores.anomaly, dtype=np.float64)
-        self.top_p[rows] = p[r, top]
-        self.alt_p[rows] = alt_p
-        if len(rows) == len(self.top):
-            self.top, self.alt = names[top].tolist(), names[alt].tolist()
-            return
-        for i, t, k in zip(rows, names[top].tolist(), names[alt].tolist(), strict=True):
-            self.top[i], self.alt[i] = t, k
-
-
-@functools.lru_cache(maxsize=8)
-def _label_table(labels: tuple[str, ...]) -> tuple[npt.NDArray[np.object_], int]:
-    """A model's labels plus ``unknown`` (to index), and the column of ``normal`` that the
-    fault guess skips (-1: none, or it is the only other label)."""
-    names = np.asarray((*labels, "unknown"), dtype=object)
-    normal = labels.index("normal") if "normal" in labels and len(names) > 2 else -1
-    return names, normal
-
-
-def shipped_bundle() -> tuple[Path, Path] | None:
-    """(newest default bundle directory, its public key) shipped in the package, if any."""
-    root = Path(__file__).resolve().parent.parent / "models" / "bundles"
-    key = root / SHIPPED_KEY
-    versions = []
-    for manifest in (root / SHIPPED_NAME).glob("*/manifest.json"):
-        try:
-            versions.append((parse_semver(manifest.parent.name), manifest.parent))
-        except BundleError:
-            continue
-    if not versions or not key.is_file():
-        return None
-    return max(versions)[1], key
-
-
-def _key_text(key: Hashable) -> str:
-    if isinstance(key, tuple):
-        return "/".join(str(k) for k in key)
-    return str(key)
