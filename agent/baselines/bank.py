@@ -29,12 +29,12 @@ from agent.baselines.store import (
     AUDIT_FILE,
     BANK_FILE,
     AuditLog,
-    atomic_write,
     need_dir,
     pack_rows,
 )
 from agent.features import Baseline
 from foreshock.errors import ConfigError
+from foreshock.files import atomic_write
 
 log = logging.getLogger(__name__)
 FloatArray = npt.NDArray[np.float32]

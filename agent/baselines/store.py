@@ -1,8 +1,9 @@
 """Files of the baselines: the append-only audit log and the bank's atomic save.
 
-``baselines.json`` (the bank, written atomically: temp file, fsync, rename, directory
-fsync) and ``baselines.audit.jsonl`` (one fsynced JSON line per change) in the agent's
-state dir; reference windows are stored as base64 of little-endian float32.
+``baselines.json`` (the bank, written with :func:`foreshock.files.atomic_write`: temp file,
+fsync, rename, directory fsync) and ``baselines.audit.jsonl`` (one fsynced JSON line per
+change) in the agent's state dir; reference windows are stored as base64 of little-endian
+float32.
 """
 
 from __future__ import annotations
@@ -66,18 +67,3 @@ def need_dir(path: Path | None) -> Path:
     if path is None:
         raise ConfigError("no state directory for the baselines")
     return path
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

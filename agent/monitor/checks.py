@@ -249,7 +249,8 @@ def _clip_screen(x: npt.NDArray[np.floating[Any]], top: npt.NDArray[np.float64],
     for side, extreme in enumerate((top, bottom)):
         upper = side == 0
         tol = 2e-6 * np.maximum(np.abs(extreme), 1e-30)
-        level = (extreme - tol if upper else extreme + tol).astype(x.dtype)[:, None]
+        with np.errstate(over="ignore"):  # beyond float32: +-inf, which is still the bound
+            level = (extreme - tol if upper else extreme + tol).astype(x.dtype)[:, None]
         if groups is None:
             at = x >= level if upper else x <= level
             if np.count_nonzero(at) >= m - 1 + need:  # each row has at least its extreme
