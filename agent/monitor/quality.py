@@ -5,7 +5,8 @@ Two calls, both pure (times come from the frames and the windows):
 - ``DataQualityMonitor.observe_frame(frame)`` for every decoded frame, before the windower
   sees it. It reads what the windower later hides: non-finite raw samples (the windower
   zeroes them), int16 samples at full scale (``raw`` at -32768 or 32767), sequence gaps, and
-  the observed sample rate from the frames' timestamps against the declared rate.
+  the observed sample rate from the frames' timestamps against the declared rate (this
+  half is :class:`agent.monitor.frames.FrameEvidence`).
 - ``DataQualityMonitor.check(samples, meta) -> Quality`` for every window (``check_batch``
   for ``[n, w]``). It runs the sample checks on the window and adds what the frames since the
   stream's previous window showed.
@@ -39,23 +40,19 @@ windows, and only those two transitions produce a ``data_quality`` event body in
 from __future__ import annotations
 
 import logging
-from collections import deque
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from agent.monitor.checks import CHECKS, Issue, QualityConfig, json_number, sample_issues
+from agent.monitor.frames import FrameEvidence, StreamState, stream_rate_hz
 
 __all__ = ["DataQualityMonitor", "Issue", "Quality", "QualityConfig", "WindowMeta"]
 
 log = logging.getLogger(__name__)
-
-SEQ_MOD = 2**32
-REORDER_FRAMES = 8  # as agent.window: a frame further back is a restart, not a late frame
-
 
 @dataclass(frozen=True)
 class WindowMeta:
@@ -102,34 +99,6 @@ class WindowLike(Protocol):
     def source_rate_hz(self) -> float: ...
 
 
-class FrameLike(Protocol):
-    """What :meth:`DataQualityMonitor.observe_frame` reads of a :class:`foreshock.wire.Frame`."""
-
-    @property
-    def device_id(self) -> str: ...
-
-    @property
-    def channel(self) -> int: ...
-
-    @property
-    def seq(self) -> int: ...
-
-    @property
-    def timestamp_us(self) -> int: ...
-
-    @property
-    def sample_rate_hz(self) -> float: ...
-
-    @property
-    def scale(self) -> float: ...
-
-    @property
-    def raw(self) -> npt.NDArray[Any]: ...
-
-    @property
-    def count(self) -> int: ...
-
-
 @dataclass(frozen=True)
 class Quality:
     """Verdict on one window. ``events``: data_quality event bodies to put in the outbox."""
@@ -152,167 +121,14 @@ class Quality:
         return tuple(i.check for i in self.issues)
 
 
-@dataclass
-class _Stream:
-    """Per-(device, channel) state: frame evidence since the last window, rate, verdicts."""
-
-    last_seq: int | None = None
-    full_scale_g: float = 0.0
-    non_finite: int = 0
-    saturated: int = 0
-    missing_frames: int = 0
-    declared_hz: float = 0.0
-    marks: deque[tuple[float, int]] = field(default_factory=deque)
-    total_samples: int = 0
-    bad: bool = False
-    run: int = 0
-    since_s: float = 0.0
-    bad_windows: int = 0
-    last_issues: tuple[Issue, ...] = ()
-    clean_verdict: Quality | None = None  # the verdict shared by this stream's clean windows
-
-
-class DataQualityMonitor:
+class DataQualityMonitor(FrameEvidence):
     """Integrity checks and per-channel state; see the module docstring."""
 
     def __init__(self, config: QualityConfig | None = None, *, max_streams: int = 256) -> None:
-        self.config = config or QualityConfig()
-        self.max_streams = max_streams
-        self._streams: dict[tuple[str, int], _Stream] = {}
-        self.counters: dict[str, int] = {"windows_checked": 0, "windows_bad": 0,
-                                         "windows_unscoreable": 0, "dq_events": 0,
-                                         "dq_dropped_streams": 0, "time_steps": 0,
-                                         "frames_ignored": 0}
+        super().__init__(config, max_streams=max_streams)
+        self.counters = {"windows_checked": 0, "windows_bad": 0, "windows_unscoreable": 0,
+                         "dq_events": 0, **self.counters}
         self.counters.update({f"dq_{c}": 0 for c in CHECKS})
-
-    def _stream(self, device_id: str, channel: int) -> _Stream | None:
-        key = (device_id, int(channel))
-        stream = self._streams.get(key)
-        if stream is None:
-            if len(self._streams) >= self.max_streams:
-                self.counters["dq_dropped_streams"] += 1
-                return None
-            stream = self._streams[key] = _Stream()
-        return stream
-
-    def observe_frame(self, frame: FrameLike) -> None:
-        """Record one frame's raw evidence (non-finite, saturation, gaps, timing).
-
-        A frame whose sequence number does not advance (a duplicate, or a frame at most
-        ``agent.window.REORDER_FRAMES`` behind a newer one) is counted in
-        ``frames_ignored`` and otherwise ignored, as the windower drops it; after a gap or a
-        restart of the node's numbering the rate estimate restarts at that frame.
-        """
-        stream = self._stream(frame.device_id, frame.channel)
-        if stream is None:
-            return
-        if stream.last_seq is not None:
-            step = (int(frame.seq) - stream.last_seq) % SEQ_MOD
-            late = step >= SEQ_MOD // 2 and SEQ_MOD - step <= REORDER_FRAMES
-            if step == 0 or late:  # duplicate or late: the windower drops it
-                self.counters["frames_ignored"] += 1
-                return
-            if step >= SEQ_MOD // 2:  # the node restarted its numbering (as the windower)
-                stream.marks.clear()
-            elif step > 1:  # frames lost: the rate estimate restarts at this frame
-                stream.missing_frames += step - 1
-                stream.marks.clear()
-        raw = np.asarray(frame.raw)
-        if raw.dtype == np.int16:
-            stream.full_scale_g = 32767.0 * float(frame.scale)
-            stream.saturated += int(np.count_nonzero((raw == 32767) | (raw == -32768)))
-        else:
-            stream.non_finite += int(raw.size - np.count_nonzero(np.isfinite(raw)))
-        stream.last_seq = int(frame.seq)
-        self._observe_rate(stream, frame.timestamp_us / 1e6, int(frame.count),
-                           float(frame.sample_rate_hz))
-
-    def observe_frames(self, frames: Iterable[FrameLike]) -> None:
-        """:meth:`observe_frame` every frame, with the same counts and state.
-
-        A stream's run of frames that simply continue it (consecutive sequence numbers, the
-        declared rate, one sample format, no time step) is recorded with a few array
-        operations; any other run goes frame by frame.
-        """
-        groups: dict[tuple[str, int], list[FrameLike]] = {}
-        for frame in frames:
-            groups.setdefault((frame.device_id, frame.channel), []).append(frame)
-        for key, group in groups.items():
-            stream = self._streams.get(key)
-            if stream is None or len(group) < 2 or not self._observe_run(stream, group):
-                for frame in group:
-                    self.observe_frame(frame)
-
-    def _observe_run(self, stream: _Stream, group: list[FrameLike]) -> bool:
-        """The fast path of :meth:`observe_frames`; False (nothing done) if it does not apply."""
-        if stream.last_seq is None or not stream.marks:
-            return False
-        n = len(group)
-        first = (stream.last_seq + 1) % SEQ_MOD
-        if [f.seq for f in group] != list(range(first, first + n)):
-            return False
-        rate = stream.declared_hz
-        if {f.sample_rate_hz for f in group} != {rate}:
-            return False
-        raws = [f.raw for f in group]
-        dtypes = {r.dtype for r in raws}
-        if len(dtypes) != 1:
-            return False
-        dtype = dtypes.pop()
-        scale = float(group[0].scale)
-        if dtype == np.int16 and {f.scale for f in group} != {scale}:
-            return False
-        counts = np.fromiter([r.size for r in raws], np.int64, n)
-        ts = np.fromiter([f.timestamp_us for f in group], np.float64, n) / 1e6
-        last_ts, last_total = stream.marks[-1]
-        prev_ts = np.empty(n)
-        prev_ts[0], prev_ts[1:] = last_ts, ts[:-1]
-        gaps = np.empty(n, np.int64)
-        gaps[0], gaps[1:] = stream.total_samples - last_total, counts[:-1]
-        if np.any(np.abs(ts - (prev_ts + gaps / rate)) > self.config.time_step_s):
-            return False                # a time step: the per-frame path counts it
-        joined = np.concatenate(raws)
-        if dtype == np.int16:
-            stream.full_scale_g = 32767.0 * scale
-            if joined.max() == 32767 or joined.min() == -32768:
-                stream.saturated += int(np.count_nonzero((joined == 32767) | (joined == -32768)))
-        else:
-            finite = np.isfinite(joined)
-            if not finite.all():
-                stream.non_finite += int(joined.size - np.count_nonzero(finite))
-        stream.last_seq = (first + n - 1) % SEQ_MOD
-        totals = stream.total_samples + np.cumsum(counts) - counts
-        keep = self.config.rate_frames
-        marks = zip(ts[-keep:].tolist(), totals[-keep:].tolist(), strict=True)
-        if n >= keep:
-            stream.marks = deque(marks)
-        else:
-            stream.marks.extend(marks)
-            while len(stream.marks) > keep:
-                stream.marks.popleft()
-        stream.total_samples += int(counts.sum())
-        return True
-
-    def _observe_rate(self, stream: _Stream, ts_s: float, count: int, rate_hz: float) -> None:
-        marks = stream.marks
-        if rate_hz != stream.declared_hz:
-            marks.clear()
-            stream.declared_hz = rate_hz
-        if marks:
-            last_ts, last_total = marks[-1]
-            expected = last_ts + (stream.total_samples - last_total) / rate_hz
-            if abs(ts_s - expected) > self.config.time_step_s:
-                self.counters["time_steps"] += 1
-                marks.clear()
-        marks.append((ts_s, stream.total_samples))
-        stream.total_samples += count
-        while len(marks) > self.config.rate_frames:
-            marks.popleft()
-
-    def observed_rate_hz(self, device_id: str, channel: int) -> float:
-        """Rate measured from frame timestamps over the recent frames; 0 if too short."""
-        stream = self._streams.get((device_id, int(channel)))
-        return _rate_hz(stream, self.config) if stream is not None else 0.0
 
     def check(self, samples: npt.ArrayLike, meta: WindowMeta) -> Quality:
         """Check one window of samples (float32[n]); never raises on odd values."""
@@ -390,7 +206,7 @@ class DataQualityMonitor:
         if (stream is None or stream.bad or stream.run or stream.non_finite
                 or stream.missing_frames or stream.saturated >= self.config.clip_min_samples):
             return None
-        rate = _rate_hz(stream, self.config)
+        rate = stream_rate_hz(stream, self.config)
         if rate > 0 and rate_hz > 0 and abs(rate / rate_hz - 1.0) > self.config.rate_tolerance:
             return None
         stream.saturated = 0
@@ -423,7 +239,7 @@ class DataQualityMonitor:
         return Quality(meta.device_id, int(meta.channel), tuple(issues), tuple(events))
 
     def _frame_issues(self, meta: WindowMeta, found: list[Issue],
-                      stream: _Stream | None) -> list[Issue]:
+                      stream: StreamState | None) -> list[Issue]:
         """Add what the frames since the previous window showed; reset that evidence."""
         issues = list(found)
         missing = int(meta.missing_frames)
@@ -436,7 +252,7 @@ class DataQualityMonitor:
                                     self.config.clip_min_samples, "samples at full scale"))
             missing += stream.missing_frames
             stream.non_finite = stream.saturated = stream.missing_frames = 0
-        rate = meta.observed_rate_hz or (_rate_hz(stream, self.config) if stream else 0.0)
+        rate = meta.observed_rate_hz or (stream_rate_hz(stream, self.config) if stream else 0.0)
         if rate > 0 and meta.sample_rate_hz > 0:
             off = abs(rate / meta.sample_rate_hz - 1.0)
             if off > self.config.rate_tolerance:
@@ -448,7 +264,7 @@ class DataQualityMonitor:
             issues.sort(key=lambda i: CHECKS.index(i.check))
         return issues
 
-    def _transition(self, stream: _Stream, meta: WindowMeta,
+    def _transition(self, stream: StreamState, meta: WindowMeta,
                     issues: list[Issue]) -> list[dict[str, Any]]:
         """Hysteresis: bad after ``bad_after`` windows with issues, ok after ``good_after``."""
         cfg = self.config
@@ -478,16 +294,6 @@ class DataQualityMonitor:
     def states(self) -> dict[str, str]:
         """``{"device/channel": "ok" | "bad"}`` for every stream seen."""
         return {f"{d}/{c}": "bad" if s.bad else "ok" for (d, c), s in list(self._streams.items())}
-
-
-def _rate_hz(stream: _Stream, cfg: QualityConfig) -> float:
-    """Samples per second between the stream's oldest and newest rate marks (0: too short)."""
-    if len(stream.marks) < 2:
-        return 0.0
-    (t0, n0), (t1, n1) = stream.marks[0], stream.marks[-1]
-    if t1 - t0 < cfg.rate_min_span_s:
-        return 0.0
-    return (n1 - n0) / (t1 - t0)
 
 
 def _as_rows(windows: npt.ArrayLike, n: int) -> npt.NDArray[np.floating[Any]]:
