@@ -50,6 +50,8 @@ class CommandHandling:
         def _event(self, body: dict[str, Any]) -> None: ...
         def _queue_ota(self, topic: str, payload: bytes) -> None: ...
         def note_feedback(self, args: dict[str, Any]) -> None: ...
+        def rebaseline_parked(self, channel: int | None, *, who: str, why: str,
+                              at_s: float) -> int: ...
 
     def _on_command(self, topic: str, payload: bytes) -> None:
         """Called from the link's thread: parse, check a state-changing command's signature
@@ -97,9 +99,10 @@ class CommandHandling:
                                           else "rebaseline command"))
             if name == "feedback":
                 channel = self._incident_channel(args.get("incident"))
-            self.pipeline.rebaseline(channel if isinstance(channel, int) else None,
-                                     who=f"command:{args['issued_by']}", why=why,
-                                     at_s=time.time())
+            channel = channel if isinstance(channel, int) else None
+            who, at_s = f"command:{args['issued_by']}", time.time()
+            self.pipeline.rebaseline(channel, who=who, why=why, at_s=at_s)
+            self.rebaseline_parked(channel, who=who, why=why, at_s=at_s)
             self._event({"type": "baseline", "detail": {"status": "rebaseline", **args}})
         else:
             log.info("command %s ignored by the agent loop", name)

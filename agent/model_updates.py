@@ -189,7 +189,7 @@ class ModelUpdates:
         resumes it; meanwhile the stream keeps one commissioning baseline. Open incidents
         end with the old model (listed, never cleared)."""
         at_s = time.time()
-        parked: dict[str, StateBank] = self.__dict__.setdefault("_parked_banks", {})
+        parked = self._parked_banks
         bank = self.learning
         keys = list(old_pipeline.decider._streams)
         if bank is not None:
@@ -216,6 +216,26 @@ class ModelUpdates:
                 log.warning("incident %s on %s ends with the feature spec change",
                             s.incident.id, stream_name(key))
         return out
+
+    @functools.cached_property
+    def _parked_banks(self) -> dict[str, StateBank]:
+        """Operating-state banks of other feature specs, by spec hash (see
+        :meth:`_commission_again`)."""
+        return {}
+
+    def rebaseline_parked(self, channel: int | None, *, who: str, why: str,
+                          at_s: float) -> int:
+        """Reset the streams on ``channel`` (None: every stream) in the banks parked by a
+        feature-spec switch too, so switching back does not resume baselines an operator
+        asked to forget; returns how many states were reset."""
+        n = 0
+        for bank in self._parked_banks.values():
+            for stream in list(bank.streams):
+                if channel is None or stream.rsplit("/", 1)[-1] == str(channel):
+                    n += bank.rebaseline(stream, who=who, why=why, at_s=at_s)
+            if self.learning is None:   # the state dir's bank file is the parked one
+                self._save_bank(bank)
+        return n
 
     @staticmethod
     def _save_bank(bank: StateBank) -> None:

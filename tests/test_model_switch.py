@@ -236,6 +236,33 @@ def test_another_feature_spec_commissions_again_and_says_so(tmp_path: Path) -> N
             and r["why"] == "feature spec changed"]
 
 
+def test_a_rebaseline_under_another_spec_also_resets_the_parked_baselines(
+        tmp_path: Path) -> None:
+    """The operator asked to forget the machine's baselines: switching back to the spec
+    they were learned on must not resume them."""
+    other, pub = build_bundle(tmp_path / "snap", spec=SNAPSHOT_SPEC)
+    commissioned(tmp_path / "state")
+    agent = Agent(config(tmp_path / "state"), ReplaySource(frames(40, 10_000, seed=4)))
+    try:
+        run(agent, lambda: agent.counters["windows_processed"] > 0)
+        parked = agent.learning
+        assert parked is not None
+        ready = [n for n, sb in parked.streams["node1/0"].items() if sb.status == "ready"]
+        assert ready and "node1/0" in parked.thresholds
+        assert agent.replace_model(other, [pub])
+        agent._command("rebaseline", {"channel": 0, "issued_by": "op", "why": "bearing swap"})
+        assert agent.replace_model(SHIPPED, [SHIPPED_KEY])       # back to the first spec
+        assert agent.learning is parked
+        assert all(sb.status == "learning" for sb in parked.streams["node1/0"].values())
+        assert "node1/0" not in parked.thresholds
+    finally:
+        agent.close()
+    saved = json.loads((tmp_path / "state" / BANK_FILE).read_text())
+    assert all(sb["status"] == "learning" for sb in saved["streams"]["node1/0"].values())
+    assert [r for r in audit(tmp_path / "state") if r["change"] == "reset"
+            and r["why"] == "bearing swap" and r["stream"] == "node1/0"]
+
+
 def test_a_configured_model_changed_between_runs_gets_thresholds_on_its_scale(
         tmp_path: Path, tiny: tuple[Path, Path]) -> None:
     rows, base, threshold = commissioned(tmp_path)
