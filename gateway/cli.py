@@ -143,11 +143,7 @@ def feedback(alert_id: int = typer.Argument(None, help="Stored alert id (alerts 
     send = publish and bool(broker_url or config)
     if send:
         cfg = cfg.with_(broker_url=broker_url) if broker_url else cfg
-        signer = load_command_key(command_key or cfg.command_key_file)
-        if signer is None:
-            raise ConfigError("no key to sign cmd/feedback with; devices refuse it unsigned",
-                              hint="give --command-key PATH or command_key_file, or "
-                                   "--no-publish to store the label only")
+        signer = _feedback_signer(command_key or cfg.command_key_file)
     who, ts = operator or getpass.getuser(), time.time()
     store = open_store(db or cfg.db_url)
     try:
@@ -169,6 +165,17 @@ def feedback(alert_id: int = typer.Argument(None, help="Stored alert id (alerts 
         raise LinkError(f"feedback stored, but not sent to the device: {exc}",
                         hint=exc.hint) from None
     typer.echo(f"sent signed cmd/feedback on {topic}")
+
+
+def _feedback_signer(path: str | Path | None) -> Any:
+    """The key that signs cmd/feedback; ConfigError before anything is stored when there
+    is none (devices refuse an unsigned label)."""
+    signer = load_command_key(path)
+    if signer is None:
+        raise ConfigError("no key to sign cmd/feedback with; devices refuse it unsigned",
+                          hint="give --command-key PATH or command_key_file, or "
+                               "--no-publish to store the label only")
+    return signer
 
 
 def _mount_security() -> None:
