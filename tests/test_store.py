@@ -190,11 +190,10 @@ def test_group_commits_its_writes_together(store: Store) -> None:
 
 
 def test_group_rolls_back_everything_when_its_block_raises(store: Store) -> None:
-    with pytest.raises(KeyError):  # the caller's error comes out as it is
-        with store.group():
-            store.store_batch(batch("telemetry", [telemetry(i) for i in range(5)]), T0)
-            store.store_state(state("fan-2"), T0)
-            raise KeyError("caller")
+    with pytest.raises(KeyError), store.group():  # the caller's error comes out as it is
+        store.store_batch(batch("telemetry", [telemetry(i) for i in range(5)]), T0)
+        store.store_state(state("fan-2"), T0)
+        raise KeyError("caller")
     assert store.count() == 0 and store.devices() == [] and store.count("boots") == 0
     store.store_batch(batch("telemetry", [telemetry(0)]), T0)  # the store works on
     assert store.count() == 1
@@ -202,13 +201,12 @@ def test_group_rolls_back_everything_when_its_block_raises(store: Store) -> None
 
 def test_group_with_a_caught_write_failure_commits_nothing(store: Store) -> None:
     bad = Record(9, T0, {"anomaly_score": float("nan")})  # not storable JSON
-    with pytest.raises(StoreError, match="rolled back"):
-        with store.group():
-            store.store_batch(batch("telemetry", [telemetry(i) for i in range(3)]), T0)
-            with pytest.raises(StoreError):
-                store.store_batch(batch("telemetry", [bad]), T0)
-            with pytest.raises(StoreError, match="earlier write"):
-                store.store_batch(batch("telemetry", [telemetry(3)]), T0)
+    with pytest.raises(StoreError, match="rolled back"), store.group():
+        store.store_batch(batch("telemetry", [telemetry(i) for i in range(3)]), T0)
+        with pytest.raises(StoreError):
+            store.store_batch(batch("telemetry", [bad]), T0)
+        with pytest.raises(StoreError, match="earlier write"):
+            store.store_batch(batch("telemetry", [telemetry(3)]), T0)
     assert store.count() == 0 and store.count("boots") == 0
     with store.group():
         store.store_batch(batch("telemetry", [telemetry(i) for i in range(3)]), T0)
