@@ -406,3 +406,29 @@ def test_stop_stores_and_acks_what_is_queued(
     again = redelivered(mosquitto, site, db, f"{site}-s", gateways)
     assert again.stats().messages == 1, "stop() acknowledged what it stored"
     assert again.store.count() == 34
+
+
+def test_messages_of_a_replaced_connection_are_dropped_not_acked(
+        mosquitto: Any, site: str, tmp_path: Path, gateways: list[Gateway]) -> None:
+    db = f"sqlite:///{tmp_path / 'gw.db'}"
+    gw = start(gateways, GatewayConfig.for_site(mosquitto.url, site, db,
+                                                client_id=f"{site}-r"))
+    burst = Burst(gw)
+    dev = Device(mosquitto.url, site, "saw-1")
+    publish_all(dev, [tele_payload(site, "saw-1", range(0, 5))])
+    assert burst.entered.wait(10)  # stored, not yet acknowledged
+    n = 12
+    publish_all(dev, [tele_payload(site, "saw-1", range(5 * m, 5 * m + 5))
+                      for m in range(1, n + 1)])
+    burst.queued(n)
+    gw._recover()  # the reconnect a store failure schedules: a new connection
+    # the broker delivers the unacknowledged ones again: the held one and the n queued
+    burst.queued(n + n + 1)
+    burst.release.set()
+    wait_for(lambda: gw.stats().records_stored == 5 * (n + 1))
+    dev.close()
+    stats = gw.stats()
+    # the n copies from the old connection were dropped unstored (stored, they would
+    # have come back as duplicates); the held message came again and is a duplicate
+    assert stats.duplicates_dropped == 5 and stats.messages == n + 2
+    assert gw.store.count() == 5 * (n + 1)
