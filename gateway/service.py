@@ -249,6 +249,7 @@ class Gateway:
             self._started = False
             if self._subscribed.is_set() and self.config.presence_interval_s > 0:
                 self._say_offline()
+            self._next_generation()  # a writer still busy after the wait acknowledges nothing
             self.client.disconnect()
             self.client.loop_stop()
         if self._own_store:
