@@ -1,6 +1,7 @@
-"""Turn one MQTT message into stored records: validate, store, count (no MQTT here).
+"""Turn MQTT messages into stored records: validate, store, count (no MQTT here).
 
-:class:`Ingestor` is what the gateway's MQTT callback calls for each message. A payload
+:class:`Ingestor` is what the gateway's writer thread calls with the messages waiting
+(:meth:`Ingestor.handle_group`: several messages, one store transaction). A payload
 that does not match its schema (foreshock.messages), or whose site, device or kind
 disagrees with its topic, is counted per device and logged at most once per
 ``invalid_log_interval_s`` per device; it never raises. A store failure raises
@@ -13,22 +14,30 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from foreshock import messages, topics
-from foreshock.errors import MessageError
+from foreshock.errors import MessageError, StoreError
 from foreshock.messages import Record
 from gateway.store import Store
 
 log = logging.getLogger(__name__)
+SPLIT_FAILURES_MAX = 3
 ROLLOUT_STATUSES = ("offered", "downloading", "verified", "shadow", "active", "failed",
                     "rolled_back")
 
 
 @dataclass(frozen=True)
 class IngestStats:
-    """Counters since start. ``gaps`` counts sequence ranges found missing."""
+    """Counters since start. ``messages`` counts messages stored or found invalid (one
+    left unacknowledged counts when it comes again), ``gaps`` sequence ranges found
+    missing, ``store_errors`` messages left unacknowledged because the store failed.
+    ``groups`` is the number of store transactions the ingest committed (one per group of
+    messages), ``largest_group`` the most messages one of them held, ``groups_split`` the
+    groups rolled back and stored again one message at a time."""
 
     messages: int = 0
     records_stored: int = 0
@@ -38,6 +47,9 @@ class IngestStats:
     alerts_published: int = 0
     store_errors: int = 0
     invalid_by_device: dict[str, int] = field(default_factory=dict)
+    groups: int = 0
+    largest_group: int = 0
+    groups_split: int = 0
 
 
 @dataclass(frozen=True)
@@ -62,6 +74,94 @@ class Ingestor:
         self._invalid: Counter[str] = Counter()
         self._last_log: dict[str, float] = {}
         self._suppressed: Counter[str] = Counter()
+        self._largest_group = 0
+        # per thread: counts made inside a store group wait here until it commits
+        self._local = threading.local()
+
+    def handle_group(self, items: Sequence[tuple[str, bytes, float]]
+                     ) -> list[Outcome | StoreError]:
+        """Validate and store messages ``(topic, payload, received_ts)`` in one store
+        transaction; return per message its :class:`Outcome` or the StoreError that left it
+        unstored (the caller leaves that one unacknowledged).
+
+        If a store call raises inside the group, the whole group is rolled back, its counts
+        dropped, and its messages are stored again one per transaction, so one message the
+        store refuses does not hold back the others; after ``SPLIT_FAILURES_MAX`` store
+        failures in a row the rest are not tried (each try may wait for the store's
+        timeout). A message that raises something unforeseen is counted invalid
+        (``Outcome(False)``) and logged. Counts are made only for what committed.
+        """
+        if not items:
+            return []
+        if len(items) > 1:
+            try:
+                with self._deferred_counts(), self.store.group():
+                    outcomes: list[Outcome | StoreError] = [
+                        self.handle(topic, payload, ts) for topic, payload, ts in items]
+            except Exception as exc:
+                log.warning("store group of %d messages rolled back (%s); storing them one "
+                            "by one", len(items), exc)
+                self._count("groups_split")
+            else:
+                self._counted_group(len(items))
+                return outcomes
+        results: list[Outcome | StoreError] = []
+        failures = 0
+        for topic, payload, ts in items:
+            if failures >= SPLIT_FAILURES_MAX:  # the store is down, not one message bad
+                results.append(StoreError(f"not tried after {failures} store failures"))
+                self._count("store_errors")
+                continue
+            result = self._handle_one(topic, payload, ts)
+            failures = failures + 1 if isinstance(result, StoreError) else 0
+            results.append(result)
+        return results
+
+    def _handle_one(self, topic: str, payload: bytes,
+                    received_ts: float) -> Outcome | StoreError:
+        try:
+            with self._deferred_counts(), self.store.group():
+                outcome = self.handle(topic, payload, received_ts)
+        except StoreError as exc:
+            self._count("store_errors")
+            return exc
+        except Exception:  # a payload we did not foresee must not stop the ingest
+            log.exception("unexpected error on %s; message counted invalid and dropped",
+                          topic)
+            if not topics.is_control(topic):
+                self._count("messages")
+            self.count_invalid(topic)
+            return Outcome(False)
+        self._counted_group(1)
+        return outcome
+
+    def _counted_group(self, size: int) -> None:
+        with self._lock:
+            self._counts["groups"] += 1
+            self._largest_group = max(self._largest_group, size)
+
+    @contextmanager
+    def _deferred_counts(self) -> Iterator[None]:
+        """Counts this thread makes inside are added when the block ends normally (after
+        the store group committed) and dropped when it raises."""
+        if getattr(self._local, "pending", None) is not None:
+            raise RuntimeError("Ingestor groups do not nest")
+        pending: tuple[Counter[str], Counter[str]] = (Counter(), Counter())
+        self._local.pending = pending
+        try:
+            yield
+        finally:
+            self._local.pending = None
+        with self._lock:  # reached only when the block (and its store group) succeeded
+            self._counts.update(pending[0])
+            self._invalid.update(pending[1])
+
+    def _counters(self) -> tuple[Counter[str], Counter[str]]:
+        """Where to count now (called with _lock held): held back inside a group."""
+        pending = getattr(self._local, "pending", None)
+        if pending is not None:
+            return pending
+        return self._counts, self._invalid
 
     def handle(self, topic: str, payload: bytes, received_ts: float | None = None) -> Outcome:
         """Validate and store one message. Raises StoreError only when the store fails."""
@@ -125,15 +225,12 @@ class Ingestor:
         if (batch.site, batch.device, batch.kind) != (site, device, kind):
             raise MessageError(f"batch of {batch.kind} from {batch.site}/{batch.device} "
                                f"on the {kind} topic of {site}/{device}")
-        try:
-            result = self.store.store_batch(batch, now)
-        except Exception:
-            self._count("store_errors")
-            raise
+        result = self.store.store_batch(batch, now)
         with self._lock:
-            self._counts["records_stored"] += result.inserted
-            self._counts["duplicates_dropped"] += result.duplicates
-            self._counts["gaps"] += len(result.opened_gaps)
+            counts = self._counters()[0]
+            counts["records_stored"] += result.inserted
+            counts["duplicates_dropped"] += result.duplicates
+            counts["gaps"] += len(result.opened_gaps)
         for first, last in result.opened_gaps:
             log.info("device %s boot %s: records %d..%d missing", device, batch.boot_id,
                      first, last)
@@ -141,7 +238,7 @@ class Ingestor:
 
     def _count(self, key: str, n: int = 1) -> None:
         with self._lock:
-            self._counts[key] += n
+            self._counters()[0][key] += n
 
     def count_invalid(self, topic: str) -> None:
         """Count a message the service could not handle at all (logged by the caller)."""
@@ -150,8 +247,9 @@ class Ingestor:
         except ValueError:
             device = "?"
         with self._lock:
-            self._counts["invalid"] += 1
-            self._invalid[device] += 1
+            counts, invalid = self._counters()
+            counts["invalid"] += 1
+            invalid[device] += 1
 
     def count_published(self, n: int = 1) -> None:
         self._count("alerts_published", n)
@@ -159,8 +257,9 @@ class Ingestor:
     def _reject(self, device: str, reason: str) -> None:
         now = time.monotonic()
         with self._lock:
-            self._counts["invalid"] += 1
-            self._invalid[device] += 1
+            counts, invalid = self._counters()
+            counts["invalid"] += 1
+            invalid[device] += 1
             last = self._last_log.get(device)
             if last is not None and now - last < self.invalid_log_interval_s:
                 self._suppressed[device] += 1
@@ -175,4 +274,5 @@ class Ingestor:
             c = self._counts
             return IngestStats(c["messages"], c["records_stored"], c["duplicates_dropped"],
                                c["invalid"], c["gaps"], c["alerts_published"],
-                               c["store_errors"], dict(self._invalid))
+                               c["store_errors"], dict(self._invalid), c["groups"],
+                               self._largest_group, c["groups_split"])

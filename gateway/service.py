@@ -12,6 +12,16 @@ store fails the message stays unacknowledged and the broker delivers it again wh
 session resumes (``clean_start`` false, ``session_expiry_s``); the database drops the
 copies it already has.
 
+Group commit: the paho network thread only queues messages (``QUEUE_MAX``; when full it
+blocks, which stops it reading the socket, so the broker holds the rest — nothing is
+acknowledged or dropped). One writer thread takes everything waiting (up to ``GROUP_MAX``,
+never waiting for more), stores it in one store transaction (:meth:`Ingestor.handle_group`),
+then runs the hooks and alert re-publication and acknowledges the messages in arrival
+order. Each message carries the connection generation it arrived on: packet ids belong to
+a connection, so a message from a connection since lost or replaced is never acknowledged
+(the broker delivers it again on the new one). ``stop()`` lets the writer finish what is
+queued, acknowledging it, before it disconnects.
+
 Presence: once the broker granted the subscriptions (SUBACK, on every (re)connect) the
 gateway publishes ``foreshock.gateway_presence/1`` on ``topics.gateway_presence(site)``
 (QoS 1, not retained), then every ``presence_interval_s``, and ``online: false`` on stop.
@@ -27,8 +37,10 @@ alert batch on ``topics.control_alert(site)``.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -44,6 +56,16 @@ from gateway.store import Store, open_store
 
 log = logging.getLogger(__name__)
 SHARED_KINDS = ("telemetry", "alert", "event", "health", "model/status", "cmd/feedback")
+GROUP_MAX = 256  # messages per store transaction at most
+QUEUE_MAX = 1024  # messages received and not yet stored; the network thread waits beyond
+STOP_DRAIN_S = 30.0  # how long stop() waits for the writer to store what is queued
+
+
+@dataclass(frozen=True)
+class _Received:
+    msg: mqtt.MQTTMessage
+    generation: int
+    received_ts: float
 
 
 class Gateway:
@@ -69,6 +91,13 @@ class Gateway:
         self._sites: frozenset[str] = frozenset() if config.site == "+" else \
             frozenset({config.site})
         self.hooks: list[Any] = []
+        self._queue: queue.Queue[_Received | None] = queue.Queue(QUEUE_MAX)
+        self._writer: threading.Thread | None = None
+        self._stopping = threading.Event()
+        # the connection generation: bumped on every connect and disconnect, with
+        # _ack_lock held, so no acknowledgement crosses from one connection to the next
+        self._generation = 0
+        self._ack_lock = threading.Lock()
 
     def _make_client(self) -> mqtt.Client:
         cfg = self.config
@@ -90,6 +119,11 @@ class Gateway:
 
     def start(self) -> None:
         """Connect, subscribe, and return once the broker granted the subscriptions."""
+        self._stopping.clear()
+        self._queue = queue.Queue(QUEUE_MAX)
+        self._writer = threading.Thread(target=self._writer_loop, args=(self._queue,),
+                                        daemon=True, name="gateway-writer")
+        self._writer.start()
         self._connect()
         self.client.loop_start()
         self._started = True
@@ -152,6 +186,9 @@ class Gateway:
             else:
                 props = Properties(PacketTypes.CONNECT)
                 props.SessionExpiryInterval = self.config.session_expiry_s
+                # the broker keeps at most this many QoS 1 messages unacknowledged with us,
+                # so they fit the queue and the network thread does not have to wait
+                props.ReceiveMaximum = QUEUE_MAX
                 self.client.connect(addr.host, addr.port, self.config.keepalive_s,
                                     clean_start=False, properties=props)
         except OSError as exc:
@@ -174,6 +211,7 @@ class Gateway:
             if not self._started:
                 return
             log.warning("reconnecting to the broker to get unacknowledged messages again")
+            self._next_generation()
             self.client.disconnect()
             self.client.loop_stop()
             self._subscribed.clear()
@@ -189,16 +227,29 @@ class Gateway:
             self._recovering = False
 
     def stop(self) -> None:
-        """Disconnect and close the store (if the gateway opened it)."""
+        """Store and acknowledge what is queued, disconnect, and close the store (if the
+        gateway opened it). Messages arriving meanwhile stay unacknowledged."""
         self._stop.set()
         for thread in (self._fleet_thread, self._presence_thread):
             if thread is not None:
                 thread.join(10)
         self._fleet_thread = self._presence_thread = None
+        self._stopping.set()  # from now on arriving messages stay unacknowledged
+        if self._writer is not None:
+            try:  # the writer stores and acknowledges everything queued before this
+                self._queue.put(None, timeout=STOP_DRAIN_S)
+            except queue.Full:
+                pass
+            self._writer.join(STOP_DRAIN_S)
+            if self._writer.is_alive():
+                log.warning("the store did not take the queued messages within %g s; they "
+                            "stay unacknowledged", STOP_DRAIN_S)
+            self._writer = None
         if self._started:
             self._started = False
             if self._subscribed.is_set() and self.config.presence_interval_s > 0:
                 self._say_offline()
+            self._next_generation()  # a writer still busy after the wait acknowledges nothing
             self.client.disconnect()
             self.client.loop_stop()
         if self._own_store:
@@ -223,8 +274,13 @@ class Gateway:
         self.stop()
 
     # --- paho callbacks (network thread) --------------------------------------------------
+    def _next_generation(self) -> None:
+        with self._ack_lock:
+            self._generation += 1
+
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
                     properties: Any) -> None:
+        self._next_generation()
         if reason.is_failure:
             log.error("broker refused the gateway: %s", reason)
             return
@@ -246,6 +302,7 @@ class Gateway:
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
                        properties: Any) -> None:
+        self._next_generation()
         self._subscribed.clear()
         if self._started and reason.is_failure:
             log.warning("disconnected from broker (%s); reconnecting", reason)
@@ -254,28 +311,70 @@ class Gateway:
                     msg: mqtt.MQTTMessage) -> None:
         if self.config.site == "+":
             self._note_site(msg.topic)
-        try:
-            outcome = self.ingestor.handle(msg.topic, bytes(msg.payload), time.time())
-        except StoreError as exc:
-            log.error("store failed, message left unacknowledged for redelivery: %s", exc)
-            self._schedule_recovery()
-            return
-        except Exception:  # a payload we did not foresee must not kill the network thread
-            log.exception("unexpected error on %s; message counted invalid and dropped",
-                          msg.topic)
-            self.ingestor.count_invalid(msg.topic)
-            if msg.qos > 0:
-                client.ack(msg.mid, msg.qos)
-            return
-        for hook in self.hooks:
+        item = _Received(msg, self._generation, time.time())
+        while not self._stopping.is_set():
             try:
-                hook(msg.topic, msg.payload)
-            except Exception:
-                log.exception("message hook failed on %s", msg.topic)
-        if outcome.new_alerts and self.config.republish_alerts:
-            self._republish(outcome)
-        if msg.qos > 0:
-            client.ack(msg.mid, msg.qos)
+                self._queue.put(item, timeout=0.5)
+                return
+            except queue.Full:  # the writer is behind: stop reading the socket meanwhile
+                continue
+        # stopping: left unacknowledged, the broker delivers it again
+
+    # --- the writer thread ----------------------------------------------------------------
+    def _writer_loop(self, received: queue.Queue[_Received | None]) -> None:
+        done = False
+        while not done:
+            first = received.get()
+            if first is None:
+                break
+            group = [first]
+            while len(group) < GROUP_MAX:  # what is waiting, no more: no added latency
+                try:
+                    item = received.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    done = True
+                    break
+                group.append(item)
+            try:
+                self._write(group)
+            except Exception:  # the writer must outlive any one group
+                log.exception("ingest of %d messages failed; left unacknowledged", len(group))
+                self._schedule_recovery()
+
+    def _write(self, group: list[_Received]) -> None:
+        live = [r for r in group if r.generation == self._generation]
+        if len(live) < len(group):
+            log.info("%d messages from an earlier connection dropped unacknowledged (the "
+                     "broker delivers them again)", len(group) - len(live))
+        results = self.ingestor.handle_group(
+            [(r.msg.topic, bytes(r.msg.payload), r.received_ts) for r in live])
+        failed = False
+        for received, result in zip(live, results, strict=True):
+            msg = received.msg
+            if isinstance(result, StoreError):
+                if not failed:
+                    log.error("store failed, message left unacknowledged for redelivery: %s",
+                              result)
+                failed = True
+                continue
+            for hook in self.hooks:
+                try:
+                    hook(msg.topic, msg.payload)
+                except Exception:
+                    log.exception("message hook failed on %s", msg.topic)
+            if result.new_alerts and self.config.republish_alerts:
+                self._republish(result)
+            if msg.qos > 0:
+                self._ack(received)
+        if failed:
+            self._schedule_recovery()
+
+    def _ack(self, received: _Received) -> None:
+        with self._ack_lock:
+            if received.generation == self._generation:
+                self.client.ack(received.msg.mid, received.msg.qos)
 
     def _note_site(self, topic: str) -> None:
         try:

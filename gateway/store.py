@@ -5,7 +5,9 @@
 ``postgresql://user@host/db`` (also a libpq ``key=value`` string). Both backends run the same
 SQL and the same migrations (:mod:`gateway.schema`) and pass the same contract suite.
 
-Writes happen in one transaction per MQTT message (:meth:`Store.store_batch`). Duplicates
+Each write method runs in its own transaction, unless the calling thread holds a
+:meth:`Store.group`: then the writes join the group's one transaction, committed (or rolled
+back) when the group ends (the gateway stores many MQTT messages per commit). Duplicates
 are dropped by the database itself: ``INSERT ... ON CONFLICT DO NOTHING RETURNING seq`` on
 the unique key ``(device, boot_id, seq)``, so two gateway instances racing on the same
 records still store each once and each count what they inserted. Reads serve the fleet
@@ -66,6 +68,14 @@ POSTGRES = Dialect("postgresql", "%s", "BIGINT GENERATED ALWAYS AS IDENTITY PRIM
                    "JSONB", "DOUBLE PRECISION", " FOR UPDATE", "GREATEST")
 
 
+class _Group:
+    """The open transaction of :meth:`Store.group`: its cursor, and whether a write failed."""
+
+    def __init__(self, cur: Any) -> None:
+        self.cur = cur
+        self.failed: BaseException | None = None
+
+
 class Store:
     """The store interface. Subclasses provide a connection and a transaction."""
 
@@ -73,12 +83,75 @@ class Store:
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
+        self._group: _Group | None = None  # set and read only with _lock held
 
     # --- backend hooks -------------------------------------------------------------------
     @contextmanager
-    def _tx(self) -> Iterator[Any]:  # pragma: no cover - overridden
+    def _tx(self) -> Iterator[Any]:
+        """One transaction (a write method's), or the open group's when this thread holds
+        one."""
+        with self._lock:
+            if self._group is not None:
+                with self._joined(self._group) as cur:
+                    yield cur
+                return
+            with self._begin() as cur:
+                yield cur
+
+    @contextmanager
+    def _begin(self) -> Iterator[Any]:  # pragma: no cover - overridden
+        """A new transaction, committed on normal exit (called with _lock held)."""
         raise NotImplementedError
         yield None
+
+    @contextmanager
+    def _begin_group(self) -> Iterator[Any]:
+        """The transaction of a group; PostgreSQL pipelines it."""
+        with self._begin() as cur:
+            yield cur
+
+    @contextmanager
+    def _joined(self, group: _Group) -> Iterator[Any]:
+        if group.failed is not None:
+            raise StoreError(f"an earlier write of this store group failed: {group.failed}")
+        try:
+            yield group.cur
+        except BaseException as exc:
+            group.failed = exc
+            raise
+
+    @contextmanager
+    def group(self) -> Iterator[None]:
+        """Join the write methods this thread calls inside into one transaction.
+
+        Committed when the block ends normally; rolled back when it raises, and also when a
+        write inside failed even though the caller caught the error (a partial write is
+        never committed: then the group raises StoreError). Other threads' store calls wait
+        until the group ends. A group inside a group is the same group.
+        """
+        with self._lock:
+            if self._group is not None:
+                yield
+                return
+            in_body = False
+            try:
+                with self._begin_group() as cur:
+                    group = self._group = _Group(cur)
+                    try:
+                        in_body = True
+                        yield
+                        in_body = False
+                    finally:
+                        self._group = None
+                    if group.failed is not None:
+                        raise StoreError(f"a write of this store group failed: "
+                                         f"{group.failed}; the group is rolled back")
+            except StoreError:
+                raise
+            except Exception as exc:
+                if in_body:
+                    raise  # the caller's own error, after the rollback
+                raise StoreError(f"store group not committed: {exc}") from exc
 
     def _json(self, value: Any) -> Any:
         return json.dumps(value, separators=(",", ":"), allow_nan=False)

@@ -52,22 +52,28 @@ class SqliteStore(Store):
         self.conn = conn
 
     @contextmanager
-    def _tx(self) -> Iterator[Any]:
-        with self._lock:
-            cur = self.conn.cursor()
-            try:
-                cur.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise StoreError(f"SQLite store {self.path} is busy or broken: {exc}") from None
-            try:
-                yield cur
-            except BaseException:
+    def _begin(self) -> Iterator[Any]:
+        cur = self.conn.cursor()
+        try:
+            cur.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            cur.close()
+            raise StoreError(f"SQLite store {self.path} is busy or broken: {exc}") from None
+        try:
+            yield cur
+        except BaseException:
+            if self.conn.in_transaction:
                 cur.execute("ROLLBACK")
-                raise
-            else:
+            raise
+        else:
+            try:
                 cur.execute("COMMIT")
-            finally:
-                cur.close()
+            except BaseException:
+                if self.conn.in_transaction:
+                    cur.execute("ROLLBACK")
+                raise
+        finally:
+            cur.close()
 
     def journal_mode(self) -> str:
         return str(self.conn.execute("PRAGMA journal_mode").fetchone()[0])
@@ -115,18 +121,26 @@ class PostgresStore(Store):
         return self._jsonb(value)
 
     @contextmanager
-    def _tx(self) -> Iterator[Any]:
-        with self._lock:
-            conn = self._live()
-            with conn.transaction(), conn.cursor() as cur:
-                yield cur
+    def _begin(self) -> Iterator[Any]:
+        conn = self._live()
+        with conn.transaction(), conn.cursor() as cur:
+            yield cur
+
+    @contextmanager
+    def _begin_group(self) -> Iterator[Any]:
+        # pipeline mode: statements whose rows are not needed go out without a round trip
+        conn = self._live()
+        with conn.pipeline(), conn.transaction(), conn.cursor() as cur:
+            yield cur
 
     @contextmanager
     def _batch_tx(self) -> Iterator[Any]:
-        # pipeline mode: statements whose rows are not needed go out without a round trip
         with self._lock:
-            conn = self._live()
-            with conn.pipeline(), conn.transaction(), conn.cursor() as cur:
+            if self._group is not None:  # joins the group's (pipelined) transaction
+                with self._joined(self._group) as cur:
+                    yield cur
+                return
+            with self._begin_group() as cur:
                 yield cur
 
     def close(self) -> None:

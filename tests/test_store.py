@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +153,64 @@ def test_concurrent_writers_store_each_record_once(store: Store, tmp_path: Path,
     assert sum(r.inserted for r in results) == 200
     assert sum(r.duplicates for r in results) == 200
     assert store.count() == 200 and store.gaps() == []
+
+
+def committed(store: Store, table: str) -> int:
+    """Rows of ``table`` another connection sees (a plain reader: the store's own reads
+    take SQLite's write lock)."""
+    if isinstance(store, SqliteStore):
+        import sqlite3
+
+        with closing(sqlite3.connect(store.path)) as conn:
+            return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+    import psycopg
+
+    with psycopg.connect(store.dsn) as conn:  # type: ignore[attr-defined]
+        return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+
+def state(device: str) -> dict[str, Any]:
+    return {"site": "plant1", "device": device, "online": True, "boot_id": "boot-a",
+            "ts": T0, "agent_version": "0.1.0", "model": {"name": "m", "version": "1"}}
+
+
+def test_group_commits_its_writes_together(store: Store) -> None:
+    with store.group():
+        a = store.store_batch(batch("telemetry", [telemetry(i) for i in range(5)]), T0)
+        b = store.store_batch(batch("telemetry", [telemetry(i) for i in range(3, 8)]), T0)
+        store.store_batch(batch("alert", [alert(1)], device="fan-2"), T0)
+        store.store_state(state("fan-2"), T0)
+        with store.group():  # a group inside the group is the same group
+            store.store_batch(batch("health", [Record(1, T0, {"outbox_depth": 3})]), T0)
+        assert store.count() == 9  # this thread reads its own writes
+        assert committed(store, "records") == committed(store, "devices") == 0
+    assert (a.inserted, b.inserted, b.duplicates) == (5, 3, 2)
+    assert committed(store, "records") == 9 and committed(store, "alerts") == 1
+    assert {d.device: d.online for d in store.devices()} == {"fan-2": True, "pump-1": None}
+
+
+def test_group_rolls_back_everything_when_its_block_raises(store: Store) -> None:
+    with pytest.raises(KeyError), store.group():  # the caller's error comes out as it is
+        store.store_batch(batch("telemetry", [telemetry(i) for i in range(5)]), T0)
+        store.store_state(state("fan-2"), T0)
+        raise KeyError("caller")
+    assert store.count() == 0 and store.devices() == [] and store.count("boots") == 0
+    store.store_batch(batch("telemetry", [telemetry(0)]), T0)  # the store works on
+    assert store.count() == 1
+
+
+def test_group_with_a_caught_write_failure_commits_nothing(store: Store) -> None:
+    bad = Record(9, T0, {"anomaly_score": float("nan")})  # not storable JSON
+    with pytest.raises(StoreError, match="rolled back"), store.group():
+        store.store_batch(batch("telemetry", [telemetry(i) for i in range(3)]), T0)
+        with pytest.raises(StoreError):
+            store.store_batch(batch("telemetry", [bad]), T0)
+        with pytest.raises(StoreError, match="earlier write"):
+            store.store_batch(batch("telemetry", [telemetry(3)]), T0)
+    assert store.count() == 0 and store.count("boots") == 0
+    with store.group():
+        store.store_batch(batch("telemetry", [telemetry(i) for i in range(3)]), T0)
+    assert store.count() == 3
 
 
 def test_bad_urls_raise_store_error(tmp_path: Path) -> None:
