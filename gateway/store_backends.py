@@ -2,7 +2,8 @@
 
 SQLite serialises writers with ``BEGIN IMMEDIATE`` and runs ``synchronous=FULL`` by default so
 a commit survives power loss before the gateway acknowledges the MQTT message
-(``sqlite:///gw.db?synchronous=NORMAL`` survives process crashes only, ~4x the rate). PostgreSQL
+(``sqlite:///gw.db?synchronous=NORMAL`` survives process crashes only; with group commit it
+gains little, a slow fsync being paid once per group: docs/gateway.md). PostgreSQL
 locks the boot row (``SELECT ... FOR UPDATE``) so gap bookkeeping stays exact when several
 gateway instances write records of one device at once.
 """
