@@ -22,7 +22,7 @@ from typing import Any
 from foreshock import messages, topics
 from foreshock.errors import MessageError, StoreError
 from foreshock.messages import Record
-from gateway.store import Store
+from gateway.store import RecordRefused, Store
 
 log = logging.getLogger(__name__)
 SPLIT_FAILURES_MAX = 3
@@ -122,6 +122,11 @@ class Ingestor:
         try:
             with self._deferred_counts(), self.store.group():
                 outcome = self.handle(topic, payload, received_ts)
+        except RecordRefused as exc:  # its data, not the store: counted invalid, acknowledged
+            if not topics.is_control(topic):
+                self._count("messages")
+            self._reject(_device_of(topic), f"the store refused its data: {exc}")
+            return Outcome(False)
         except StoreError as exc:
             self._count("store_errors")
             return exc
@@ -242,10 +247,7 @@ class Ingestor:
 
     def count_invalid(self, topic: str) -> None:
         """Count a message the service could not handle at all (logged by the caller)."""
-        try:
-            device = topics.parse(topic)[1]
-        except ValueError:
-            device = "?"
+        device = _device_of(topic)
         with self._lock:
             counts, invalid = self._counters()
             counts["invalid"] += 1
@@ -276,3 +278,10 @@ class Ingestor:
                                c["invalid"], c["gaps"], c["alerts_published"],
                                c["store_errors"], dict(self._invalid), c["groups"],
                                self._largest_group, c["groups_split"])
+
+
+def _device_of(topic: str) -> str:
+    try:
+        return topics.parse(topic)[1]
+    except ValueError:
+        return "?"

@@ -39,8 +39,8 @@ from gateway.store_types import (
     StoreResult,
 )
 
-__all__ = ["DeviceInfo", "Gap", "RolloutDevice", "RolloutRow", "Store", "StoreResult",
-           "StoredRecord", "open_store"]
+__all__ = ["DeviceInfo", "Gap", "RecordRefused", "RolloutDevice", "RolloutRow", "Store",
+           "StoreResult", "StoredRecord", "open_store"]
 
 log = logging.getLogger(__name__)
 INSERT_CHUNK = 500  # rows per INSERT statement: under SQLite's and PostgreSQL's bind limits
@@ -66,6 +66,13 @@ SQLITE = Dialect("sqlite", "?", "INTEGER PRIMARY KEY AUTOINCREMENT", "TEXT", "RE
                  "max")
 POSTGRES = Dialect("postgresql", "%s", "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
                    "JSONB", "DOUBLE PRECISION", " FOR UPDATE", "GREATEST")
+
+
+class RecordRefused(StoreError):
+    """The database refused a message's data (PostgreSQL: a NUL character in JSON text, a
+    number out of range; SQLite: an integer beyond 64 bits). The message's fault, not the
+    store's: storing it again cannot succeed, so the gateway counts it invalid and
+    acknowledges it instead of having it delivered again for ever."""
 
 
 class _Group:
@@ -151,10 +158,16 @@ class Store:
             except Exception as exc:
                 if in_body:
                     raise  # the caller's own error, after the rollback
+                if self._refuses(exc):
+                    raise RecordRefused(f"store group not committed: {exc}") from exc
                 raise StoreError(f"store group not committed: {exc}") from exc
 
+    def _refuses(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is the database refusing a value (see :class:`RecordRefused`)."""
+        return isinstance(exc, OverflowError)
+
     def _json(self, value: Any) -> Any:
-        return json.dumps(value, separators=(",", ":"), allow_nan=False)
+        return _json_text(value)
 
     def close(self) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -211,7 +224,8 @@ class Store:
         except StoreError:
             raise
         except Exception as exc:
-            raise StoreError(f"cannot store batch from {batch.device}: {exc}") from exc
+            error = RecordRefused if self._refuses(exc) else StoreError
+            raise error(f"cannot store batch from {batch.device}: {exc}") from exc
         alerts = tuple(fresh) if batch.kind == "alert" else ()
         return StoreResult(len(inserted), len(batch.records) - len(inserted), alerts, opened)
 
@@ -395,6 +409,14 @@ class Store:
         if table not in ("records", "alerts", "gaps", "devices", "boots"):
             raise ValueError(f"unknown table {table!r}")
         return int(self._query(f"SELECT count(*) FROM {table}")[0][0])
+
+
+def _json_text(value: Any) -> str:
+    """Compact JSON text; a non-finite number is the message's fault: RecordRefused."""
+    try:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    except ValueError as exc:
+        raise RecordRefused(f"not storable as JSON: {exc}") from None
 
 
 def _filters(**kw: Any) -> tuple[str, list[Any]]:

@@ -10,7 +10,6 @@ gateway instances write records of one device at once.
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
 from collections.abc import Iterator
@@ -76,6 +75,9 @@ class SqliteStore(Store):
         finally:
             cur.close()
 
+    def _refuses(self, exc: BaseException) -> bool:
+        return isinstance(exc, (OverflowError, sqlite3.DataError))
+
     def journal_mode(self) -> str:
         return str(self.conn.execute("PRAGMA journal_mode").fetchone()[0])
 
@@ -117,8 +119,12 @@ class PostgresStore(Store):
             self.conn = self._connect()
         return self.conn
 
+    def _refuses(self, exc: BaseException) -> bool:
+        # class 22 (data exception): untranslatable character, numeric value out of range
+        return isinstance(exc, (OverflowError, self._psycopg.errors.DataError))
+
     def _json(self, value: Any) -> Any:
-        json.dumps(value, allow_nan=False)  # same rule as SQLite: no NaN in stored JSON
+        super()._json(value)  # same rule as SQLite: no NaN in stored JSON (RecordRefused)
         return self._jsonb(value)
 
     @contextmanager

@@ -61,6 +61,20 @@ def test_oversized_payload_is_refused_before_parsing() -> None:
             decode(big)
 
 
+@pytest.mark.parametrize("constant", [b"NaN", b"Infinity", b"-Infinity"])
+def test_nan_and_infinity_are_not_json_and_are_refused(constant: bytes) -> None:
+    """Python's parser takes them; the gateway could never store them (strict JSON), so a
+    batch carrying one would come back for ever: refused at decoding."""
+    batch = messages.Batch("plant1", "pump-1", "boot-a", "telemetry", (messages.Record(
+        1, 1.7e9, {"channel": 0, "window_ts": 1.7e9, "anomaly_score": 0.25, "fault": "normal",
+                   "fault_probability": 0.9, "rms_g": 0.2, "velocity_rms_mm_s": 1.1,
+                   "zone": "A"}),), 1.7e9)
+    good = messages.encode_batch(batch)
+    assert messages.decode_batch(good).records[0].body["anomaly_score"] == 0.25
+    with pytest.raises(MessageError, match="not a JSON number"):
+        messages.decode_batch(good.replace(b"0.25", constant))
+
+
 @pytest.fixture(scope="module")
 def agent(tmp_path_factory: pytest.TempPathFactory) -> Agent:
     from firmware_sim.node import NodeSource, SimNode

@@ -213,6 +213,30 @@ def test_group_with_a_caught_write_failure_commits_nothing(store: Store) -> None
     assert store.count() == 3
 
 
+def test_a_value_the_database_cannot_hold_is_refused_as_the_messages_fault(
+        store: Store) -> None:
+    """RecordRefused (a StoreError): retrying cannot help, so the gateway drops it counted.
+    An infinite number (1e400 parses to inf) on both backends; a NUL character in JSON text
+    on PostgreSQL (SQLite keeps it)."""
+    from gateway.store import RecordRefused
+
+    body = telemetry(1).body
+    with pytest.raises(RecordRefused, match="JSON"):
+        store.store_batch(batch("telemetry", [Record(1, T0, {**body, "rms_g": 1e400})]), T0)
+    nul = batch("telemetry", [Record(2, T0, {**body, "note": "a\x00b"})])
+    if store.dialect.name == "postgresql":
+        with pytest.raises(RecordRefused):
+            store.store_batch(nul, T0)
+        assert store.count() == 0
+    else:
+        assert store.store_batch(nul, T0).inserted == 1
+    with pytest.raises(StoreError), store.group():   # inside a group too, rolled back
+        store.store_batch(batch("telemetry", [telemetry(3)]), T0)
+        store.store_batch(batch("telemetry", [Record(4, T0, {**body, "rms_g": 1e400})]), T0)
+    assert [r.seq for r in store.records()] == ([] if store.dialect.name == "postgresql"
+                                                else [2])
+
+
 def test_bad_urls_raise_store_error(tmp_path: Path) -> None:
     with pytest.raises(StoreError):
         open_store("mysql://x/y")

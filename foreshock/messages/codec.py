@@ -35,12 +35,17 @@ def loads(payload: bytes | str) -> dict[str, Any]:
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise MessageError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
     try:
-        obj = json.loads(payload)
+        obj = json.loads(payload, parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise MessageError(f"payload is not JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise MessageError("payload must be a JSON object")
     return obj
+
+
+def _no_constant(name: str) -> Any:
+    """NaN and Infinity are not JSON (Python's parser accepts them): refused."""
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def need(obj: dict[str, Any], key: str, types: tuple[type, ...], where: str) -> Any:
