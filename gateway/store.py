@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +29,7 @@ from foreshock.messages import Batch, Record
 from gateway import gaps as gapmath
 from gateway.schema import LATEST_VERSION, MIGRATIONS, MIGRATIONS_TABLE
 from gateway.store_sql import DeviceUpdates, device_updates, upsert_device_sql
+from gateway.store_tx import RecordRefused, Transactions
 from gateway.store_types import (
     DeviceInfo,
     Gap,
@@ -68,103 +68,11 @@ POSTGRES = Dialect("postgresql", "%s", "BIGINT GENERATED ALWAYS AS IDENTITY PRIM
                    "JSONB", "DOUBLE PRECISION", " FOR UPDATE", "GREATEST")
 
 
-class RecordRefused(StoreError):
-    """The database refused a message's data (PostgreSQL: a NUL character in JSON text, a
-    number out of range; SQLite: an integer beyond 64 bits). The message's fault, not the
-    store's: storing it again cannot succeed, so the gateway counts it invalid and
-    acknowledges it instead of having it delivered again for ever."""
-
-
-class _Group:
-    """The open transaction of :meth:`Store.group`: its cursor, and whether a write failed."""
-
-    def __init__(self, cur: Any) -> None:
-        self.cur = cur
-        self.failed: BaseException | None = None
-
-
-class Store:
-    """The store interface. Subclasses provide a connection and a transaction."""
+class Store(Transactions):
+    """The store interface. Subclasses provide a connection and a transaction
+    (:class:`gateway.store_tx.Transactions`)."""
 
     dialect: Dialect = SQLITE
-
-    def __init__(self) -> None:
-        self._lock = threading.RLock()
-        self._group: _Group | None = None  # set and read only with _lock held
-
-    # --- backend hooks -------------------------------------------------------------------
-    @contextmanager
-    def _tx(self) -> Iterator[Any]:
-        """One transaction (a write method's), or the open group's when this thread holds
-        one."""
-        with self._lock:
-            if self._group is not None:
-                with self._joined(self._group) as cur:
-                    yield cur
-                return
-            with self._begin() as cur:
-                yield cur
-
-    @contextmanager
-    def _begin(self) -> Iterator[Any]:  # pragma: no cover - overridden
-        """A new transaction, committed on normal exit (called with _lock held)."""
-        raise NotImplementedError
-        yield None
-
-    @contextmanager
-    def _begin_group(self) -> Iterator[Any]:
-        """The transaction of a group; PostgreSQL pipelines it."""
-        with self._begin() as cur:
-            yield cur
-
-    @contextmanager
-    def _joined(self, group: _Group) -> Iterator[Any]:
-        if group.failed is not None:
-            raise StoreError(f"an earlier write of this store group failed: {group.failed}")
-        try:
-            yield group.cur
-        except BaseException as exc:
-            group.failed = exc
-            raise
-
-    @contextmanager
-    def group(self) -> Iterator[None]:
-        """Join the write methods this thread calls inside into one transaction.
-
-        Committed when the block ends normally; rolled back when it raises, and also when a
-        write inside failed even though the caller caught the error (a partial write is
-        never committed: then the group raises StoreError). Other threads' store calls wait
-        until the group ends. A group inside a group is the same group.
-        """
-        with self._lock:
-            if self._group is not None:
-                yield
-                return
-            in_body = False
-            try:
-                with self._begin_group() as cur:
-                    group = self._group = _Group(cur)
-                    try:
-                        in_body = True
-                        yield
-                        in_body = False
-                    finally:
-                        self._group = None
-                    if group.failed is not None:
-                        raise StoreError(f"a write of this store group failed: "
-                                         f"{group.failed}; the group is rolled back")
-            except StoreError:
-                raise
-            except Exception as exc:
-                if in_body:
-                    raise  # the caller's own error, after the rollback
-                if self._refuses(exc):
-                    raise RecordRefused(f"store group not committed: {exc}") from exc
-                raise StoreError(f"store group not committed: {exc}") from exc
-
-    def _refuses(self, exc: BaseException) -> bool:
-        """Whether ``exc`` is the database refusing a value (see :class:`RecordRefused`)."""
-        return isinstance(exc, OverflowError)
 
     def _json(self, value: Any) -> Any:
         return _json_text(value)
