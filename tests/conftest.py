@@ -6,10 +6,12 @@ the test (it never skips), except for ``shared_data`` outside CI.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,6 +32,29 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 settings.register_profile("ci", derandomize=True, print_blob=True, deadline=None)
 if IN_CI:
     settings.load_profile("ci")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Free space where the tests write: a full shared disk otherwise shows up only as an
+    internal error in the middle of a run."""
+    tmp = tempfile.gettempdir()
+    free_gb = shutil.disk_usage(tmp).free / 1e9
+    note = "  (LOW: the end-to-end tests need about 1 GB)" if free_gb < 1 else ""
+    return f"free disk in {tmp}: {free_gb:.1f} GB{note}"
+
+
+@pytest.fixture(autouse=True)
+def _restore_root_logging() -> Iterator[None]:
+    """Commands run in-process (``main([...])``) give the root logger a handler on the stderr
+    pytest captured for that test; threads still logging after it would write to a closed
+    stream. pytest's own capture handlers are subclasses and stay."""
+    root = logging.getLogger()
+    before, level = list(root.handlers), root.level
+    yield
+    for h in list(root.handlers):
+        if type(h) is logging.StreamHandler and h not in before:
+            root.removeHandler(h)
+    root.setLevel(level)
 
 
 def free_port() -> int:
