@@ -43,6 +43,22 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"free disk in {tmp}: {free_gb:.1f} GB{note}"
 
 
+_internal_errors: list[str] = []
+
+
+def pytest_internalerror(excrepr: object, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+    _internal_errors.append(f"{excinfo.typename}: {excinfo.value}")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Repeat an internal error just above the final counts, where a log cut to its last
+    lines still shows it."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    for line in _internal_errors:
+        if reporter is not None:
+            reporter.write_line(f"pytest internal error: {line}", red=True)
+
+
 @pytest.fixture(autouse=True)
 def _restore_root_logging() -> Iterator[None]:
     """Commands run in-process (``main([...])``) give the root logger a handler on the stderr
